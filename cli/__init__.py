@@ -1,0 +1,1 @@
+"""The ``splitasr`` command line."""

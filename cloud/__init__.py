@@ -1,0 +1,1 @@
+"""Cloud side: recogniser shards and (later) the coordinator."""

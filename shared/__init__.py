@@ -1,0 +1,1 @@
+"""Code shared by edge and cloud: feature spec, audio I/O, errors. Imports nothing of edge/cloud."""

@@ -1,0 +1,39 @@
+"""Every error a splitasr user can hit, each with a message that says what to do."""
+
+from __future__ import annotations
+
+
+class SplitASRError(Exception):
+    """Base class of all splitasr errors."""
+
+
+class ModelNotFoundError(SplitASRError):
+    """A model's weights are not installed (the message names the extra to install)."""
+
+
+class UnknownModelError(SplitASRError):
+    """A model name splitasr does not know."""
+
+
+class ModelFormatError(SplitASRError):
+    """A model file is corrupt, truncated or of an unsupported format."""
+
+
+class ModelChecksumError(ModelFormatError):
+    """Assembled model weights do not have the expected sha256."""
+
+
+class ExportError(SplitASRError):
+    """ONNX stages could not be exported (e.g. torch missing)."""
+
+
+class AudioError(SplitASRError):
+    """Audio could not be read or has an unusable format."""
+
+
+class UnknownLanguageError(SplitASRError):
+    """A language code the model does not support."""
+
+
+class ConfigError(SplitASRError):
+    """Bad configuration value."""
