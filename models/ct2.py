@@ -118,10 +118,10 @@ def write_ct2(path: str | Path, spec_name: str, variables: dict[str, np.ndarray]
         f.write(struct.pack("<I", SUPPORTED_BINARY_VERSION) + string(spec_name) + struct.pack("<I", 1))
         f.write(struct.pack("<I", len(variables)))
         for name, array in variables.items():
-            array = np.ascontiguousarray(array)
+            array = np.asarray(array).copy(order="C")
             f.write(string(name) + struct.pack("<B", array.ndim))
             f.write(struct.pack(f"<{array.ndim}I", *array.shape))
-            f.write(struct.pack("<BI", codes[array.dtype.newbyteorder("<") if array.dtype.itemsize > 1 else array.dtype], array.nbytes))
+            f.write(struct.pack("<BI", codes[array.dtype], array.nbytes))
             f.write(array.tobytes())
         aliases = aliases or {}
         f.write(struct.pack("<I", len(aliases)))

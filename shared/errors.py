@@ -37,3 +37,13 @@ class UnknownLanguageError(SplitASRError):
 
 class ConfigError(SplitASRError):
     """Bad configuration value."""
+
+
+class ProtocolError(SplitASRError):
+    """A frame that breaks the wire protocol; ``code`` goes into the ERROR frame sent back."""
+
+    def __init__(self, code: str, message: str, retryable: bool = False):
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.retryable = retryable

@@ -1,0 +1,38 @@
+# splitasr developer commands. `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+# torch is only needed to export ONNX stages; pin the CPU build (elsewhere add
+# TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu).
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS ?= export,multilingual,dev
+
+.PHONY: install demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/splitasr transcribe samples/en_weather.flac
+	$(BIN)/splitasr eval samples/manifest.jsonl --model tiny.en --int8
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: install lint
+	$(BIN)/pytest -q -ra
+
+bench: install
+	$(PY) benchmarks/offline.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

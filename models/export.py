@@ -1,0 +1,102 @@
+"""Export the four ONNX stages of a split Whisper (``enc_a``, ``enc_b``, ``cross_kv``, ``dec_step``).
+
+Needs the ``export`` extra (torch, onnx); serving only loads the files this writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+from splitasr.models.ct2 import CT2Model
+from splitasr.shared.errors import ExportError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("enc_a", "enc_b", "cross_kv", "dec_step")
+OPSET = 18
+
+# Input/output names of each stage: the contract between export and runtime.
+STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "enc_a": (("mel",), ("hidden",)),
+    "enc_b": (("hidden",), ("audio",)),
+    "cross_kv": (("audio",), ("cross_k", "cross_v")),
+    "dec_step": (("tokens", "past_k", "past_v", "cross_k", "cross_v"), ("logits", "new_k", "new_v")),
+}
+
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as exc:
+        raise ExportError(
+            "exporting ONNX stages needs torch; install the export extra: pip install 'splitasr[export]' "
+            "(CPU wheels: --extra-index-url https://download.pytorch.org/whl/cpu)"
+        ) from exc
+    return torch
+
+
+def export_stages(
+    ct2: CT2Model,
+    out_dir: Path,
+    split_layer: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> dict[str, Path]:
+    """Export all stages of ``ct2`` into ``out_dir``; returns stage name -> ONNX path."""
+    torch = _import_torch()
+    from splitasr.models.whisper_torch import Whisper, stage_module
+
+    whisper = Whisper.from_ct2(ct2, split_layer)
+    dims = whisper.dims
+    L, d = dims.n_text_layer, dims.n_state
+    batch = torch.export.Dim("batch", min=1, max=256)
+    frames = torch.export.Dim("frames_half", min=2, max=dims.n_audio_ctx)
+    ctx = torch.export.Dim("ctx", min=2, max=dims.n_audio_ctx)
+    past = torch.export.Dim("past", min=0, max=dims.n_text_ctx)
+    ntok = torch.export.Dim("ntok", min=1, max=dims.n_text_ctx)
+    B, T = 2, 200
+    examples = {
+        "enc_a": ((torch.randn(B, dims.n_mels, 2 * T),), ({0: batch, 2: 2 * frames},)),
+        "enc_b": ((torch.randn(B, T, d),), ({0: batch, 1: ctx},)),
+        "cross_kv": ((torch.randn(B, T, d),), ({0: batch, 1: ctx},)),
+        "dec_step": (
+            (
+                torch.zeros(B, 3, dtype=torch.int64),
+                torch.randn(L, B, 4, d),
+                torch.randn(L, B, 4, d),
+                torch.randn(L, B, T, d),
+                torch.randn(L, B, T, d),
+            ),
+            ({0: batch, 1: ntok}, {1: batch, 2: past}, {1: batch, 2: past}, {1: batch, 2: ctx}, {1: batch, 2: ctx}),
+        ),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {}
+    for stage in STAGES:
+        if progress:
+            progress(stage)
+        args, shapes = examples[stage]
+        inputs, outputs = STAGE_IO[stage]
+        path = out_dir / f"{stage}.onnx"
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                program = torch.onnx.export(
+                    stage_module(whisper, stage),
+                    args,
+                    dynamo=True,
+                    opset_version=OPSET,
+                    input_names=list(inputs),
+                    output_names=list(outputs),
+                    dynamic_shapes=(shapes,),
+                    optimize=True,
+                    verbose=False,
+                )
+                program.save(str(path))
+        except Exception as exc:  # torch raises many exception types; keep the cause
+            raise ExportError(f"exporting stage {stage} failed: {exc}") from exc
+        paths[stage] = path
+        log.info("exported stage %s to %s", stage, path)
+    return paths

@@ -1,0 +1,215 @@
+"""The versioned msgpack wire protocol between edge agents and shards, and between shards.
+
+Every frame is a msgpack map with ``v`` (protocol version) and ``t`` (frame type); binary
+payloads are msgpack ``bin``. Sizes are checked before unpacking; anything malformed raises
+:class:`ProtocolError` with a code that the receiver puts into an ERROR frame.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import msgpack
+
+from splitasr.shared.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_FRAME_BYTES = 64 * 1024  # edge <-> shard
+MAX_STAGE_FRAME_BYTES = 64 * 1024 * 1024  # shard <-> shard (activations, KV tensors)
+
+# Error codes (ERROR.code)
+E_TOO_LARGE = "too_large"
+E_MALFORMED = "malformed"
+E_VERSION = "bad_version"
+E_TYPE = "unknown_type"
+E_FIELD = "bad_field"
+E_SESSION = "unknown_session"
+E_STATE = "bad_state"
+E_OVERLOAD = "overloaded"
+E_INTERNAL = "internal"
+
+
+@dataclass(frozen=True)
+class Frame:
+    TYPE: ClassVar[str] = ""
+
+
+@dataclass(frozen=True)
+class Hello(Frame):
+    TYPE: ClassVar[str] = "HELLO"
+    device_id: str
+    token: str = ""
+    session_id: str | None = None
+    language: str | None = None
+    split: str = "features"
+    feature_spec: dict = field(default_factory=dict)
+    zone: str | None = None
+    resume: list = field(default_factory=list)  # utterance ids the edge will replay
+
+
+@dataclass(frozen=True)
+class Welcome(Frame):
+    TYPE: ClassVar[str] = "WELCOME"
+    session_id: str
+    feature_spec: dict
+    limits: dict = field(default_factory=dict)
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class Features(Frame):
+    TYPE: ClassVar[str] = "FEATURES"
+    utt: int
+    seq: int
+    start: int  # index of the first frame within the utterance
+    dtype: str  # "int8" | "float16" | "float32"
+    scale: float
+    shape: list  # [n_mels, n_frames]
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class EndOfUtterance(Frame):
+    TYPE: ClassVar[str] = "EOU"
+    utt: int
+    last_seq: int
+
+
+@dataclass(frozen=True)
+class Partial(Frame):
+    TYPE: ClassVar[str] = "PARTIAL"
+    utt: int
+    text: str
+    stable: int = 0  # length (characters) of the stable prefix
+
+
+@dataclass(frozen=True)
+class Final(Frame):
+    TYPE: ClassVar[str] = "FINAL"
+    utt: int
+    text: str
+    language: str
+    model_version: str
+    timings: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Ack(Frame):
+    TYPE: ClassVar[str] = "ACK"
+    utt: int
+    seq: int
+
+
+@dataclass(frozen=True)
+class Error(Frame):
+    TYPE: ClassVar[str] = "ERROR"
+    code: str
+    message: str
+    retryable: bool = False
+    utt: int | None = None
+
+
+@dataclass(frozen=True)
+class Drain(Frame):
+    TYPE: ClassVar[str] = "DRAIN"
+    reason: str = ""
+    route: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Ping(Frame):
+    TYPE: ClassVar[str] = "PING"
+    nonce: int = 0
+
+
+@dataclass(frozen=True)
+class Pong(Frame):
+    TYPE: ClassVar[str] = "PONG"
+    nonce: int = 0
+
+
+@dataclass(frozen=True)
+class StageRequest(Frame):
+    TYPE: ClassVar[str] = "STAGE_REQ"
+    req_id: str
+    model: str
+    stage: str
+    deadline_ms: float  # budget left when sent, in ms
+    tensors: dict  # name -> {"dtype", "shape", "data"}
+    priority: int = 0
+
+
+@dataclass(frozen=True)
+class StageResponse(Frame):
+    TYPE: ClassVar[str] = "STAGE_RES"
+    req_id: str
+    tensors: dict
+    timings: dict = field(default_factory=dict)
+
+
+FRAME_TYPES: dict[str, type[Frame]] = {
+    cls.TYPE: cls
+    for cls in (Hello, Welcome, Features, EndOfUtterance, Partial, Final, Ack, Error, Drain, Ping, Pong,
+                StageRequest, StageResponse)
+}
+
+
+def _check(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_check(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or annotation)
+
+
+_HINTS = {name: typing.get_type_hints(cls) for name, cls in FRAME_TYPES.items()}
+
+
+def encode(frame: Frame) -> bytes:
+    body = {"v": PROTOCOL_VERSION, "t": frame.TYPE}
+    body.update((f.name, getattr(frame, f.name)) for f in dataclasses.fields(frame))
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
+    """Decode one frame; the size limit is checked before any unpacking."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        raise ProtocolError(E_MALFORMED, f"frames are binary msgpack, got {type(data).__name__}")
+    if len(data) > max_bytes:
+        raise ProtocolError(E_TOO_LARGE, f"frame of {len(data)} bytes exceeds the limit of {max_bytes}")
+    try:
+        body = msgpack.unpackb(data, raw=False, strict_map_key=True, max_bin_len=max_bytes, max_str_len=max_bytes)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(E_MALFORMED, f"not a msgpack frame ({type(exc).__name__})") from None
+    if not isinstance(body, dict):
+        raise ProtocolError(E_MALFORMED, "a frame must be a msgpack map")
+    version = body.pop("v", None)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(E_VERSION, f"protocol version {version!r} not supported (want {PROTOCOL_VERSION})")
+    kind = body.pop("t", None)
+    cls = FRAME_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise ProtocolError(E_TYPE, f"unknown frame type {kind!r}")
+    hints = _HINTS[kind]
+    known = {f.name for f in dataclasses.fields(cls)}
+    args = {k: v for k, v in body.items() if k in known}  # unknown keys: ignored (forward compatible)
+    for name in known:
+        if name in args and not _check(args[name], hints[name]):
+            raise ProtocolError(E_FIELD, f"{kind}.{name} has type {type(args[name]).__name__}, want {hints[name]}")
+    try:
+        return cls(**args)
+    except TypeError as exc:
+        raise ProtocolError(E_FIELD, f"{kind}: {exc}") from None
+
+
+def error_frame(exc: ProtocolError, utt: int | None = None) -> Error:
+    return Error(code=exc.code, message=exc.message, retryable=exc.retryable, utt=utt)

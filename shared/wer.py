@@ -1,0 +1,99 @@
+"""Word error rate with Whisper-style text normalisation (English rules for English, basic otherwise)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import jiwer
+
+from splitasr.shared.errors import ConfigError
+
+
+@lru_cache(maxsize=None)
+def _normalizer(language: str):
+    if language == "en":
+        from whisper_normalizer.english import EnglishTextNormalizer
+
+        return EnglishTextNormalizer()
+    from whisper_normalizer.basic import BasicTextNormalizer
+
+    return BasicTextNormalizer(remove_diacritics=False)
+
+
+def normalize_text(text: str, language: str = "en") -> str:
+    return " ".join(_normalizer(language)(text).split())
+
+
+@dataclass
+class WERTally:
+    """Accumulates word errors and reference words (corpus WER = errors / words)."""
+
+    errors: int = 0
+    words: int = 0
+    utterances: int = 0
+
+    def add(self, reference: str, hypothesis: str, language: str = "en") -> float:
+        ref, hyp = normalize_text(reference, language), normalize_text(hypothesis, language)
+        n = len(ref.split())
+        if n == 0:
+            errors = len(hyp.split())
+        else:
+            out = jiwer.process_words(ref, hyp)
+            errors = out.substitutions + out.deletions + out.insertions
+        self.errors += errors
+        self.words += n
+        self.utterances += 1
+        return errors / max(n, 1)
+
+    @property
+    def wer(self) -> float:
+        return self.errors / max(self.words, 1)
+
+
+@dataclass
+class WERReport:
+    per_language: dict[str, WERTally] = field(default_factory=dict)
+
+    def add(self, reference: str, hypothesis: str, language: str) -> float:
+        return self.per_language.setdefault(language, WERTally()).add(reference, hypothesis, language)
+
+    def to_dict(self) -> dict[str, dict[str, float]]:
+        return {
+            lang: {"wer": round(t.wer, 4), "errors": t.errors, "words": t.words, "utterances": t.utterances}
+            for lang, t in sorted(self.per_language.items())
+        }
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    file: Path
+    text: str
+    language: str
+
+
+def read_manifest(path: str | Path) -> list[ManifestEntry]:
+    """Read a JSONL manifest of ``{"file", "text", "language"}``; files are relative to the manifest."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"manifest {path} not found")
+    entries = []
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            raw = json.loads(line)
+            entries.append(ManifestEntry(path.parent / raw["file"], str(raw["text"]), str(raw.get("language", "en"))))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"{path}:{lineno}: bad manifest line ({exc}); want file, text, language") from exc
+    return entries
+
+
+def corpus_wer(pairs: Iterable[tuple[str, str]], language: str = "en") -> float:
+    tally = WERTally()
+    for ref, hyp in pairs:
+        tally.add(ref, hyp, language)
+    return tally.wer

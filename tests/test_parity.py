@@ -1,0 +1,75 @@
+"""The ONNX stage chain decodes the same greedy tokens as faster-whisper on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+
+from splitasr.cloud.shard.recognizer import TranscribeOptions
+from splitasr.models.sources import locate
+from splitasr.shared.audio import load_audio
+from splitasr.shared.wer import WERTally
+
+faster_whisper = pytest.importorskip("faster_whisper")
+
+pytestmark = pytest.mark.integration
+
+
+def _reference_tokens(model_name: str, audio, language: str) -> list[int]:
+    model = _faster_whisper_model(model_name)
+    segments, _ = model.transcribe(
+        audio, language=language, beam_size=1, temperature=0.0, without_timestamps=True,
+        condition_on_previous_text=False, vad_filter=False, no_speech_threshold=None,
+        log_prob_threshold=None, compression_ratio_threshold=None,
+    )
+    return [t for s in segments for t in s.tokens]
+
+
+_MODELS: dict[str, object] = {}
+
+
+def _faster_whisper_model(name: str):
+    if name not in _MODELS:
+        _MODELS[name] = faster_whisper.WhisperModel(
+            str(locate(name).directory), device="cpu", compute_type="float32", cpu_threads=2
+        )
+    return _MODELS[name]
+
+
+def _check(recognizer, model_name, entries):
+    tally_full, tally_trim = WERTally(), WERTally()
+    mismatched_trimmed = []
+    for entry in entries:
+        audio = load_audio(entry.file)
+        expected = _reference_tokens(model_name, audio, entry.language)
+        full = recognizer.transcribe(audio, TranscribeOptions(language=entry.language, window="full"))
+        assert [t for w in full.tokens for t in w] == expected, entry.file.name
+        trimmed = recognizer.transcribe(audio, TranscribeOptions(language=entry.language))
+        if [t for w in trimmed.tokens for t in w] != expected:
+            mismatched_trimmed.append(entry.file.name)
+        tally_full.add(entry.text, full.text, entry.language)
+        tally_trim.add(entry.text, trimmed.text, entry.language)
+    print(f"{model_name}: {len(entries)} clips, tokens equal (30 s windows); trimmed windows differ on "
+          f"{mismatched_trimmed or 'none'}; WER full {tally_full.wer:.3f} trimmed {tally_trim.wer:.3f}")
+    # trimmed windows (the serving default) may pick other tokens, but must not be less accurate
+    assert tally_trim.wer <= tally_full.wer + 0.01
+
+
+def _short(entries, languages):
+    return [e for e in entries if e.language in languages and load_audio(e.file).size <= 30 * 16000]
+
+
+def test_tiny_en_tokens_equal_faster_whisper(tiny_recognizer, manifest):
+    _check(tiny_recognizer, "tiny.en", _short(manifest, {"en"}))
+
+
+@pytest.mark.multilingual
+def test_base_tokens_equal_faster_whisper(base_recognizer, manifest):
+    _check(base_recognizer, "base", _short(manifest, {"en", "de", "es", "fr"}))
+
+
+def test_suppressed_tokens_match_faster_whisper(tiny_recognizer):
+    from faster_whisper.tokenizer import Tokenizer
+    from faster_whisper.transcribe import get_suppressed_tokens
+
+    fw = Tokenizer(tiny_recognizer.tokenizer.tokenizer, multilingual=False)
+    assert set(get_suppressed_tokens(fw, [-1])) == set(tiny_recognizer.tokenizer.suppress)
