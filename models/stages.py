@@ -116,7 +116,8 @@ def _export(files: ModelFiles, directory: Path, split_layer: int | None, spec: F
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
     bar = tqdm(total=len(STAGES), desc=f"exporting {files.name} stages", unit="stage", disable=not show_progress)
     try:
-        for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.export", "torch._dynamo"):
+        for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.onnx._internal.exporter._registration",
+                      "torch.export", "torch._dynamo"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
         def progress(stage: str) -> None:

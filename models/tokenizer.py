@@ -36,9 +36,11 @@ class DecoderConfig:
 class WhisperTokenizer:
     """Special token ids, prompt construction and text decoding for one Whisper model."""
 
-    def __init__(self, tokenizer_json: Path, config: DecoderConfig):
+    def __init__(self, tokenizer_json: Path, config: DecoderConfig, n_vocab: int):
         self.tokenizer = Tokenizer.from_file(str(tokenizer_json))
         self.config = config
+        # Whisper's own rule; English-only configs may still list language ids
+        self.multilingual = n_vocab >= 51865
 
     def _id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
@@ -59,12 +61,10 @@ class WhisperTokenizer:
         return self._id("<|notimestamps|>")
 
     @cached_property
-    def multilingual(self) -> bool:
-        return len(self.config.lang_ids) > 0
-
-    @cached_property
     def languages(self) -> dict[str, int]:
         """Language code -> language token id (empty for English-only models)."""
+        if not self.multilingual:
+            return {}
         return {self.tokenizer.id_to_token(i)[2:-2]: i for i in self.config.lang_ids}
 
     @cached_property

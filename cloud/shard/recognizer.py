@@ -67,7 +67,9 @@ class Recognizer:
     def __init__(self, artifacts: StageArtifacts, runtime: RuntimeOptions = RuntimeOptions()):
         self.artifacts = artifacts
         self.runtime = StageRuntime(artifacts, runtime)
-        self.tokenizer = WhisperTokenizer(artifacts.tokenizer_json, DecoderConfig.load(artifacts.config_json))
+        self.tokenizer = WhisperTokenizer(
+            artifacts.tokenizer_json, DecoderConfig.load(artifacts.config_json), artifacts.manifest["dims"]["n_vocab"]
+        )
         self.spec = artifacts.feature_spec
         config = self.tokenizer.config
         self.rules = SuppressRules(self.tokenizer.suppress, config.suppress_ids_begin, self.tokenizer.eot)
