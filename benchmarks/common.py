@@ -15,8 +15,12 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def machine() -> dict:
     import os
 
-    return {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def write_json(name: str, payload: dict) -> Path:

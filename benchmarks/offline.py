@@ -15,7 +15,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bar_plot, median, print_table, write_json  # noqa: E402
-
 from splitasr.shared.audio import load_audio  # noqa: E402
 from splitasr.shared.wer import WERTally, read_manifest  # noqa: E402
 
@@ -35,14 +34,20 @@ def splitasr_system(model: str, int8: bool, threads: int):
 
 def faster_whisper_system(model: str, compute_type: str, threads: int):
     from faster_whisper import WhisperModel
-
     from splitasr.models.sources import locate
 
     fw = WhisperModel(str(locate(model).directory), device="cpu", compute_type=compute_type, cpu_threads=threads)
 
     def run(audio, language):
-        segments, _ = fw.transcribe(audio, language=language, beam_size=1, temperature=0.0,
-                                    without_timestamps=True, condition_on_previous_text=False, vad_filter=False)
+        segments, _ = fw.transcribe(
+            audio,
+            language=language,
+            beam_size=1,
+            temperature=0.0,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+        )
         return " ".join(s.text.strip() for s in segments)
 
     return run
@@ -81,16 +86,36 @@ def main() -> int:
         tally = WERTally()
         for (e, _), text in zip(clips, texts[name], strict=True):
             tally.add(e.text, text, e.language)
-        results[name] = {"audio_s_per_wall_s": round(speed, 2), "ratio_vs_fw_int8": round(speed / baseline, 3),
-                         "wall_s": [round(w, 3) for w in walls[name]], "wer": round(tally.wer, 4)}
+        results[name] = {
+            "audio_s_per_wall_s": round(speed, 2),
+            "ratio_vs_fw_int8": round(speed / baseline, 3),
+            "wall_s": [round(w, 3) for w in walls[name]],
+            "wer": round(tally.wer, 4),
+        }
         rows.append([name, round(speed, 1), round(speed / baseline, 2), f"{tally.wer * 100:.2f}%"])
-    print(f"{len(clips)} clips, {audio_s:.1f} s of audio, model {args.model}, {args.threads} threads, "
-          f"median of {args.rounds} rounds")
+    print(
+        f"{len(clips)} clips, {audio_s:.1f} s of audio, model {args.model}, {args.threads} threads, "
+        f"median of {args.rounds} rounds"
+    )
     print_table(["system", "audio s / wall s", "x fw int8", "WER"], rows)
-    json_path = write_json("offline", {"model": args.model, "clips": len(clips), "audio_s": round(audio_s, 2),
-                                       "rounds": args.rounds, "threads": args.threads, "systems": results})
-    png = bar_plot("offline", list(results), [r["audio_s_per_wall_s"] for r in results.values()],
-                   "audio seconds per wall second", f"Offline throughput, {args.model}, 2 CPU cores")
+    json_path = write_json(
+        "offline",
+        {
+            "model": args.model,
+            "clips": len(clips),
+            "audio_s": round(audio_s, 2),
+            "rounds": args.rounds,
+            "threads": args.threads,
+            "systems": results,
+        },
+    )
+    png = bar_plot(
+        "offline",
+        list(results),
+        [r["audio_s_per_wall_s"] for r in results.values()],
+        "audio seconds per wall second",
+        f"Offline throughput, {args.model}, 2 CPU cores",
+    )
     print(f"wrote {json_path} and {png}")
     return 0
 

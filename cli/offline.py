@@ -23,8 +23,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("files", nargs="+", help="audio files (anything soundfile reads; any rate, stereo ok)")
     _model_args(p)
     p.add_argument("--language", default=None, help="language code (default: en, or detected by base)")
-    p.add_argument("--window", default="trimmed", choices=["trimmed", "full"],
-                   help="trimmed: encode audio + 2 s silence; full: 30 s windows like faster-whisper")
+    p.add_argument(
+        "--window",
+        default="trimmed",
+        choices=["trimmed", "full"],
+        help="trimmed: encode audio + 2 s silence; full: 30 s windows like faster-whisper",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON object per file, with timings")
     p.set_defaults(func=cmd_transcribe)
 
@@ -43,8 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _recognizer(args: argparse.Namespace):
     from splitasr.cloud.shard.recognizer import Recognizer
 
-    return Recognizer.load(args.model, int8=args.int8, threads=args.threads, device=args.device,
-                           split_layer=args.split_layer, show_progress=sys.stderr.isatty())
+    return Recognizer.load(
+        args.model,
+        int8=args.int8,
+        threads=args.threads,
+        device=args.device,
+        split_layer=args.split_layer,
+        show_progress=sys.stderr.isatty(),
+    )
 
 
 def cmd_transcribe(args: argparse.Namespace) -> int:
@@ -59,8 +69,12 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
         result = recognizer.transcribe(audio, options)
         wall = time.perf_counter() - started
         if args.json:
-            out = {"file": path, **result.to_dict(), "wall_s": round(wall, 3),
-                   "audio_s_per_wall_s": round(result.duration_s / wall, 2)}
+            out = {
+                "file": path,
+                **result.to_dict(),
+                "wall_s": round(wall, 3),
+                "audio_s_per_wall_s": round(result.duration_s / wall, 2),
+            }
             print(json.dumps(out, ensure_ascii=False))
         elif len(args.files) > 1:
             print(f"{path}: {result.text}")
@@ -77,25 +91,42 @@ def cmd_eval(args: argparse.Namespace) -> int:
     recognizer = _recognizer(args)
     usable = [e for e in entries if recognizer.multilingual or e.language == "en"]
     if len(usable) < len(entries):
-        print(f"skipping {len(entries) - len(usable)} non-English entries: {args.model} is English-only "
-              "(use --model base)", file=sys.stderr)
+        print(
+            f"skipping {len(entries) - len(usable)} non-English entries: {args.model} is English-only "
+            "(use --model base)",
+            file=sys.stderr,
+        )
     report = WERReport()
     rows = []
     for entry in usable:
         options = TranscribeOptions(language=None if args.detect else entry.language)
         result = recognizer.transcribe_file(entry.file, options)
         wer = report.add(entry.text, result.text, entry.language)
-        rows.append({"file": str(entry.file), "language": entry.language, "detected": result.language,
-                     "wer": round(wer, 4), "text": result.text})
+        rows.append(
+            {
+                "file": str(entry.file),
+                "language": entry.language,
+                "detected": result.language,
+                "wer": round(wer, 4),
+                "text": result.text,
+            }
+        )
     if args.json:
-        print(json.dumps({"model": args.model, "int8": args.int8, "wer": report.to_dict(), "utterances": rows},
-                         ensure_ascii=False, indent=2))
+        print(
+            json.dumps(
+                {"model": args.model, "int8": args.int8, "wer": report.to_dict(), "utterances": rows},
+                ensure_ascii=False,
+                indent=2,
+            )
+        )
         return 0
     for row in rows:
         print(f"{row['wer'] * 100:6.1f}%  [{row['language']}]  {row['file']}: {row['text']}")
     for lang, stats in report.to_dict().items():
-        print(f"WER {lang}: {stats['wer'] * 100:.2f}% ({stats['errors']}/{stats['words']} words, "
-              f"{stats['utterances']} utterances)")
+        print(
+            f"WER {lang}: {stats['wer'] * 100:.2f}% ({stats['errors']}/{stats['words']} words, "
+            f"{stats['utterances']} utterances)"
+        )
     return 0
 
 

@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
-
 from splitasr.shared.errors import ModelFormatError
 
 SUPPORTED_BINARY_VERSION = 6
@@ -106,7 +105,9 @@ def read_ct2(path: str | Path) -> CT2Model:
     return CT2Model(spec_name=spec_name, spec_revision=revision, variables=variables)
 
 
-def write_ct2(path: str | Path, spec_name: str, variables: dict[str, np.ndarray], aliases: dict[str, str] | None = None) -> None:
+def write_ct2(
+    path: str | Path, spec_name: str, variables: dict[str, np.ndarray], aliases: dict[str, str] | None = None
+) -> None:
     """Write a v6 ``model.bin`` (used by tests and by tiny random models)."""
     codes = {np.dtype(v): k for k, v in _DTYPES.items() if k != _BF16}
 

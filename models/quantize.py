@@ -48,8 +48,9 @@ def quantize_stage(src: Path, dst: Path, min_weight_dim: int = 0) -> list[str]:
     folded = dst.with_suffix(".folded.onnx")
     onnx.save(model, str(folded))
     try:
-        quantize_dynamic(folded, dst, weight_type=QuantType.QInt8, nodes_to_quantize=nodes,
-                         op_types_to_quantize=["MatMul"])
+        quantize_dynamic(
+            folded, dst, weight_type=QuantType.QInt8, nodes_to_quantize=nodes, op_types_to_quantize=["MatMul"]
+        )
     finally:
         folded.unlink(missing_ok=True)
     return nodes

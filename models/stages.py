@@ -101,11 +101,10 @@ def _load_manifest(directory: Path) -> dict | None:
 
 
 def _export(files: ModelFiles, directory: Path, split_layer: int | None, spec: FeatureSpec, show_progress: bool):
-    from tqdm import tqdm
-
     from splitasr.models.ct2 import read_ct2
     from splitasr.models.dims import WhisperDims
     from splitasr.models.export import OPSET, STAGES, export_stages
+    from tqdm import tqdm
 
     started = time.perf_counter()
     ct2 = read_ct2(files.model_bin)
@@ -116,8 +115,14 @@ def _export(files: ModelFiles, directory: Path, split_layer: int | None, spec: F
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
     bar = tqdm(total=len(STAGES), desc=f"exporting {files.name} stages", unit="stage", disable=not show_progress)
     try:
-        for noisy in ("onnx_ir", "onnxscript", "torch.onnx", "torch.onnx._internal.exporter._registration",
-                      "torch.export", "torch._dynamo"):
+        for noisy in (
+            "onnx_ir",
+            "onnxscript",
+            "torch.onnx",
+            "torch.onnx._internal.exporter._registration",
+            "torch.export",
+            "torch._dynamo",
+        ):
             logging.getLogger(noisy).setLevel(logging.ERROR)
 
         def progress(stage: str) -> None:
@@ -136,7 +141,9 @@ def _export(files: ModelFiles, directory: Path, split_layer: int | None, spec: F
             "feature_spec": spec.to_dict(),
             "opset": OPSET,
             "stage_format": STAGE_FORMAT,
-            "stages": {s: {"file": p.name, "int8_file": f"{s}.int8.onnx", "bytes": p.stat().st_size} for s, p in paths.items()},
+            "stages": {
+                s: {"file": p.name, "int8_file": f"{s}.int8.onnx", "bytes": p.stat().st_size} for s, p in paths.items()
+            },
             "versions": _versions(),
             "export_seconds": round(time.perf_counter() - started, 2),
         }
@@ -183,9 +190,9 @@ def ensure_stages(
     files = locate(model)
     directory = stage_dir(files, split_layer)
     manifest = _load_manifest(directory)
-    if manifest is None or (int8 and not all(
-        (directory / s["int8_file"]).exists() for s in manifest["stages"].values()
-    )):
+    if manifest is None or (
+        int8 and not all((directory / s["int8_file"]).exists() for s in manifest["stages"].values())
+    ):
         with _locked(directory.with_name(directory.name + ".lock")):
             manifest = _load_manifest(directory) or _export(files, directory, split_layer, spec, show_progress)
             artifacts = StageArtifacts(directory, manifest)

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from tokenizers import Tokenizer
-
 from splitasr.shared.errors import ModelFormatError, UnknownLanguageError
+from tokenizers import Tokenizer
 
 
 @dataclass(frozen=True)

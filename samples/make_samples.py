@@ -12,30 +12,59 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
 from splitasr.shared.audio import load_audio, resample
 
 HERE = Path(__file__).resolve().parent
 
 # (file, espeak voice, words per minute, language, text)
 CLIPS = [
-    ("en_weather.flac", "en-us", 150, "en",
-     "The weather will be sunny this afternoon, with a light breeze coming from the west."),
-    ("en_meeting.flac", "en-gb", 150, "en",
-     "Please remember that the team meeting has moved to the small room on the second floor."),
-    ("en_kitchen.flac", "en-us+f3", 145, "en",
-     "She opened the kitchen window and listened to the birds singing in the garden."),
-    ("en_train_22k_stereo.flac", "en-gb-x-rp", 155, "en",
-     "The next train to the city centre leaves from platform four in a few minutes."),
-    ("en_library.flac", "en-us+m3", 150, "en",
-     "Our library is open every day except Sunday, and children can borrow books for free."),
-    ("en_story.flac", "en-us", 140, "en",
-     "Once upon a time there was a little village at the edge of a great forest. "
-     "Every morning the baker opened his shop and the smell of fresh bread filled the streets. "
-     "The children ran to school, and the farmers drove their carts to the market. "
-     "One winter the snow fell for many days and the roads were closed. "
-     "The villagers shared their food and their firewood, and nobody went hungry. "
-     "When spring came, they held a festival to thank each other for their kindness."),
+    (
+        "en_weather.flac",
+        "en-us",
+        150,
+        "en",
+        "The weather will be sunny this afternoon, with a light breeze coming from the west.",
+    ),
+    (
+        "en_meeting.flac",
+        "en-gb",
+        150,
+        "en",
+        "Please remember that the team meeting has moved to the small room on the second floor.",
+    ),
+    (
+        "en_kitchen.flac",
+        "en-us+f3",
+        145,
+        "en",
+        "She opened the kitchen window and listened to the birds singing in the garden.",
+    ),
+    (
+        "en_train_22k_stereo.flac",
+        "en-gb-x-rp",
+        155,
+        "en",
+        "The next train to the city centre leaves from platform four in a few minutes.",
+    ),
+    (
+        "en_library.flac",
+        "en-us+m3",
+        150,
+        "en",
+        "Our library is open every day except Sunday, and children can borrow books for free.",
+    ),
+    (
+        "en_story.flac",
+        "en-us",
+        140,
+        "en",
+        "Once upon a time there was a little village at the edge of a great forest. "
+        "Every morning the baker opened his shop and the smell of fresh bread filled the streets. "
+        "The children ran to school, and the farmers drove their carts to the market. "
+        "One winter the snow fell for many days and the roads were closed. "
+        "The villagers shared their food and their firewood, and nobody went hungry. "
+        "When spring came, they held a festival to thank each other for their kindness.",
+    ),
     ("de_bahnhof.flac", "de", 140, "de", "Der Zug nach Berlin fährt heute pünktlich vom ersten Gleis ab."),
     ("es_mercado.flac", "es", 140, "es", "Mañana vamos al mercado para comprar frutas y verduras frescas."),
     ("fr_musee.flac", "fr", 140, "fr", "Le musée est ouvert tous les jours sauf le lundi matin."),

@@ -6,7 +6,6 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
-
 from splitasr.shared.errors import AudioError, ConfigError
 
 
@@ -57,8 +56,9 @@ def mel_filters(spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
     """Slaney-normalised mel filterbank (equals Whisper's), float32 (n_mels, n_fft // 2 + 1)."""
     import librosa
 
-    return librosa.filters.mel(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, htk=False,
-                               norm="slaney").astype(np.float32)
+    return librosa.filters.mel(
+        sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, htk=False, norm="slaney"
+    ).astype(np.float32)
 
 
 @lru_cache(maxsize=8)

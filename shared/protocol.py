@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
-
 from splitasr.shared.errors import ProtocolError
 
 PROTOCOL_VERSION = 1
@@ -153,8 +152,21 @@ class StageResponse(Frame):
 
 FRAME_TYPES: dict[str, type[Frame]] = {
     cls.TYPE: cls
-    for cls in (Hello, Welcome, Features, EndOfUtterance, Partial, Final, Ack, Error, Drain, Ping, Pong,
-                StageRequest, StageResponse)
+    for cls in (
+        Hello,
+        Welcome,
+        Features,
+        EndOfUtterance,
+        Partial,
+        Final,
+        Ack,
+        Error,
+        Drain,
+        Ping,
+        Pong,
+        StageRequest,
+        StageResponse,
+    )
 }
 
 

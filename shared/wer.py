@@ -5,15 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import jiwer
-
 from splitasr.shared.errors import ConfigError
 
 
-@lru_cache(maxsize=None)
+@cache
 def _normalizer(language: str):
     if language == "en":
         from whisper_normalizer.english import EnglishTextNormalizer

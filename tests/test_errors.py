@@ -7,7 +7,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from splitasr.cli.main import main
 from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.models import sources
@@ -59,8 +58,12 @@ def test_cli_corrupt_audio(tmp_path, capsys):
 
 
 def test_cli_unknown_model_exits_2():
-    proc = subprocess.run([sys.executable, "-m", "splitasr.cli", "transcribe", "--model", "huge", "x.wav"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "splitasr.cli", "transcribe", "--model", "huge", "x.wav"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "invalid choice: 'huge'" in proc.stderr
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.models.sources import locate
 from splitasr.shared.audio import load_audio
@@ -17,9 +16,16 @@ pytestmark = pytest.mark.integration
 def _reference_tokens(model_name: str, audio, language: str) -> list[int]:
     model = _faster_whisper_model(model_name)
     segments, _ = model.transcribe(
-        audio, language=language, beam_size=1, temperature=0.0, without_timestamps=True,
-        condition_on_previous_text=False, vad_filter=False, no_speech_threshold=None,
-        log_prob_threshold=None, compression_ratio_threshold=None,
+        audio,
+        language=language,
+        beam_size=1,
+        temperature=0.0,
+        without_timestamps=True,
+        condition_on_previous_text=False,
+        vad_filter=False,
+        no_speech_threshold=None,
+        log_prob_threshold=None,
+        compression_ratio_threshold=None,
     )
     return [t for s in segments for t in s.tokens]
 
@@ -48,8 +54,10 @@ def _check(recognizer, model_name, entries):
             mismatched_trimmed.append(entry.file.name)
         tally_full.add(entry.text, full.text, entry.language)
         tally_trim.add(entry.text, trimmed.text, entry.language)
-    print(f"{model_name}: {len(entries)} clips, tokens equal (30 s windows); trimmed windows differ on "
-          f"{mismatched_trimmed or 'none'}; WER full {tally_full.wer:.3f} trimmed {tally_trim.wer:.3f}")
+    print(
+        f"{model_name}: {len(entries)} clips, tokens equal (30 s windows); trimmed windows differ on "
+        f"{mismatched_trimmed or 'none'}; WER full {tally_full.wer:.3f} trimmed {tally_trim.wer:.3f}"
+    )
     # trimmed windows (the serving default) may pick other tokens, but must not be less accurate
     assert tally_trim.wer <= tally_full.wer + 0.01
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import msgpack
 import pytest
-
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import ProtocolError
 
@@ -20,8 +19,13 @@ SAMPLES = [
     p.Drain(reason="scale-in", route=["ws://127.0.0.1:1"]),
     p.Ping(nonce=9),
     p.Pong(nonce=9),
-    p.StageRequest(req_id="r1", model="tiny.en", stage="enc_b", deadline_ms=200.0,
-                   tensors={"hidden": {"dtype": "float16", "shape": [1, 2, 3], "data": bytes(12)}}),
+    p.StageRequest(
+        req_id="r1",
+        model="tiny.en",
+        stage="enc_b",
+        deadline_ms=200.0,
+        tensors={"hidden": {"dtype": "float16", "shape": [1, 2, 3], "data": bytes(12)}},
+    ),
     p.StageResponse(req_id="r1", tensors={}),
 ]
 

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-
 from splitasr.cloud.shard.decoding import greedy_decode
 from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.models.stages import ensure_stages
@@ -28,7 +27,9 @@ def torch_whisper(tiny_artifacts):
 def _torch_step(whisper):
     def step(tokens, past_k, past_v, cross_k, cross_v):
         with torch.no_grad():
-            out = whisper.dec_step(*(torch.from_numpy(np.asarray(a)) for a in (tokens, past_k, past_v, cross_k, cross_v)))
+            out = whisper.dec_step(
+                *(torch.from_numpy(np.asarray(a)) for a in (tokens, past_k, past_v, cross_k, cross_v))
+            )
         return tuple(t.numpy() for t in out)
 
     return step

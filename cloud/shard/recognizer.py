@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-
 from splitasr.cloud.shard.decoding import DecodingOptions, SuppressRules, greedy_decode
 from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime
 from splitasr.cloud.shard.windows import split_windows
@@ -75,8 +74,15 @@ class Recognizer:
         self.rules = SuppressRules(self.tokenizer.suppress, config.suppress_ids_begin, self.tokenizer.eot)
 
     @classmethod
-    def load(cls, model: str = "tiny.en", int8: bool = False, threads: int = 0, device: str = "auto",
-             split_layer: int | None = None, show_progress: bool = True) -> Recognizer:
+    def load(
+        cls,
+        model: str = "tiny.en",
+        int8: bool = False,
+        threads: int = 0,
+        device: str = "auto",
+        split_layer: int | None = None,
+        show_progress: bool = True,
+    ) -> Recognizer:
         artifacts = ensure_stages(model, split_layer=split_layer, int8=int8, show_progress=show_progress)
         return cls(artifacts, RuntimeOptions(threads=threads, device=device, int8=int8))
 

@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
-
 from splitasr.models.export import STAGE_IO, STAGES
 from splitasr.models.stages import StageArtifacts
 from splitasr.shared.errors import ConfigError
@@ -63,8 +62,9 @@ def providers(device: str) -> list[str]:
 class StageRuntime:
     """ORT sessions for some (or all) stages of one model; a shard hosts just its own stage."""
 
-    def __init__(self, artifacts: StageArtifacts, options: RuntimeOptions = RuntimeOptions(),
-                 stages: Iterable[str] = STAGES):
+    def __init__(
+        self, artifacts: StageArtifacts, options: RuntimeOptions = RuntimeOptions(), stages: Iterable[str] = STAGES
+    ):
         self.artifacts = artifacts
         self.options = options
         self.sessions: dict[str, ort.InferenceSession] = {}
@@ -92,8 +92,9 @@ class StageRuntime:
         k, v = self.run("cross_kv", audio)
         return k, v
 
-    def dec_step(self, tokens: np.ndarray, past_k: np.ndarray, past_v: np.ndarray, cross_k: np.ndarray,
-                 cross_v: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def dec_step(
+        self, tokens: np.ndarray, past_k: np.ndarray, past_v: np.ndarray, cross_k: np.ndarray, cross_v: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         logits, k, v = self.run("dec_step", tokens, past_k, past_v, cross_k, cross_v)
         return logits, k, v
 

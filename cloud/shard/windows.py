@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def split_windows(audio: np.ndarray, sample_rate: int, max_s: float, search_s: float = 3.0,
-                  frame_s: float = 0.1) -> list[tuple[int, int]]:
+def split_windows(
+    audio: np.ndarray, sample_rate: int, max_s: float, search_s: float = 3.0, frame_s: float = 0.1
+) -> list[tuple[int, int]]:
     """Return (start, end) sample ranges of at most ``max_s`` seconds covering ``audio``.
 
     A cut falls at the lowest-energy ``frame_s`` frame within the last ``search_s`` seconds
