@@ -15,6 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import bar_plot, median, print_table, write_json  # noqa: E402
+
 from splitasr.shared.audio import load_audio  # noqa: E402
 from splitasr.shared.wer import WERTally, read_manifest  # noqa: E402
 
@@ -34,6 +35,7 @@ def splitasr_system(model: str, int8: bool, threads: int):
 
 def faster_whisper_system(model: str, compute_type: str, threads: int):
     from faster_whisper import WhisperModel
+
     from splitasr.models.sources import locate
 
     fw = WhisperModel(str(locate(model).directory), device="cpu", compute_type=compute_type, cpu_threads=threads)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
+
 from splitasr.shared.errors import ModelFormatError
 
 SUPPORTED_BINARY_VERSION = 6

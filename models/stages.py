@@ -101,10 +101,11 @@ def _load_manifest(directory: Path) -> dict | None:
 
 
 def _export(files: ModelFiles, directory: Path, split_layer: int | None, spec: FeatureSpec, show_progress: bool):
+    from tqdm import tqdm
+
     from splitasr.models.ct2 import read_ct2
     from splitasr.models.dims import WhisperDims
     from splitasr.models.export import OPSET, STAGES, export_stages
-    from tqdm import tqdm
 
     started = time.perf_counter()
     ct2 = read_ct2(files.model_bin)

@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from splitasr.shared.errors import ModelFormatError, UnknownLanguageError
 from tokenizers import Tokenizer
+
+from splitasr.shared.errors import ModelFormatError, UnknownLanguageError
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import Tensor, nn
+
 from splitasr.models.ct2 import CT2Model
 from splitasr.models.dims import WhisperDims
-from torch import Tensor, nn
 
 
 def _attention(q: Tensor, k: Tensor, v: Tensor, n_head: int) -> Tensor:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
 from splitasr.shared.audio import load_audio, resample
 
 HERE = Path(__file__).resolve().parent

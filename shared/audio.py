@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import soxr
+
 from splitasr.shared.errors import AudioError
 
 

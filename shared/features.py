@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from functools import lru_cache
 
 import numpy as np
+
 from splitasr.shared.errors import AudioError, ConfigError
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import msgpack
+
 from splitasr.shared.errors import ProtocolError
 
 PROTOCOL_VERSION = 1

@@ -9,6 +9,7 @@ from functools import cache
 from pathlib import Path
 
 import jiwer
+
 from splitasr.shared.errors import ConfigError
 
 

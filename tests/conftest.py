@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+
 from splitasr.models.sources import is_installed
 from splitasr.shared.wer import read_manifest
 

@@ -6,6 +6,7 @@ import struct
 
 import numpy as np
 import pytest
+
 from splitasr.models.ct2 import read_ct2, write_ct2
 from splitasr.models.dims import WhisperDims
 from splitasr.models.sources import locate

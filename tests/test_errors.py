@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from splitasr.cli.main import main
 from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.models import sources

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.models.sources import locate
 from splitasr.shared.audio import load_audio

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import ProtocolError
 

@@ -7,6 +7,7 @@ import time
 
 import numpy as np
 import pytest
+
 from splitasr.cloud.shard.decoding import greedy_decode
 from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.models.stages import ensure_stages

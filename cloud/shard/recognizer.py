@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
+
 from splitasr.cloud.shard.decoding import DecodingOptions, SuppressRules, greedy_decode
 from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime
 from splitasr.cloud.shard.windows import split_windows

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnxruntime as ort
+
 from splitasr.models.export import STAGE_IO, STAGES
 from splitasr.models.stages import StageArtifacts
 from splitasr.shared.errors import ConfigError
