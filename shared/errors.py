@@ -47,3 +47,7 @@ class ProtocolError(SplitASRError):
         self.code = code
         self.message = message
         self.retryable = retryable
+
+
+class StageUnavailableError(SplitASRError):
+    """No replica of a downstream stage answered (all failed or timed out)."""

@@ -70,6 +70,7 @@ class Features(Frame):
     scale: float
     shape: list  # [n_mels, n_frames]
     payload: bytes
+    offset: float = 0.0  # value = q * scale + offset (int8)
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class Error(Frame):
     message: str
     retryable: bool = False
     utt: int | None = None
+    req_id: str | None = None  # set when answering a STAGE_REQ
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ class StageRequest(Frame):
     stage: str
     deadline_ms: float  # budget left when sent, in ms
     tensors: dict  # name -> {"dtype", "shape", "data"}
-    priority: int = 0
+    priority: int = 0  # 0 final, 1 partial, 2 batch
+    meta: dict = field(default_factory=dict)  # stage-specific: prompt, language, token cap
 
 
 @dataclass(frozen=True)
@@ -149,6 +152,7 @@ class StageResponse(Frame):
     req_id: str
     tensors: dict
     timings: dict = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
 
 
 FRAME_TYPES: dict[str, type[Frame]] = {
@@ -224,5 +228,5 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
         raise ProtocolError(E_FIELD, f"{kind}: {exc}") from None
 
 
-def error_frame(exc: ProtocolError, utt: int | None = None) -> Error:
-    return Error(code=exc.code, message=exc.message, retryable=exc.retryable, utt=utt)
+def error_frame(exc: ProtocolError, utt: int | None = None, req_id: str | None = None) -> Error:
+    return Error(code=exc.code, message=exc.message, retryable=exc.retryable, utt=utt, req_id=req_id)

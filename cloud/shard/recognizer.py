@@ -61,18 +61,61 @@ class _Timer:
         self.ms[key] = self.ms.get(key, 0.0) + (time.perf_counter() - started) * 1000
 
 
+class TextDecoder:
+    """cross_kv + greedy decoding + language detection: the work of the decoder stage."""
+
+    def __init__(self, runtime: StageRuntime, artifacts: StageArtifacts):
+        self.runtime = runtime
+        n_vocab = artifacts.manifest["dims"]["n_vocab"]
+        self.tokenizer = WhisperTokenizer(artifacts.tokenizer_json, DecoderConfig.load(artifacts.config_json), n_vocab)
+        config = self.tokenizer.config
+        self.rules = SuppressRules(self.tokenizer.suppress, config.suppress_ids_begin, self.tokenizer.eot)
+
+    def detect_language(self, cross_k: np.ndarray, cross_v: np.ndarray) -> list[str]:
+        """Most likely language per batch row, from the first decoder step after <|startoftranscript|>."""
+        batch = cross_k.shape[1]
+        tokens = np.full((batch, 1), self.tokenizer.sot, np.int64)
+        logits, _, _ = self.runtime.dec_step(tokens, *self.runtime.empty_cache(batch), cross_k, cross_v)
+        codes = list(self.tokenizer.languages)
+        ids = [self.tokenizer.languages[c] for c in codes]
+        return [codes[i] for i in logits[:, ids].argmax(axis=-1)]
+
+    def decode(
+        self,
+        audio_states: np.ndarray,
+        language: str | None,
+        audio_seconds: float,
+        options: DecodingOptions,
+        timer: _Timer | None = None,
+    ) -> tuple[list[int], str]:
+        """Tokens of one window (batch 1) and its language (detected when ``language`` is None)."""
+        timer = timer or _Timer()
+        t = time.perf_counter()
+        cross_k, cross_v = self.runtime.cross_kv(audio_states)
+        timer.add("cross_kv", t)
+        t = time.perf_counter()
+        if language is None:
+            language = self.detect_language(cross_k, cross_v)[0] if self.tokenizer.multilingual else "en"
+            log.info("detected language %s", language)
+        prompt = self.tokenizer.prompt(language)
+        cap = options.token_cap(audio_seconds, len(prompt))
+        (tokens,) = greedy_decode(
+            self.runtime.dec_step, cross_k, cross_v, self.runtime.empty_cache(1), [prompt], [cap], self.rules
+        )
+        timer.add("decode", t)
+        return tokens, language
+
+
 class Recognizer:
     """Runs the full stage chain of one model in this process (the offline path)."""
 
     def __init__(self, artifacts: StageArtifacts, runtime: RuntimeOptions = RuntimeOptions()):
         self.artifacts = artifacts
         self.runtime = StageRuntime(artifacts, runtime)
-        self.tokenizer = WhisperTokenizer(
-            artifacts.tokenizer_json, DecoderConfig.load(artifacts.config_json), artifacts.manifest["dims"]["n_vocab"]
-        )
+        self.decoder = TextDecoder(self.runtime, artifacts)
+        self.tokenizer = self.decoder.tokenizer
+        self.rules = self.decoder.rules
         self.spec = artifacts.feature_spec
-        config = self.tokenizer.config
-        self.rules = SuppressRules(self.tokenizer.suppress, config.suppress_ids_begin, self.tokenizer.eot)
 
     @classmethod
     def load(
@@ -104,15 +147,6 @@ class Recognizer:
             mel = mel[:, : mel.shape[1] - mel.shape[1] % 2]
         return np.ascontiguousarray(mel[None], dtype=np.float32)
 
-    def detect_language(self, cross_k: np.ndarray, cross_v: np.ndarray) -> list[str]:
-        """Most likely language per batch row, from the first decoder step after <|startoftranscript|>."""
-        batch = cross_k.shape[1]
-        tokens = np.full((batch, 1), self.tokenizer.sot, np.int64)
-        logits, _, _ = self.runtime.dec_step(tokens, *self.runtime.empty_cache(batch), cross_k, cross_v)
-        codes = list(self.tokenizer.languages)
-        ids = [self.tokenizer.languages[c] for c in codes]
-        return [codes[i] for i in logits[:, ids].argmax(axis=-1)]
-
     def max_window_s(self, options: TranscribeOptions) -> float:
         chunk = self.spec.chunk_length_s
         return chunk if options.window == "full" else chunk - options.pad_s
@@ -134,19 +168,7 @@ class Recognizer:
             t = time.perf_counter()
             enc = self.runtime.encode(mel)
             timer.add("encode", t)
-            t = time.perf_counter()
-            cross_k, cross_v = self.runtime.cross_kv(enc)
-            timer.add("cross_kv", t)
-            t = time.perf_counter()
-            if language is None:
-                language = self.detect_language(cross_k, cross_v)[0]
-                log.info("detected language %s", language)
-            prompt = self.tokenizer.prompt(language)
-            cap = options.decoding.token_cap((end - start) / sr, len(prompt))
-            (tokens,) = greedy_decode(
-                self.runtime.dec_step, cross_k, cross_v, self.runtime.empty_cache(1), [prompt], [cap], self.rules
-            )
-            timer.add("decode", t)
+            tokens, language = self.decoder.decode(enc, language, (end - start) / sr, options.decoding, timer)
             all_tokens.append(tokens)
             texts.append(self.tokenizer.decode(tokens).strip())
         return Transcript(

@@ -1,0 +1,41 @@
+"""Prometheus metrics of one shard process (its own registry, served at /metrics)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 5.0, 10.0)
+
+
+class ShardMetrics:
+    def __init__(self, model: str, role: str):
+        self.registry = CollectorRegistry()
+        labels = {"model": model, "role": role}
+        self.info = Gauge("splitasr_shard_info", "Shard identity", list(labels), registry=self.registry)
+        self.info.labels(**labels).set(1)
+        self.stage_seconds = Histogram(
+            "splitasr_stage_seconds",
+            "Compute time per stage call",
+            ["stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "splitasr_queue_delay_seconds",
+            "Wait before a stage call starts",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.active_sessions = Gauge("splitasr_active_sessions", "Connected edge sessions", registry=self.registry)
+        self.finals = Counter("splitasr_finals_total", "FINAL frames sent", registry=self.registry)
+        self.partials = Counter("splitasr_partials_total", "PARTIAL frames sent", registry=self.registry)
+        self.dropped_partials = Counter(
+            "splitasr_partials_dropped_total", "Partials superseded before sending", registry=self.registry
+        )
+        self.errors = Counter("splitasr_errors_total", "ERROR frames sent", ["code"], registry=self.registry)
+        self.final_seconds = Histogram(
+            "splitasr_final_latency_seconds",
+            "EOU received to FINAL sent",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )

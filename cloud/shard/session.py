@@ -1,0 +1,82 @@
+"""Per-session state on a stage-0 shard: utterance buffers, replay-safe ordering, partial agreement."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from splitasr.shared.errors import ProtocolError
+from splitasr.shared.protocol import E_STATE, E_TOO_LARGE, Final
+
+
+@dataclass
+class Utterance:
+    utt: int
+    chunks: list[np.ndarray] = field(default_factory=list)
+    n_frames: int = 0
+    next_seq: int = 0
+    ended: bool = False
+    final: Final | None = None
+    partial_at_frames: int = 0  # frames covered by the last partial started
+    hypotheses: list[str] = field(default_factory=list)
+
+    def raw(self) -> np.ndarray:
+        return np.concatenate(self.chunks, axis=1) if self.chunks else np.zeros((0, 0), np.float32)
+
+
+def stable_prefix(previous: str, current: str) -> int:
+    """LocalAgreement-2: characters of ``current`` made of whole words both hypotheses agree on."""
+    a, b = previous.split(), current.split()
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    if n == 0:
+        return 0
+    return len(" ".join(b[:n]))
+
+
+class Session:
+    """Utterances of one edge session; frames are applied in order and replays are idempotent."""
+
+    def __init__(self, session_id: str, device_id: str, language: str | None, max_frames: int):
+        self.session_id = session_id
+        self.device_id = device_id
+        self.language = language
+        self.max_frames = max_frames
+        self.utterances: dict[int, Utterance] = {}
+
+    def utterance(self, utt: int) -> Utterance:
+        return self.utterances.setdefault(utt, Utterance(utt))
+
+    def add_features(self, utt: int, seq: int, start: int, raw: np.ndarray) -> Utterance | None:
+        """Append frames; returns None for a duplicate (already applied) frame."""
+        u = self.utterance(utt)
+        if u.ended or seq < u.next_seq:
+            return None  # replayed frame we already have
+        if seq != u.next_seq or start != u.n_frames:
+            raise ProtocolError(
+                E_STATE, f"utterance {utt}: expected seq {u.next_seq} at frame {u.n_frames}, got seq {seq} at {start}"
+            )
+        if u.n_frames + raw.shape[1] > self.max_frames:
+            raise ProtocolError(E_TOO_LARGE, f"utterance {utt} exceeds {self.max_frames} frames; end it with EOU")
+        u.chunks.append(raw)
+        u.n_frames += raw.shape[1]
+        u.next_seq += 1
+        return u
+
+    def end(self, utt: int, last_seq: int) -> Utterance | None:
+        """Mark the end of an utterance; None if already ended (replayed EOU)."""
+        u = self.utterance(utt)
+        if u.ended:
+            return None
+        if last_seq != u.next_seq - 1:
+            raise ProtocolError(E_STATE, f"utterance {utt}: EOU after seq {last_seq}, but {u.next_seq} frames arrived")
+        u.ended = True
+        return u
+
+    def forget(self, utt: int) -> None:
+        """Drop an utterance's frames once its FINAL went out (the FINAL is kept for replays)."""
+        u = self.utterances.get(utt)
+        if u is not None:
+            u.chunks.clear()

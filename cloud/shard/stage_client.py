@@ -1,0 +1,131 @@
+"""Calls a downstream stage over persistent websockets, retrying on another replica on failure."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+
+import aiohttp
+
+from splitasr.shared import protocol as p
+from splitasr.shared.errors import ProtocolError, StageUnavailableError
+
+log = logging.getLogger(__name__)
+
+STAGE_PATH = "/v1/stage"
+
+
+def stage_url(url: str) -> str:
+    return url if url.rstrip("/").endswith(STAGE_PATH) else url.rstrip("/") + STAGE_PATH
+
+
+class _Replica:
+    """One websocket to one replica; many requests in flight, matched by request id."""
+
+    def __init__(self, url: str, session: aiohttp.ClientSession):
+        self.url = url
+        self._session = session
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task | None = None
+        self._pending: dict[str, asyncio.Future] = {}
+        self._lock = asyncio.Lock()
+
+    async def _connect(self) -> aiohttp.ClientWebSocketResponse:
+        async with self._lock:
+            if self._ws is None or self._ws.closed:
+                self._ws = await self._session.ws_connect(self.url, max_msg_size=p.MAX_STAGE_FRAME_BYTES, heartbeat=5)
+                self._reader = asyncio.create_task(self._read(self._ws))
+            return self._ws
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        try:
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    continue
+                frame = p.decode(msg.data, max_bytes=p.MAX_STAGE_FRAME_BYTES)
+                future = self._pending.pop(getattr(frame, "req_id", None) or "", None)
+                if future is not None and not future.done():
+                    future.set_result(frame)
+        except (aiohttp.ClientError, ProtocolError, asyncio.CancelledError) as exc:
+            log.debug("replica %s reader stopped: %r", self.url, exc)
+        finally:
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(StageUnavailableError(f"connection to {self.url} lost"))
+            self._pending.clear()
+
+    async def call(self, request: p.StageRequest, timeout_s: float) -> p.StageResponse:
+        ws = await self._connect()
+        future = asyncio.get_running_loop().create_future()
+        self._pending[request.req_id] = future
+        try:
+            await ws.send_bytes(p.encode(request))
+            frame = await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._pending.pop(request.req_id, None)
+        if isinstance(frame, p.Error):
+            raise ProtocolError(frame.code, frame.message, frame.retryable)
+        return frame
+
+    async def close(self) -> None:
+        if self._ws is not None:
+            await self._ws.close()
+        if self._reader is not None:
+            await asyncio.gather(self._reader, return_exceptions=True)
+
+
+class StageClient:
+    """Round-robin over replicas of the next stage; a failed call is retried on the next replica."""
+
+    def __init__(self, urls: list[str], timeout_s: float = 30.0):
+        if not urls:
+            raise ValueError("StageClient needs at least one replica url")
+        self._urls = [stage_url(u) for u in urls]
+        self._timeout_s = timeout_s
+        self._session: aiohttp.ClientSession | None = None
+        self._replicas: list[_Replica] = []
+        self._rr = itertools.count()
+
+    async def start(self) -> None:
+        self._session = aiohttp.ClientSession()
+        self._replicas = [_Replica(u, self._session) for u in self._urls]
+
+    async def close(self) -> None:
+        await asyncio.gather(*(r.close() for r in self._replicas), return_exceptions=True)
+        if self._session is not None:
+            await self._session.close()
+
+    async def call(
+        self,
+        model: str,
+        stage: str,
+        tensors: dict,
+        meta: dict | None = None,
+        deadline_ms: float = 10_000.0,
+        priority: int = 0,
+    ) -> p.StageResponse:
+        request = p.StageRequest(
+            req_id=uuid.uuid4().hex,
+            model=model,
+            stage=stage,
+            deadline_ms=deadline_ms,
+            tensors=tensors,
+            priority=priority,
+            meta=meta or {},
+        )
+        first = next(self._rr)
+        errors = []
+        for i in range(len(self._replicas)):
+            replica = self._replicas[(first + i) % len(self._replicas)]
+            try:
+                return await replica.call(request, self._timeout_s)
+            except ProtocolError as exc:
+                if not exc.retryable:
+                    raise
+                errors.append(f"{replica.url}: {exc}")
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, StageUnavailableError) as exc:
+                errors.append(f"{replica.url}: {exc!r}")
+            log.warning("stage %s call failed on %s; trying another replica", stage, replica.url)
+        raise StageUnavailableError(f"no replica of stage {stage} answered: {'; '.join(errors)}")

@@ -1,0 +1,41 @@
+"""numpy arrays <-> the ``tensors`` maps of STAGE_REQ / STAGE_RES frames."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from splitasr.shared.errors import ProtocolError
+from splitasr.shared.protocol import E_FIELD
+
+WIRE_DTYPES = {"float16", "float32", "int64", "int32"}
+
+
+def pack(arrays: dict[str, np.ndarray], float_dtype: str = "float32") -> dict[str, dict]:
+    """Encode arrays; floating arrays travel as ``float_dtype`` (fp16 halves activation bytes)."""
+    out = {}
+    for name, array in arrays.items():
+        array = np.asarray(array)
+        if np.issubdtype(array.dtype, np.floating):
+            array = array.astype(float_dtype, copy=False)
+        out[name] = {
+            "dtype": str(array.dtype),
+            "shape": list(array.shape),
+            "data": np.ascontiguousarray(array).tobytes(),
+        }
+    return out
+
+
+def unpack(tensors: dict, name: str, as_float32: bool = True) -> np.ndarray:
+    try:
+        spec = tensors[name]
+        dtype, shape, data = spec["dtype"], [int(d) for d in spec["shape"]], spec["data"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ProtocolError(E_FIELD, f"tensor {name!r} missing or malformed ({exc})") from None
+    if dtype not in WIRE_DTYPES:
+        raise ProtocolError(E_FIELD, f"tensor {name!r} has unsupported dtype {dtype!r}")
+    if len(data) != int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize:
+        raise ProtocolError(E_FIELD, f"tensor {name!r}: {len(data)} bytes do not match shape {shape}")
+    array = np.frombuffer(data, dtype=dtype).reshape(shape)
+    if as_float32 and np.issubdtype(array.dtype, np.floating):
+        return array.astype(np.float32)
+    return array
