@@ -10,12 +10,13 @@ from splitasr.shared.errors import SplitASRError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from splitasr.cli import offline
+    from splitasr.cli import cluster, offline
 
     parser = argparse.ArgumentParser(prog="splitasr", description="Edge-cloud split speech recognition.")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
     offline.register(sub)
+    cluster.register(sub)
     return parser
 
 

@@ -1,0 +1,56 @@
+"""Cluster subcommands: ``shard`` (one stage process) and ``up --static`` (a local chain per model)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from splitasr.models.sources import MODELS
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("shard", help="run one recogniser shard (one stage of one model)")
+    p.add_argument("--model", default="tiny.en", choices=sorted(MODELS))
+    p.add_argument(
+        "--stage",
+        default="enc_a",
+        choices=["enc_a", "enc_b", "dec"],
+        help="enc_a: stage 0, owns edge sessions; enc_b: encoder part B; dec: cross-KV + decoder",
+    )
+    p.add_argument(
+        "--next",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="ws://HOST:PORT of a next-stage replica (repeat for failover)",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0, help="0: any free port (see --ready-file)")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (spinning is off)")
+    p.add_argument("--int8", action="store_true")
+    p.add_argument("--partial-interval-s", type=float, default=0.5)
+    p.add_argument("--ready-file", default=None, help="write {pid, port, url} here once loaded and warmed up")
+    p.set_defaults(func=cmd_shard)
+
+    from splitasr.cli import up
+
+    up.register(sub)
+
+
+def cmd_shard(args: argparse.Namespace) -> int:
+    from splitasr.cloud.shard.config import ShardConfig
+    from splitasr.cloud.shard.server import serve
+
+    config = ShardConfig(
+        model=args.model,
+        role=args.stage,
+        next_urls=tuple(args.next),
+        host=args.host,
+        port=args.port,
+        threads=args.threads,
+        int8=args.int8,
+        partial_interval_s=args.partial_interval_s,
+        ready_file=args.ready_file,
+    )
+    asyncio.run(serve(config))
+    return 0

@@ -1,0 +1,153 @@
+"""Start a static chain of shard processes per model on this machine and stop them by pid."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from splitasr.shared.errors import ConfigError, SplitASRError
+
+log = logging.getLogger(__name__)
+
+
+class ShardStartError(SplitASRError):
+    """A shard process exited or did not become ready in time."""
+
+
+@dataclass
+class ShardProcess:
+    model: str
+    role: str
+    proc: subprocess.Popen
+    ready_file: Path
+    log_file: Path
+    info: dict = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.info["url"]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+
+@dataclass(frozen=True)
+class ChainSpec:
+    """How many replicas of each stage one model's pool gets."""
+
+    model: str
+    enc_a: int = 2
+    enc_b: int = 1
+    dec: int = 1
+    threads: int = 1
+    int8: bool = False
+
+
+class LocalCluster:
+    """One chain of stage shards per model as local processes (the embedded default)."""
+
+    def __init__(self, chains: list[ChainSpec], workdir: Path | None = None, ready_timeout_s: float = 180.0):
+        if not chains:
+            raise ConfigError("a cluster needs at least one model chain")
+        self.chains = chains
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="splitasr-cluster-"))
+        self.ready_timeout_s = ready_timeout_s
+        self.shards: list[ShardProcess] = []
+
+    def _spawn(self, chain: ChainSpec, role: str, index: int, next_urls: list[str]) -> ShardProcess:
+        name = f"{chain.model}-{role}-{index}"
+        ready = self.workdir / f"{name}.ready.json"
+        log_path = self.workdir / f"{name}.log"
+        cmd = [
+            sys.executable,
+            "-m",
+            "splitasr.cli",
+            "--log-level",
+            "INFO",
+            "shard",
+            "--model",
+            chain.model,
+            "--stage",
+            role,
+            "--threads",
+            str(chain.threads),
+            "--ready-file",
+            str(ready),
+        ]
+        if chain.int8:
+            cmd.append("--int8")
+        for url in next_urls:
+            cmd += ["--next", url]
+        with log_path.open("wb") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        shard = ShardProcess(chain.model, role, proc, ready, log_path)
+        self.shards.append(shard)
+        return shard
+
+    def _wait_ready(self, shards: list[ShardProcess]) -> None:
+        deadline = time.monotonic() + self.ready_timeout_s
+        for shard in shards:
+            while not shard.ready_file.exists():
+                if shard.proc.poll() is not None:
+                    tail = shard.log_file.read_text(errors="replace")[-2000:]
+                    raise ShardStartError(f"{shard.model} {shard.role} shard exited ({shard.proc.returncode}):\n{tail}")
+                if time.monotonic() > deadline:
+                    raise ShardStartError(f"{shard.model} {shard.role} shard not ready after {self.ready_timeout_s} s")
+                time.sleep(0.05)  # polling a ready file written by another process
+            shard.info = json.loads(shard.ready_file.read_text())
+
+    def start(self) -> LocalCluster:
+        """Start decoder, then encoder B, then stage-0 replicas of every chain; wait until all are ready."""
+        from splitasr.models.stages import ensure_stages
+
+        try:
+            for chain in self.chains:  # export once here, not in every shard at the same time
+                ensure_stages(chain.model, int8=chain.int8, show_progress=sys.stderr.isatty())
+            for chain in self.chains:
+                decs = [self._spawn(chain, "dec", i, []) for i in range(chain.dec)]
+                self._wait_ready(decs)
+                enc_bs = [self._spawn(chain, "enc_b", i, [s.url for s in decs]) for i in range(chain.enc_b)]
+                self._wait_ready(enc_bs)
+                stage0 = [self._spawn(chain, "enc_a", i, [s.url for s in enc_bs]) for i in range(chain.enc_a)]
+                self._wait_ready(stage0)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stage0_urls(self, model: str) -> list[str]:
+        return [s.url for s in self.shards if s.model == model and s.role == "enc_a" and s.proc.poll() is None]
+
+    def describe(self) -> list[dict]:
+        return [
+            {"model": s.model, "role": s.role, "pid": s.pid, "url": s.info.get("url"), "log": str(s.log_file)}
+            for s in self.shards
+        ]
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM every shard by pid, then SIGKILL what is left after ``timeout_s``."""
+        for shard in self.shards:
+            if shard.proc.poll() is None:
+                shard.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for shard in self.shards:
+            try:
+                shard.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.kill(shard.pid, signal.SIGKILL)
+                shard.proc.wait()
+
+    def __enter__(self) -> LocalCluster:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,177 @@
+"""The shard process: an aiohttp app serving one stage of one model, with health, readiness and metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from splitasr.cloud.shard.config import ShardConfig
+from splitasr.cloud.shard.metrics import ShardMetrics
+from splitasr.cloud.shard.roles import Stage0, StageWorker
+from splitasr.cloud.shard.stream import stream_handler
+from splitasr.models.stages import ensure_stages
+from splitasr.shared import protocol as p
+from splitasr.shared.errors import ProtocolError, SplitASRError, StageUnavailableError
+
+log = logging.getLogger(__name__)
+
+CONFIG = web.AppKey("config", ShardConfig)
+METRICS = web.AppKey("metrics", ShardMetrics)
+WORKER = web.AppKey("worker", StageWorker)
+STAGE0 = web.AppKey("stage0", Stage0)
+READY = web.AppKey("ready", asyncio.Event)
+
+
+def is_ready(app: web.Application) -> bool:
+    return app[READY].is_set()
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "pid": os.getpid()})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    body = {"ready": is_ready(request.app), "model": config.model, "role": config.role}
+    return web.json_response(body, status=200 if body["ready"] else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    return web.Response(
+        body=generate_latest(request.app[METRICS].registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def _answer(ws: web.WebSocketResponse, worker: StageWorker, request: p.StageRequest, lock: asyncio.Lock) -> None:
+    try:
+        frame: p.Frame = await worker.serve_stage(request)
+    except ProtocolError as exc:
+        frame = p.error_frame(exc, req_id=request.req_id)
+    except (StageUnavailableError, aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        frame = p.Error(code=p.E_INTERNAL, message=str(exc), retryable=True, req_id=request.req_id)
+    except SplitASRError as exc:
+        frame = p.Error(code=p.E_FIELD, message=str(exc), retryable=False, req_id=request.req_id)
+    if not ws.closed:
+        async with lock:
+            await ws.send_bytes(p.encode(frame))
+
+
+async def stage_handler(request: web.Request) -> web.WebSocketResponse:
+    """STAGE_REQ in, STAGE_RES out; requests on one connection run concurrently."""
+    if not is_ready(request.app):
+        raise web.HTTPServiceUnavailable(text="shard not ready")
+    ws = web.WebSocketResponse(max_msg_size=p.MAX_STAGE_FRAME_BYTES, heartbeat=20)
+    await ws.prepare(request)
+    worker, lock, tasks = request.app[WORKER], asyncio.Lock(), set()
+    try:
+        async for msg in ws:
+            if msg.type != aiohttp.WSMsgType.BINARY:
+                continue
+            try:
+                frame = p.decode(msg.data, max_bytes=p.MAX_STAGE_FRAME_BYTES)
+                if not isinstance(frame, p.StageRequest):
+                    raise ProtocolError(p.E_STATE, f"unexpected {frame.TYPE} on the stage socket")
+            except ProtocolError as exc:
+                async with lock:
+                    await ws.send_bytes(p.encode(p.error_frame(exc)))
+                continue
+            task = asyncio.create_task(_answer(ws, worker, frame, lock))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    return ws
+
+
+async def _load(app: web.Application):
+    """cleanup_ctx: load and warm the stage in a thread (health answers meanwhile), then mark ready."""
+    config = app[CONFIG]
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()
+
+    def load() -> StageWorker:
+        artifacts = ensure_stages(config.model, int8=config.int8, show_progress=False)
+        worker = StageWorker(config, artifacts, app[METRICS])
+        worker.warm_up()
+        return worker
+
+    async def start() -> None:
+        worker = await loop.run_in_executor(None, load)
+        await worker.start()
+        app[WORKER] = worker
+        if config.role == "enc_a":
+            app[STAGE0] = Stage0(worker)
+        app[READY].set()
+        log.info("%s %s shard ready in %.2f s", config.model, config.role, time.perf_counter() - started)
+
+    loader = asyncio.create_task(start())
+    yield
+    loader.cancel()
+    await asyncio.gather(loader, return_exceptions=True)
+    if WORKER in app:
+        await app[WORKER].close()
+
+
+def create_app(config: ShardConfig) -> web.Application:
+    app = web.Application()
+    app[CONFIG] = config
+    app[METRICS] = ShardMetrics(config.model, config.role)
+    app[READY] = asyncio.Event()
+    app.cleanup_ctx.append(_load)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/v1/stage", stage_handler)
+    if config.role == "enc_a":
+        app.router.add_get("/v1/stream", stream_handler)
+    return app
+
+
+def _write_ready_file(path: str, payload: dict) -> None:
+    tmp = Path(path).with_suffix(".tmp")
+    tmp.write_text(json.dumps(payload))
+    os.replace(tmp, path)
+
+
+async def serve(config: ShardConfig) -> None:
+    """Run a shard until SIGTERM/SIGINT; writes ``config.ready_file`` once ready (with the bound port)."""
+    app = create_app(config)
+    runner = web.AppRunner(app, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, config.host, config.port)
+    await site.start()
+    host, port = runner.addresses[0][:2]
+    log.info("%s %s shard listening on %s:%d", config.model, config.role, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    ready_wait = asyncio.create_task(app[READY].wait())
+    stop_wait = asyncio.create_task(stop.wait())
+    await asyncio.wait({ready_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    if app[READY].is_set() and config.ready_file:
+        _write_ready_file(
+            config.ready_file,
+            {
+                "pid": os.getpid(),
+                "host": host,
+                "port": port,
+                "role": config.role,
+                "model": config.model,
+                "url": f"ws://{host}:{port}",
+            },
+        )
+    await stop_wait
+    ready_wait.cancel()
+    await runner.cleanup()

@@ -1,0 +1,185 @@
+"""The edge-session websocket of a stage-0 shard: HELLO, FEATURES, EOU in; PARTIAL, FINAL, ERROR out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+import aiohttp
+from aiohttp import web
+
+from splitasr.cloud.shard.roles import Stage0
+from splitasr.cloud.shard.session import Session, Utterance, stable_prefix
+from splitasr.shared import protocol as p
+from splitasr.shared.errors import ProtocolError, SplitASRError, StageUnavailableError, UnknownLanguageError
+from splitasr.shared.quant import decode_frames
+
+log = logging.getLogger(__name__)
+
+PRIORITY_FINAL, PRIORITY_PARTIAL = 0, 1
+
+
+class Connection:
+    """One edge connection: its session, its in-flight recognition tasks, and a send lock."""
+
+    def __init__(self, ws: web.WebSocketResponse, stage0: Stage0, config, metrics, model_version: str):
+        self.ws = ws
+        self.stage0 = stage0
+        self.config = config
+        self.metrics = metrics
+        self.model_version = model_version
+        self.session: Session | None = None
+        self.tasks: set[asyncio.Task] = set()
+        self.partial_running: set[int] = set()
+        self._send_lock = asyncio.Lock()
+
+    async def send(self, frame: p.Frame) -> None:
+        if self.ws.closed:
+            return
+        async with self._send_lock:
+            await self.ws.send_bytes(p.encode(frame))
+
+    async def send_error(self, exc: ProtocolError, utt: int | None = None) -> None:
+        self.metrics.errors.labels(exc.code).inc()
+        log.info("session %s: error %s", self.session.session_id if self.session else "-", exc)
+        await self.send(p.error_frame(exc, utt))
+
+    def spawn(self, coro) -> None:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- frames -----------------------------------------------------------------------------
+    async def on_hello(self, hello: p.Hello) -> None:
+        spec = self.stage0.spec
+        if hello.feature_spec and hello.feature_spec != spec.to_dict():
+            raise ProtocolError(
+                p.E_FIELD, f"feature spec {hello.feature_spec} differs from the shard's {spec.to_dict()}"
+            )
+        if hello.split != "features":
+            raise ProtocolError(p.E_FIELD, f"split point {hello.split!r} not served here (only 'features')")
+        try:
+            self.stage0.tokenizer.check_language(hello.language)
+        except UnknownLanguageError as exc:
+            raise ProtocolError("unknown_language", str(exc)) from None
+        session_id = hello.session_id or uuid.uuid4().hex
+        self.session = Session(session_id, hello.device_id, hello.language, self.stage0.max_frames)
+        self.metrics.active_sessions.inc()
+        limits = {"max_frame_bytes": p.MAX_FRAME_BYTES, "max_utterance_s": self.config.max_utterance_s}
+        await self.send(
+            p.Welcome(
+                session_id=session_id, feature_spec=spec.to_dict(), limits=limits, model_version=self.model_version
+            )
+        )
+        log.info("session %s from device %s (resume %s)", session_id, hello.device_id, hello.resume)
+
+    async def on_features(self, frame: p.Features) -> None:
+        raw = decode_frames(frame, self.stage0.spec.n_mels)
+        u = self.session.add_features(frame.utt, frame.seq, frame.start, raw)
+        if u is None:
+            return
+        interval = int(self.config.partial_interval_s * self.stage0.spec.frames_per_second)
+        if interval > 0 and u.utt not in self.partial_running and u.n_frames - u.partial_at_frames >= interval:
+            u.partial_at_frames = u.n_frames
+            self.partial_running.add(u.utt)
+            self.spawn(self.run_partial(u))
+
+    async def on_eou(self, frame: p.EndOfUtterance) -> None:
+        u = self.session.utterance(frame.utt)
+        if u.ended:
+            if u.final is not None:  # replayed EOU: the edge missed our FINAL
+                await self.send(u.final)
+            return
+        self.session.end(frame.utt, frame.last_seq)
+        self.spawn(self.run_final(u, time.perf_counter()))
+
+    # -- recognition ------------------------------------------------------------------------
+    async def run_partial(self, u: Utterance) -> None:
+        try:
+            text, _, _ = await self.stage0.recognise(u.raw(), self.session.language, PRIORITY_PARTIAL)
+        except (SplitASRError, aiohttp.ClientError) as exc:
+            log.warning("partial of utterance %d failed: %s", u.utt, exc)
+            return
+        finally:
+            self.partial_running.discard(u.utt)
+        if u.ended:  # a FINAL is on its way; this partial is superseded
+            self.metrics.dropped_partials.inc()
+            return
+        stable = stable_prefix(u.hypotheses[-1], text) if u.hypotheses else 0
+        u.hypotheses = [*u.hypotheses[-1:], text]
+        self.metrics.partials.inc()
+        await self.send(p.Partial(utt=u.utt, text=text, stable=stable))
+
+    async def run_final(self, u: Utterance, eou_at: float) -> None:
+        try:
+            text, language, timings = await self.stage0.recognise(u.raw(), self.session.language, PRIORITY_FINAL)
+        except StageUnavailableError as exc:
+            # the edge keeps the utterance and replays it elsewhere; nothing is lost
+            await self.send_error(ProtocolError(p.E_INTERNAL, str(exc), retryable=True), u.utt)
+            return
+        except ProtocolError as exc:
+            await self.send_error(exc, u.utt)
+            return
+        u.final = p.Final(
+            utt=u.utt,
+            text=text,
+            language=language,
+            model_version=self.model_version,
+            timings={k: round(v, 2) for k, v in timings.items()},
+        )
+        self.session.forget(u.utt)
+        self.metrics.final_seconds.observe(time.perf_counter() - eou_at)
+        self.metrics.finals.inc()
+        await self.send(u.final)
+
+    async def dispatch(self, data: bytes) -> None:
+        frame = p.decode(data)
+        if isinstance(frame, p.Ping):
+            await self.send(p.Pong(nonce=frame.nonce))
+        elif isinstance(frame, p.Hello):
+            if self.session is not None:
+                raise ProtocolError(p.E_STATE, "HELLO already received on this connection")
+            await self.on_hello(frame)
+        elif self.session is None:
+            raise ProtocolError(p.E_SESSION, f"{frame.TYPE} before HELLO: no session on this connection")
+        elif isinstance(frame, p.Features):
+            await self.on_features(frame)
+        elif isinstance(frame, p.EndOfUtterance):
+            await self.on_eou(frame)
+        else:
+            raise ProtocolError(p.E_STATE, f"unexpected {frame.TYPE} frame from an edge")
+
+    async def close(self) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        if self.session is not None:
+            self.metrics.active_sessions.dec()
+
+
+async def stream_handler(request: web.Request) -> web.WebSocketResponse:
+    from splitasr.cloud.shard.server import CONFIG, METRICS, STAGE0, is_ready
+
+    if not is_ready(request.app):
+        raise web.HTTPServiceUnavailable(text="shard not ready")
+    # accept up to 4x the frame limit so oversized frames get an ERROR frame, not a dropped connection
+    ws = web.WebSocketResponse(max_msg_size=4 * p.MAX_FRAME_BYTES, heartbeat=20)
+    await ws.prepare(request)
+    app = request.app
+    conn = Connection(ws, app[STAGE0], app[CONFIG], app[METRICS], app[STAGE0].worker.artifacts.version)
+    try:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.BINARY:
+                try:
+                    await conn.dispatch(msg.data)
+                except ProtocolError as exc:
+                    await conn.send_error(exc, getattr(exc, "utt", None))
+            elif msg.type == aiohttp.WSMsgType.TEXT:
+                await conn.send_error(ProtocolError(p.E_MALFORMED, "text messages are not frames; send binary msgpack"))
+            elif msg.type == aiohttp.WSMsgType.ERROR:
+                log.info("websocket error: %s", ws.exception())
+    finally:
+        await conn.close()
+    return ws
