@@ -51,3 +51,7 @@ class ProtocolError(SplitASRError):
 
 class StageUnavailableError(SplitASRError):
     """No replica of a downstream stage answered (all failed or timed out)."""
+
+
+class EdgeError(SplitASRError):
+    """The edge agent could not deliver audio (no shard accepted the session, FINALs missing)."""

@@ -71,6 +71,7 @@ class Features(Frame):
     shape: list  # [n_mels, n_frames]
     payload: bytes
     offset: float = 0.0  # value = q * scale + offset (int8)
+    codec: str = ""  # "" (raw) or "zlib" (payload compressed)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ def features_frames(raw: np.ndarray, utt: int, per_frame: int = 20, dtype: str =
                 dtype=e.dtype,
                 scale=e.scale,
                 offset=e.offset,
+                codec=e.codec,
                 shape=e.shape,
                 payload=e.payload,
             )

@@ -1,0 +1,282 @@
+"""The edge agent: audio in, utterances of quantised log-mel out over a websocket; replay until FINAL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+
+import aiohttp
+import numpy as np
+
+from splitasr.edge.conditioning import Conditioner, ConditionerOptions
+from splitasr.edge.segmenter import Audio, End, Segmenter, SegmenterOptions, Start
+from splitasr.shared import protocol as p
+from splitasr.shared.errors import EdgeError
+from splitasr.shared.features import DEFAULT_SPEC, LogMelStream
+from splitasr.shared.quant import encode_frames
+
+log = logging.getLogger(__name__)
+
+STREAM_PATH = "/v1/stream"
+
+
+def stream_url(url: str) -> str:
+    return url if url.rstrip("/").endswith(STREAM_PATH) else url.rstrip("/") + STREAM_PATH
+
+
+@dataclass(frozen=True)
+class AgentOptions:
+    shards: tuple[str, ...]
+    device_id: str = "edge"
+    language: str | None = None
+    dtype: str = "int8"
+    frames_per_message: int = 20  # 200 ms of features per FEATURES frame
+    final_timeout_s: float = 60.0
+    reconnect_max_s: float = 2.0
+    max_reconnects: int = 20
+    segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
+    conditioner: ConditionerOptions = field(default_factory=ConditionerOptions)
+
+
+@dataclass(frozen=True)
+class FinalResult:
+    utt: int
+    text: str
+    language: str
+    model_version: str
+    latency_s: float  # end of speech (wall clock) to FINAL received
+    audio_s: float
+
+
+@dataclass
+class AgentReport:
+    finals: list[FinalResult] = field(default_factory=list)
+    partials: int = 0
+    bytes_sent: int = 0
+    speech_s: float = 0.0
+    reconnects: int = 0
+    duplicate_finals: int = 0
+
+    @property
+    def bytes_per_speech_s(self) -> float:
+        return self.bytes_sent / self.speech_s if self.speech_s else 0.0
+
+
+class EdgeAgent:
+    """Streams one audio source as one session; survives shard loss by reconnecting and replaying."""
+
+    def __init__(
+        self,
+        options: AgentOptions,
+        on_partial: Callable[[p.Partial], None] | None = None,
+        on_final: Callable[[FinalResult], None] | None = None,
+    ):
+        if not options.shards:
+            raise EdgeError("the edge agent needs at least one shard url")
+        self.o = options
+        self.session_id = uuid.uuid4().hex
+        self.on_partial = on_partial
+        self.on_final = on_final
+        self.report = AgentReport()
+        self._urls = itertools.cycle([stream_url(u) for u in options.shards])
+        self._pending: dict[int, list[bytes]] = {}  # utt -> encoded frames, kept until its FINAL
+        self._ended: dict[int, tuple[float, float]] = {}  # utt -> (speech end wall time, audio seconds)
+        self._done: set[int] = set()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._lock = asyncio.Lock()  # orders sends against replay
+        self._all_final = asyncio.Event()
+        self._source_done = False
+
+    # -- connection ---------------------------------------------------------------------------
+    async def _connect(self, http: aiohttp.ClientSession) -> None:
+        """Connect to the next shard, say HELLO, replay every utterance without a FINAL."""
+        delay = 0.05
+        for attempt in range(self.o.max_reconnects):
+            url = next(self._urls)
+            try:
+                ws = await http.ws_connect(url, max_msg_size=4 * p.MAX_FRAME_BYTES, heartbeat=15)
+                hello = p.Hello(
+                    device_id=self.o.device_id,
+                    session_id=self.session_id,
+                    language=self.o.language,
+                    feature_spec=DEFAULT_SPEC.to_dict(),
+                    resume=sorted(self._pending),
+                )
+                await ws.send_bytes(p.encode(hello))
+                reply = p.decode((await ws.receive(timeout=30)).data)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, TypeError, p.ProtocolError) as exc:
+                log.warning("cannot open a session on %s (%r); trying the next shard", url, exc)
+                await asyncio.sleep(delay)  # back-off between attempts
+                delay = min(delay * 2, self.o.reconnect_max_s)
+                continue
+            if isinstance(reply, p.Error):
+                await ws.close()
+                if not reply.retryable:
+                    raise EdgeError(f"shard {url} refused the session: {reply.code}: {reply.message}")
+                continue
+            self._ws = ws
+            for utt in sorted(self._pending):
+                for data in self._pending[utt]:
+                    await self._send_raw(data)
+            log.info(
+                "session %s on %s (attempt %d, replayed %d utterances)",
+                self.session_id,
+                url,
+                attempt + 1,
+                len(self._pending),
+            )
+            return
+        raise EdgeError(f"no shard accepted the session after {self.o.max_reconnects} attempts")
+
+    async def _send_raw(self, data: bytes) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            return  # the reader notices the loss and reconnects; the frame is replayed then
+        try:
+            await ws.send_bytes(data)
+            self.report.bytes_sent += len(data)
+        except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
+            log.info("send failed (%r); the frame will be replayed", exc)
+
+    async def _send(self, utt: int, frame: p.Frame) -> None:
+        data = p.encode(frame)
+        async with self._lock:
+            self._pending.setdefault(utt, []).append(data)
+            await self._send_raw(data)
+
+    async def _reader(self, http: aiohttp.ClientSession) -> None:
+        """Receive PARTIAL/FINAL/ERROR/DRAIN; on a lost connection reconnect and replay."""
+        while True:
+            ws = self._ws
+            reconnect = False
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.BINARY:
+                    continue
+                frame = p.decode(msg.data)
+                if isinstance(frame, p.Final):
+                    self._on_final(frame)
+                elif isinstance(frame, p.Partial):
+                    self.report.partials += 1
+                    if self.on_partial and frame.utt not in self._done:
+                        self.on_partial(frame)
+                elif isinstance(frame, p.Drain) or (isinstance(frame, p.Error) and frame.retryable):
+                    log.info("shard asked us to move (%s); reconnecting", frame)
+                    reconnect = True
+                    break
+                elif isinstance(frame, p.Error):
+                    log.error("shard error: %s: %s", frame.code, frame.message)
+            if not reconnect and ws.closed and self._all_final.is_set():
+                return
+            await ws.close()
+            self.report.reconnects += 1
+            async with self._lock:
+                await self._connect(http)
+
+    def _on_final(self, frame: p.Final) -> None:
+        if frame.utt in self._done:
+            self.report.duplicate_finals += 1
+            return
+        self._done.add(frame.utt)
+        self._pending.pop(frame.utt, None)
+        ended_at, audio_s = self._ended.get(frame.utt, (time.monotonic(), 0.0))
+        result = FinalResult(
+            frame.utt, frame.text, frame.language, frame.model_version, time.monotonic() - ended_at, audio_s
+        )
+        self.report.finals.append(result)
+        if self.on_final:
+            self.on_final(result)
+        if self._source_done and not self._pending:
+            self._all_final.set()
+
+    # -- audio ------------------------------------------------------------------------------
+    async def run(self, source: AsyncIterator[np.ndarray]) -> AgentReport:
+        """Stream ``source`` to the end, wait for every FINAL, return the report."""
+        async with aiohttp.ClientSession() as http:
+            async with self._lock:
+                await self._connect(http)
+            reader = asyncio.create_task(self._reader(http))
+            try:
+                await self._stream(source)
+                self._source_done = True
+                if not self._pending:
+                    self._all_final.set()
+                waiter = asyncio.create_task(self._all_final.wait())
+                done, _ = await asyncio.wait(
+                    {waiter, reader}, timeout=self.o.final_timeout_s, return_when=asyncio.FIRST_COMPLETED
+                )
+                waiter.cancel()
+                if reader in done and reader.exception():
+                    raise reader.exception()
+                if not self._all_final.is_set():
+                    raise EdgeError(f"no FINAL for utterances {sorted(self._pending)} after {self.o.final_timeout_s} s")
+            finally:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+                if self._ws is not None:
+                    await self._ws.close()
+        return self.report
+
+    async def _stream(self, source: AsyncIterator[np.ndarray]) -> None:
+        conditioner = Conditioner(self.o.conditioner)
+        segmenter = Segmenter(self.o.segmenter)
+        rate = DEFAULT_SPEC.sample_rate
+        utt = -1
+        mel: LogMelStream | None = None
+        buffered: list[np.ndarray] = []
+        seq = frame_index = 0
+        consumed = 0  # samples pushed so far
+
+        async def send_frames(frames: np.ndarray, final: bool) -> None:
+            nonlocal seq, frame_index
+            buffered.append(frames)
+            total = sum(b.shape[1] for b in buffered)
+            while total >= self.o.frames_per_message or (final and total):
+                block = np.concatenate(buffered, axis=1)
+                take = block[:, : self.o.frames_per_message]
+                rest = block[:, self.o.frames_per_message :]
+                buffered[:] = [rest] if rest.shape[1] else []
+                e = encode_frames(take, self.o.dtype)
+                await self._send(
+                    utt,
+                    p.Features(
+                        utt=utt,
+                        seq=seq,
+                        start=frame_index,
+                        dtype=e.dtype,
+                        scale=e.scale,
+                        offset=e.offset,
+                        codec=e.codec,
+                        shape=e.shape,
+                        payload=e.payload,
+                    ),
+                )
+                seq += 1
+                frame_index += take.shape[1]
+                total = rest.shape[1]
+
+        async def handle(event, now: float) -> None:
+            nonlocal utt, seq, frame_index, mel
+            if isinstance(event, Start):
+                utt, seq, frame_index, mel = utt + 1, 0, 0, LogMelStream(DEFAULT_SPEC)
+                buffered.clear()
+            elif isinstance(event, Audio):
+                await send_frames(mel.push(event.samples), final=False)
+            elif isinstance(event, End):
+                await send_frames(mel.flush(), final=True)
+                audio_s = frame_index / DEFAULT_SPEC.frames_per_second
+                self._ended[utt] = (now - (consumed - event.speech_end_sample) / rate, audio_s)
+                self.report.speech_s += audio_s
+                await self._send(utt, p.EndOfUtterance(utt=utt, last_seq=seq - 1))
+
+        async for chunk in source:
+            consumed += len(chunk)
+            now = time.monotonic()
+            for event in segmenter.push(conditioner.process(chunk)):
+                await handle(event, now)
+        for event in segmenter.finish():
+            await handle(event, time.monotonic())

@@ -1,0 +1,158 @@
+"""Voice activity detection and endpointing as pure logic: audio blocks in, utterance events out.
+
+Energy VAD against an adaptive noise floor, with a pre-roll before speech starts, a hangover
+(trailing silence) that ends an utterance, and a maximum length cut at the quietest 100 ms of
+the last seconds (the audio of those seconds is held back until the cut point is known).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from splitasr.shared.errors import ConfigError
+
+BLOCK_S = 0.01
+
+
+@dataclass(frozen=True)
+class SegmenterOptions:
+    threshold_db: float = 10.0  # above the noise floor
+    absolute_floor_dbfs: float = -50.0  # never speech below this
+    min_speech_s: float = 0.08
+    trailing_silence_s: float = 0.8
+    max_utterance_s: float = 20.0
+    cut_search_s: float = 2.0
+    pre_roll_s: float = 0.3
+
+    def __post_init__(self) -> None:
+        if not 0.1 <= self.trailing_silence_s <= 5.0:
+            raise ConfigError(f"trailing_silence_s must be within [0.1, 5], got {self.trailing_silence_s}")
+        if self.max_utterance_s <= self.cut_search_s + 1.0:
+            raise ConfigError("max_utterance_s must exceed cut_search_s by at least 1 s")
+
+
+@dataclass(frozen=True)
+class Start:
+    sample: int  # first sample of the utterance (pre-roll included)
+
+
+@dataclass(frozen=True)
+class Audio:
+    samples: np.ndarray
+
+
+@dataclass(frozen=True)
+class End:
+    speech_end_sample: int  # where speech stopped (before the trailing silence)
+
+
+Event = Start | Audio | End
+
+
+class Segmenter:
+    def __init__(self, options: SegmenterOptions = SegmenterOptions(), sample_rate: int = 16000):
+        self.o = options
+        self.block = int(BLOCK_S * sample_rate)
+        self.rate = sample_rate
+        self._carry = np.zeros(0, np.float32)
+        self._pos = 0  # samples consumed in whole blocks
+        self._floor_db = -60.0
+        self._pre: deque[np.ndarray] = deque(maxlen=max(1, int(options.pre_roll_s / BLOCK_S)))
+        self._onset: list[np.ndarray] = []
+        self.active = False
+        self._utt_blocks = 0
+        self._silence_blocks = 0
+        self._speech_end = 0
+        self._held: list[tuple[np.ndarray, float]] = []  # blocks near the max length, with their energy
+
+    def _blocks(self, seconds: float) -> int:
+        return max(1, round(seconds / BLOCK_S))
+
+    def _is_speech(self, db: float) -> bool:
+        return db > max(self._floor_db + self.o.threshold_db, self.o.absolute_floor_dbfs)
+
+    def push(self, samples: np.ndarray) -> list[Event]:
+        data = np.concatenate([self._carry, np.asarray(samples, np.float32)])
+        n = len(data) // self.block
+        self._carry = data[n * self.block :]
+        events: list[Event] = []
+        for i in range(n):
+            events += self._step(data[i * self.block : (i + 1) * self.block])
+        return events
+
+    def finish(self) -> list[Event]:
+        """End of input: close an open utterance."""
+        if not self.active:
+            return []
+        events: list[Event] = [Audio(b) for b, _ in self._held]
+        self._held.clear()
+        return [*events, *self._end(self._speech_end)]
+
+    def _end(self, speech_end: int) -> list[Event]:
+        self.active = False
+        self._utt_blocks = self._silence_blocks = 0
+        return [End(speech_end)]
+
+    def _step(self, block: np.ndarray) -> list[Event]:
+        db = 10 * np.log10(float(np.mean(block * block)) + 1e-12)
+        speech = self._is_speech(db)
+        self._pos += len(block)
+        if not self.active:
+            if not speech:  # the noise floor follows quiet stretches quickly, loud ones slowly
+                rate = 0.1 if db < self._floor_db else 0.01
+                self._floor_db += rate * (db - self._floor_db)
+                self._pre.append(block)
+                self._onset.clear()
+                return []
+            self._onset.append(block)
+            if len(self._onset) < self._blocks(self.o.min_speech_s):
+                return []
+            pre = list(self._pre)
+            audio = np.concatenate(pre + self._onset)
+            self._pre.clear()
+            self._onset.clear()
+            self.active = True
+            self._utt_blocks = len(pre) + self._blocks(self.o.min_speech_s)
+            self._silence_blocks = 0
+            self._speech_end = self._pos
+            return [Start(self._pos - len(audio)), Audio(audio)]
+        self._utt_blocks += 1
+        if speech:
+            self._silence_blocks = 0
+            self._speech_end = self._pos
+        else:
+            self._silence_blocks += 1
+        hold_from = self._blocks(self.o.max_utterance_s - self.o.cut_search_s)
+        if self._utt_blocks > hold_from:
+            self._held.append((block, db))
+        if self._silence_blocks >= self._blocks(self.o.trailing_silence_s):
+            events: list[Event] = [Audio(b) for b, _ in self._held] if self._held else []
+            if not self._held:
+                events.append(Audio(block))
+            self._held.clear()
+            return [*events, *self._end(self._speech_end)]
+        if self._utt_blocks >= self._blocks(self.o.max_utterance_s):
+            return self._cut()
+        return [] if self._utt_blocks > hold_from else [Audio(block)]
+
+    def _cut(self) -> list[Event]:
+        """Max length: end at the quietest 100 ms of the held tail; the rest starts the next utterance."""
+        energies = np.array([db for _, db in self._held])
+        win = self._blocks(0.1)
+        smooth = np.convolve(energies, np.ones(win) / win, mode="valid") if len(energies) >= win else energies
+        cut = int(np.argmin(smooth)) + win // 2
+        head, tail = self._held[:cut], self._held[cut:]
+        self._held.clear()
+        cut_sample = self._pos - sum(len(b) for b, _ in tail)
+        events: list[Event] = [Audio(b) for b, _ in head]
+        events += self._end(cut_sample)
+        if tail:
+            self.active = True
+            self._utt_blocks = len(tail)
+            self._silence_blocks = 0
+            self._speech_end = self._pos
+            events += [Start(cut_sample), Audio(np.concatenate([b for b, _ in tail]))]
+        return events
