@@ -22,7 +22,7 @@ install: $(VENV)/.installed
 
 demo: install
 	$(BIN)/splitasr transcribe samples/en_weather.flac
-	$(BIN)/splitasr eval samples/manifest.jsonl --model tiny.en --int8
+	$(BIN)/splitasr demo
 
 lint: install
 	$(BIN)/ruff check .
@@ -33,6 +33,7 @@ test: install lint
 
 bench: install
 	$(PY) benchmarks/offline.py
+	$(PY) benchmarks/streaming.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

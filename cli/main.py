@@ -10,13 +10,16 @@ from splitasr.shared.errors import SplitASRError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from splitasr.cli import cluster, offline
+    from splitasr.cli import cluster, demo, offline
+    from splitasr.edge import cli as edge_cli
 
     parser = argparse.ArgumentParser(prog="splitasr", description="Edge-cloud split speech recognition.")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
     sub = parser.add_subparsers(dest="command", required=True)
     offline.register(sub)
     cluster.register(sub)
+    edge_cli.register(sub)
+    demo.register(sub)
     return parser
 
 

@@ -1,0 +1,85 @@
+"""``splitasr edge``: stream files, stdin or a microphone to a shard and print partials and finals."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from splitasr.shared import protocol as p
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    a = sub.add_parser("edge", help="run an edge agent: audio in, transcripts out")
+    a.add_argument("inputs", nargs="*", help="audio files, or - for a WAV stream on stdin")
+    a.add_argument(
+        "--shard",
+        action="append",
+        required=True,
+        metavar="URL",
+        help="ws://HOST:PORT of a stage-0 shard (repeat: failover order)",
+    )
+    a.add_argument("--device-id", default="edge")
+    a.add_argument("--language", default=None)
+    a.add_argument("--dtype", default="int8", choices=["int8", "float16", "float32"])
+    a.add_argument("--mic", action="store_true", help="stream the default microphone (extra 'mic')")
+    a.add_argument("--raw-rate", type=int, default=None, help="stdin is raw s16le PCM at this rate")
+    a.add_argument("--no-realtime", action="store_true", help="send files as fast as possible")
+    a.add_argument("--json", action="store_true", help="print one JSON line per FINAL")
+    a.set_defaults(func=cmd_edge)
+
+
+def _sources(args: argparse.Namespace):
+    from splitasr.edge import audio_in
+
+    if args.mic:
+        yield "mic", audio_in.mic_source()
+        return
+    if not args.inputs:
+        raise SystemExit("splitasr edge: give FILE…, - (stdin) or --mic")
+    for name in args.inputs:
+        if name == "-":
+            yield "stdin", audio_in.stdin_source(raw_rate=args.raw_rate)
+        else:
+            yield name, audio_in.file_source(name, realtime=not args.no_realtime)
+
+
+def cmd_edge(args: argparse.Namespace) -> int:
+    from splitasr.edge.agent import AgentOptions, EdgeAgent, FinalResult
+
+    tty = sys.stdout.isatty()
+
+    def on_partial(frame: p.Partial) -> None:
+        if tty and not args.json:
+            print(f"\r\033[K… {frame.text}", end="", flush=True)
+
+    def on_final(result: FinalResult) -> None:
+        if args.json:
+            print(
+                json.dumps(
+                    {
+                        "utt": result.utt,
+                        "text": result.text,
+                        "language": result.language,
+                        "latency_s": round(result.latency_s, 3),
+                        "audio_s": round(result.audio_s, 2),
+                        "model_version": result.model_version,
+                    },
+                    ensure_ascii=False,
+                ),
+                flush=True,
+            )
+        else:
+            prefix = "\r\033[K" if tty else ""
+            print(f"{prefix}[{result.latency_s * 1000:5.0f} ms] {result.text}", flush=True)
+
+    options = AgentOptions(shards=tuple(args.shard), device_id=args.device_id, language=args.language, dtype=args.dtype)
+    for name, source in _sources(args):
+        report = asyncio.run(EdgeAgent(options, on_partial, on_final).run(source))
+        print(
+            f"{name}: {len(report.finals)} utterances, {report.speech_s:.1f} s of speech, "
+            f"{report.bytes_per_speech_s:.0f} bytes per speech second, {report.reconnects} reconnects",
+            file=sys.stderr,
+        )
+    return 0
