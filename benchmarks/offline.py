@@ -34,25 +34,10 @@ def splitasr_system(model: str, int8: bool, threads: int):
 
 
 def faster_whisper_system(model: str, compute_type: str, threads: int):
-    from faster_whisper import WhisperModel
+    from splitasr.models.reference import faster_whisper_greedy
 
-    from splitasr.models.sources import locate
-
-    fw = WhisperModel(str(locate(model).directory), device="cpu", compute_type=compute_type, cpu_threads=threads)
-
-    def run(audio, language):
-        segments, _ = fw.transcribe(
-            audio,
-            language=language,
-            beam_size=1,
-            temperature=0.0,
-            without_timestamps=True,
-            condition_on_previous_text=False,
-            vad_filter=False,
-        )
-        return " ".join(s.text.strip() for s in segments)
-
-    return run
+    transcribe = faster_whisper_greedy(model, compute_type, threads)
+    return lambda audio, language: transcribe(audio, language)[0]
 
 
 def main() -> int:

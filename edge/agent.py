@@ -18,7 +18,7 @@ from splitasr.edge.segmenter import Audio, End, Segmenter, SegmenterOptions, Sta
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import EdgeError
 from splitasr.shared.features import DEFAULT_SPEC, LogMelStream
-from splitasr.shared.quant import encode_frames
+from splitasr.shared.quant import features_frame
 
 log = logging.getLogger(__name__)
 
@@ -240,21 +240,7 @@ class EdgeAgent:
                 take = block[:, : self.o.frames_per_message]
                 rest = block[:, self.o.frames_per_message :]
                 buffered[:] = [rest] if rest.shape[1] else []
-                e = encode_frames(take, self.o.dtype)
-                await self._send(
-                    utt,
-                    p.Features(
-                        utt=utt,
-                        seq=seq,
-                        start=frame_index,
-                        dtype=e.dtype,
-                        scale=e.scale,
-                        offset=e.offset,
-                        codec=e.codec,
-                        shape=e.shape,
-                        payload=e.payload,
-                    ),
-                )
+                await self._send(utt, features_frame(take, utt, seq, frame_index, self.o.dtype))
                 seq += 1
                 frame_index += take.shape[1]
                 total = rest.shape[1]

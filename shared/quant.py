@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -18,18 +17,10 @@ DTYPES = ("int8", "float16", "float32")
 CODECS = ("", "zlib")  # zlib level 1 saves ~20 % on int8 log-mel for ~0.1 ms per 200 ms of features
 
 
-@dataclass(frozen=True)
-class Encoded:
-    dtype: str
-    scale: float
-    offset: float
-    shape: list[int]
-    payload: bytes
-    codec: str = ""
-
-
-def encode_frames(raw: np.ndarray, dtype: str = "int8", codec: str = "zlib") -> Encoded:
-    """Encode raw log10 mel (n_mels, n) as ``dtype``, optionally compressed."""
+def features_frame(
+    raw: np.ndarray, utt: int, seq: int, start: int, dtype: str = "int8", codec: str = "zlib"
+) -> Features:
+    """A FEATURES frame carrying raw log10 mel (n_mels, n) as ``dtype``, optionally compressed."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
     if codec not in CODECS:
@@ -43,7 +34,17 @@ def encode_frames(raw: np.ndarray, dtype: str = "int8", codec: str = "zlib") -> 
         data = raw.astype(dtype).tobytes()
     if codec == "zlib":
         data = zlib.compress(data, 1)
-    return Encoded(dtype, scale, offset, list(raw.shape), data, codec)
+    return Features(
+        utt=utt,
+        seq=seq,
+        start=start,
+        dtype=dtype,
+        scale=scale,
+        offset=offset,
+        codec=codec,
+        shape=list(raw.shape),
+        payload=data,
+    )
 
 
 def _payload(frame: Features, expected: int) -> bytes:

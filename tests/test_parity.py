@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from splitasr.cloud.shard.recognizer import TranscribeOptions
-from splitasr.models.sources import locate
 from splitasr.shared.audio import load_audio
 from splitasr.shared.wer import WERTally
 
@@ -14,32 +13,15 @@ faster_whisper = pytest.importorskip("faster_whisper")
 pytestmark = pytest.mark.integration
 
 
-def _reference_tokens(model_name: str, audio, language: str) -> list[int]:
-    model = _faster_whisper_model(model_name)
-    segments, _ = model.transcribe(
-        audio,
-        language=language,
-        beam_size=1,
-        temperature=0.0,
-        without_timestamps=True,
-        condition_on_previous_text=False,
-        vad_filter=False,
-        no_speech_threshold=None,
-        log_prob_threshold=None,
-        compression_ratio_threshold=None,
-    )
-    return [t for s in segments for t in s.tokens]
-
-
 _MODELS: dict[str, object] = {}
 
 
-def _faster_whisper_model(name: str):
-    if name not in _MODELS:
-        _MODELS[name] = faster_whisper.WhisperModel(
-            str(locate(name).directory), device="cpu", compute_type="float32", cpu_threads=2
-        )
-    return _MODELS[name]
+def _reference_tokens(model_name: str, audio, language: str) -> list[int]:
+    from splitasr.models.reference import faster_whisper_greedy
+
+    if model_name not in _MODELS:
+        _MODELS[model_name] = faster_whisper_greedy(model_name, "float32", threads=2)
+    return _MODELS[model_name](audio, language)[1]
 
 
 def _check(recognizer, model_name, entries):

@@ -15,7 +15,7 @@ from splitasr.cloud.local_cluster import ChainSpec, LocalCluster
 from splitasr.shared import protocol as p
 from splitasr.shared.audio import load_audio
 from splitasr.shared.features import DEFAULT_SPEC, log_mel
-from splitasr.shared.quant import encode_frames
+from splitasr.shared.quant import features_frame
 
 pytestmark = pytest.mark.integration
 
@@ -35,22 +35,10 @@ def _http(url: str) -> tuple[int, str]:
 
 
 def features_frames(raw: np.ndarray, utt: int, per_frame: int = 20, dtype: str = "int8") -> list[p.Frame]:
-    frames: list[p.Frame] = []
-    for seq, start in enumerate(range(0, raw.shape[1], per_frame)):
-        e = encode_frames(raw[:, start : start + per_frame], dtype)
-        frames.append(
-            p.Features(
-                utt=utt,
-                seq=seq,
-                start=start,
-                dtype=e.dtype,
-                scale=e.scale,
-                offset=e.offset,
-                codec=e.codec,
-                shape=e.shape,
-                payload=e.payload,
-            )
-        )
+    starts = range(0, raw.shape[1], per_frame)
+    frames: list[p.Frame] = [
+        features_frame(raw[:, start : start + per_frame], utt, seq, start, dtype) for seq, start in enumerate(starts)
+    ]
     frames.append(p.EndOfUtterance(utt=utt, last_seq=len(frames) - 1))
     return frames
 

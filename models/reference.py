@@ -1,0 +1,39 @@
+"""faster-whisper on the same weights, greedy and without timestamps: the reference for parity and speed.
+
+Needs the ``dev`` extra (faster-whisper); never imported by serving code.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+
+from splitasr.models.sources import locate
+
+
+def faster_whisper_greedy(
+    model: str, compute_type: str = "float32", threads: int = 2
+) -> Callable[[np.ndarray, str], tuple[str, list[int]]]:
+    """A function audio, language -> (text, tokens) using faster-whisper with beam size 1, temperature 0."""
+    from faster_whisper import WhisperModel
+
+    fw = WhisperModel(str(locate(model).directory), device="cpu", compute_type=compute_type, cpu_threads=threads)
+
+    def transcribe(audio: np.ndarray, language: str) -> tuple[str, list[int]]:
+        segments, _ = fw.transcribe(
+            audio,
+            language=language,
+            beam_size=1,
+            temperature=0.0,
+            without_timestamps=True,
+            condition_on_previous_text=False,
+            vad_filter=False,
+            no_speech_threshold=None,
+            log_prob_threshold=None,
+            compression_ratio_threshold=None,
+        )
+        segments = list(segments)
+        return " ".join(s.text.strip() for s in segments), [t for s in segments for t in s.tokens]
+
+    return transcribe
