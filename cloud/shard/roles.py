@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -14,6 +13,7 @@ from splitasr.cloud.shard.decoding import DecodingOptions
 from splitasr.cloud.shard.metrics import ShardMetrics
 from splitasr.cloud.shard.recognizer import TextDecoder
 from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime
+from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PriorityRunner
 from splitasr.cloud.shard.stage_client import StageClient
 from splitasr.cloud.shard.tensors import pack, unpack
 from splitasr.models.stages import StageArtifacts
@@ -46,29 +46,33 @@ class StageWorker:
             stages=ONNX_STAGES[config.role],
         )
         self.decoder = TextDecoder(self.runtime, artifacts) if config.role == "dec" else None
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stage-{config.role}")
+        self.runner = PriorityRunner(
+            f"stage-{config.role}", metrics.queue_seconds.observe, metrics.dropped_partials.inc
+        )
         self.client = StageClient(list(config.next_urls), config.stage_timeout_s) if config.next_urls else None
 
     async def start(self) -> None:
+        self.runner.start()
         if self.client is not None:
             await self.client.start()
 
     async def close(self) -> None:
         if self.client is not None:
             await self.client.close()
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        await self.runner.close()
 
-    async def run(self, stage: str, fn, *args: Any):
-        submitted = time.perf_counter()
+    async def run(
+        self, stage: str, fn, *args: Any, priority: int = PRIORITY_FINAL, stale: Callable[[], bool] | None = None
+    ):
+        """Run ``fn(*args)`` on the stage thread in priority order, timing its compute."""
 
-        def job():
+        def timed():
             started = time.perf_counter()
-            self.metrics.queue_seconds.observe(started - submitted)
             out = fn(*args)
             self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
             return out
 
-        return await asyncio.get_running_loop().run_in_executor(self._pool, job)
+        return await self.runner.submit(timed, priority=priority, stale=stale)
 
     def warm_up(self) -> None:
         """One inference of this stage on silence, so the first real request is not slow."""
@@ -104,7 +108,7 @@ class StageWorker:
             )
         if self.config.role == "enc_b":
             hidden = unpack(request.tensors, "hidden")
-            (audio,) = await self.run("enc_b", self.runtime.run, "enc_b", hidden)
+            (audio,) = await self.run("enc_b", self.runtime.run, "enc_b", hidden, priority=request.priority)
             res = await self.forward("audio", audio, request.meta, request.priority, request.deadline_ms)
             timings = {**res.timings, "enc_b_ms": (time.perf_counter() - started) * 1000}
             return p.StageResponse(req_id=request.req_id, tensors=res.tensors, timings=timings, meta=res.meta)
@@ -120,6 +124,7 @@ class StageWorker:
                 language,
                 float(request.meta.get("audio_s", 30.0)),
                 DecodingOptions(),
+                priority=request.priority,
             )
             return p.StageResponse(
                 req_id=request.req_id,
@@ -144,11 +149,15 @@ class Stage0:
         self.pad_frames = int(worker.config.pad_s * spec.frames_per_second)
         self.max_frames = int(worker.config.max_utterance_s * spec.frames_per_second)
 
-    async def recognise(self, raw: np.ndarray, language: str | None, priority: int) -> tuple[str, str, dict]:
+    async def recognise(
+        self, raw: np.ndarray, language: str | None, priority: int, stale: Callable[[], bool] | None = None
+    ) -> tuple[str, str, dict]:
         """Text and language of raw log10 mel frames (one utterance or its prefix)."""
         started = time.perf_counter()
         mel = utterance_mel(raw, self.pad_frames, self.spec.n_frames)
-        (hidden,) = await self.worker.run("enc_a", self.worker.runtime.run, "enc_a", mel)
+        (hidden,) = await self.worker.run(
+            "enc_a", self.worker.runtime.run, "enc_a", mel, priority=priority, stale=stale
+        )
         enc_a_ms = (time.perf_counter() - started) * 1000
         meta = {"language": language, "audio_s": raw.shape[1] / self.spec.frames_per_second}
         res = await self.worker.forward("hidden", hidden, meta, priority, 10_000.0)

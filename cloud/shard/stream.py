@@ -11,14 +11,13 @@ import aiohttp
 from aiohttp import web
 
 from splitasr.cloud.shard.roles import Stage0
+from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
 from splitasr.cloud.shard.session import Session, Utterance, stable_prefix
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import ProtocolError, SplitASRError, StageUnavailableError, UnknownLanguageError
 from splitasr.shared.quant import decode_frames
 
 log = logging.getLogger(__name__)
-
-PRIORITY_FINAL, PRIORITY_PARTIAL = 0, 1
 
 
 class Connection:
@@ -98,7 +97,11 @@ class Connection:
     # -- recognition ------------------------------------------------------------------------
     async def run_partial(self, u: Utterance) -> None:
         try:
-            text, _, _ = await self.stage0.recognise(u.raw(), self.session.language, PRIORITY_PARTIAL)
+            text, _, _ = await self.stage0.recognise(
+                u.raw(), self.session.language, PRIORITY_PARTIAL, stale=lambda: u.ended
+            )
+        except Superseded:
+            return
         except (SplitASRError, aiohttp.ClientError) as exc:
             log.warning("partial of utterance %d failed: %s", u.utt, exc)
             return
