@@ -1,0 +1,1 @@
+"""Control plane: shard registry, routing, autoscaling policies (pure functions), breakers."""

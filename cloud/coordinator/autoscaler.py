@@ -1,0 +1,142 @@
+"""Autoscaling policy for one shard pool: reactive (KPA-like stable/panic windows) + predictive.
+
+Pure functions of (config, metric history, now): no clock, no I/O, so tests drive them with a
+fake clock. The caller appends one :class:`Sample` per decision period and applies the decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from splitasr.cloud.coordinator.forecast import forecast_rate
+from splitasr.shared.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class AutoscalerConfig:
+    target_sessions_per_replica: float = 4.0
+    target_queue_delay_s: float = 0.15
+    stable_window_s: float = 60.0
+    panic_window_s: float = 6.0
+    panic_threshold: float = 2.0  # panic when the panic-window load reaches 2x what the replicas hold
+    scale_in_stabilization_s: float = 300.0
+    decision_period_s: float = 1.0
+    cold_start_s: float = 3.0  # measured per pool; the predictive lead time
+    mean_session_s: float = 20.0  # Little's law: sessions = arrival rate x duration
+    min_replicas: int = 1
+    max_replicas: int = 16
+    warm_spares: int = 1
+    predictive: bool = True
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
+            raise ConfigError(
+                f"need 0 <= min_replicas <= max_replicas, >= 1; got {self.min_replicas}, {self.max_replicas}"
+            )
+        if self.panic_window_s <= 0 or self.stable_window_s < self.panic_window_s:
+            raise ConfigError("need 0 < panic_window_s <= stable_window_s")
+        if self.target_sessions_per_replica <= 0 or self.target_queue_delay_s <= 0:
+            raise ConfigError("targets must be positive")
+
+    @property
+    def lead_time_s(self) -> float:
+        return self.cold_start_s + self.decision_period_s
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One observation of a pool, taken every decision period."""
+
+    t: float
+    sessions: float  # in-flight sessions across the pool
+    queue_delay_s: float  # pool-wide (e.g. max or p90 of replicas' recent queue delay)
+    arrivals: float  # new sessions since the previous sample
+    replicas: int  # ready replicas serving traffic
+
+
+@dataclass(frozen=True)
+class Decision:
+    t: float
+    replicas: int  # replicas that should serve traffic
+    warm_spares: int
+    reason: str
+    panic: bool
+    recommended: int  # before scale-in stabilisation; what later decisions look back on
+
+
+def _window(history: Sequence[Sample], now: float, seconds: float) -> list[Sample]:
+    return [s for s in history if now - seconds < s.t <= now]
+
+
+def _load(samples: list[Sample], use_latest: bool) -> tuple[float, float]:
+    """Mean sessions and queue delay of a window; in panic the latest sample counts if it is higher."""
+    sessions = sum(s.sessions for s in samples) / len(samples)
+    delay = sum(s.queue_delay_s for s in samples) / len(samples)
+    if use_latest:
+        sessions, delay = max(sessions, samples[-1].sessions), max(delay, samples[-1].queue_delay_s)
+    return sessions, delay
+
+
+def _load_replicas(config: AutoscalerConfig, samples: list[Sample], replicas: int, use_latest: bool = False) -> int:
+    """Replicas needed for the window's sessions and queue delay."""
+    if not samples:
+        return replicas
+    sessions, delay = _load(samples, use_latest)
+    by_sessions = math.ceil(sessions / config.target_sessions_per_replica)
+    by_delay = math.ceil(replicas * delay / config.target_queue_delay_s) if delay > config.target_queue_delay_s else 0
+    return max(by_sessions, by_delay)
+
+
+def _panicking(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> bool:
+    recent = _window(history, now, config.panic_window_s)
+    if not recent:
+        return False
+    capacity = max(recent[-1].replicas, 1) * config.target_sessions_per_replica
+    sessions, delay = _load(recent, use_latest=True)
+    return (
+        sessions >= config.panic_threshold * capacity or delay >= config.panic_threshold * config.target_queue_delay_s
+    )
+
+
+def reactive(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> tuple[int, bool]:
+    """Replicas wanted from observed load at ``now`` and whether the pool is in panic mode."""
+    current = history[-1].replicas if history else config.min_replicas
+    if _panicking(config, history, now):
+        panic_window = _window(history, now, config.panic_window_s)
+        return max(current, _load_replicas(config, panic_window, current, use_latest=True)), True
+    return _load_replicas(config, _window(history, now, config.stable_window_s), current), False
+
+
+def predictive(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> int:
+    """Replicas for the arrival rate forecast one lead time (cold start + period) ahead."""
+    samples = [s for s in history if s.t <= now]
+    if len(samples) < 2:
+        return 0
+    rate = forecast_rate(
+        [s.arrivals / config.decision_period_s for s in samples], config.lead_time_s, config.decision_period_s
+    )
+    return math.ceil(rate * config.mean_session_s / config.target_sessions_per_replica)
+
+
+def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past: Sequence[Decision] = ()) -> Decision:
+    """The pool's decision at ``now`` from its samples and its earlier decisions (for scale-in hold)."""
+    current = history[-1].replicas if history else config.min_replicas
+    recent = [s for s in history if s.t > now - config.stable_window_s]
+    wanted, panic = reactive(config, recent, now)
+    reason = f"reactive {wanted}" + (" (panic)" if panic else "")
+    if config.predictive:
+        ahead = predictive(config, history, now)
+        if ahead > wanted:
+            wanted, reason = ahead, f"predictive {ahead} > reactive {wanted}"
+    recommended = wanted
+    if wanted < current:
+        # scale in only if no recommendation in the stabilisation window asked for more
+        held = max((d.recommended for d in past if now - config.scale_in_stabilization_s < d.t < now), default=0)
+        if held > wanted or panic:
+            wanted, reason = min(current, max(held, wanted)), f"scale-in held ({reason})"
+    replicas = min(max(wanted, config.min_replicas), config.max_replicas)
+    return Decision(
+        t=now, replicas=replicas, warm_spares=config.warm_spares, reason=reason, panic=panic, recommended=recommended
+    )

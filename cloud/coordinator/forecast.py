@@ -1,0 +1,52 @@
+"""Arrival-rate forecasts for the predictive autoscaler: Holt's linear trend plus a repeating pattern.
+
+When the history is long enough to hold a repeating pattern (found by autocorrelation), the
+forecast is the rate observed one period earlier at the target time, scaled by the current level;
+otherwise Holt's double exponential smoothing extrapolates the trend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def holt(rates: Sequence[float], horizon_steps: float, alpha: float = 0.5, beta: float = 0.3) -> float:
+    level, trend = float(rates[0]), 0.0
+    for x in rates[1:]:
+        previous = level
+        level = alpha * x + (1 - alpha) * (level + trend)
+        trend = beta * (level - previous) + (1 - beta) * trend
+    return max(0.0, level + horizon_steps * trend)
+
+
+def season_length(rates: Sequence[float], min_lag: int = 10, min_corr: float = 0.6) -> int | None:
+    """The lag (in samples) of the strongest autocorrelation above ``min_corr``, if the history holds 2 periods."""
+    x = np.asarray(rates, float)
+    if len(x) < 2 * min_lag or x.std() == 0:
+        return None
+    x = x - x.mean()
+    best, best_lag = min_corr, None
+    for lag in range(min_lag, len(x) // 2 + 1):
+        a, b = x[:-lag], x[lag:]
+        denom = np.sqrt((a * a).sum() * (b * b).sum())
+        corr = float((a * b).sum() / denom) if denom else 0.0
+        if corr > best:
+            best, best_lag = corr, lag
+    return best_lag
+
+
+def forecast_rate(rates: Sequence[float], horizon_s: float, period_s: float) -> float:
+    """Arrival rate expected ``horizon_s`` from the last sample."""
+    steps = horizon_s / period_s
+    trend = holt(rates, steps)
+    season = season_length(rates)
+    if season is None:
+        return trend
+    ahead = int(round(steps))
+    # the same phase one season ago, and the mean just after it, as the shape of what comes next
+    idx = len(rates) - season + ahead
+    window = rates[max(0, idx - 1) : idx + 2]
+    seasonal = float(np.mean(window)) if len(window) else trend
+    return max(trend, seasonal)

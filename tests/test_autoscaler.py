@@ -1,0 +1,94 @@
+"""Autoscaling policy with a fake clock: panic scale-out, no flapping, scale-in stabilisation, forecasts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Sample, decide
+from splitasr.cloud.coordinator.forecast import forecast_rate, season_length
+from splitasr.shared.errors import ConfigError
+
+CONFIG = AutoscalerConfig(target_sessions_per_replica=4, predictive=False, max_replicas=32)
+
+
+def simulate(config, sessions_at, seconds, replicas=2, arrivals_at=lambda t: 0.0, delay_at=lambda t, r: 0.0):
+    """Drive the policy once per second; new replicas serve after ``cold_start_s``. Returns (t, replicas)."""
+    history, timeline, pending, decisions = [], [], [], []
+    for t in range(seconds):
+        pending_ready = [r for at, r in pending if at <= t]
+        if pending_ready:
+            replicas = pending_ready[-1]
+            pending = [(at, r) for at, r in pending if at > t]
+        history.append(Sample(t, sessions_at(t), delay_at(t, replicas), arrivals_at(t), replicas))
+        d = decide(config, history, t, decisions)
+        decisions.append(d)
+        if d.replicas > replicas:
+            pending.append((t + config.cold_start_s, d.replicas))
+        elif d.replicas < replicas:
+            replicas = d.replicas  # draining takes effect at once for counting purposes
+        timeline.append((t, d.replicas, d.reason))
+    return timeline
+
+
+def test_step_in_load_scales_out_within_one_period_in_panic_mode():
+    timeline = simulate(CONFIG, lambda t: 8 if t < 30 else 40, 40)
+    before = [r for t, r, _ in timeline if t < 30]
+    assert set(before) == {2}
+    t30 = next(x for x in timeline if x[0] == 30)
+    assert t30[1] >= 10 and "panic" in t30[2]  # 40 sessions / 4 per replica, decided in the first period
+
+
+def test_noisy_steady_load_does_not_flap():
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 2.0, 700)
+    timeline = simulate(CONFIG, lambda t: max(0.0, 14 + noise[t]), 700, replicas=4)
+    after_warmup = [r for t, r, _ in timeline if t >= 60]
+    changes = sum(1 for a, b in zip(after_warmup, after_warmup[1:], strict=False) if a != b)
+    assert changes <= 1, f"{changes} changes in 10 minutes of noise"
+
+
+def test_scale_in_only_after_the_stabilisation_window():
+    timeline = simulate(CONFIG, lambda t: 40 if t < 100 else 4, 500, replicas=10)
+    assert all(r >= 10 for t, r, _ in timeline if 100 <= t < 100 + 300 - 1)
+    assert any(r <= 2 for t, r, _ in timeline if t >= 100 + 300 + 61)
+
+
+def test_queue_delay_above_target_scales_out():
+    config = AutoscalerConfig(target_sessions_per_replica=100, predictive=False)
+    timeline = simulate(config, lambda t: 4, 20, replicas=2, delay_at=lambda t, r: 0.6 if t >= 10 else 0.0)
+    assert max(r for t, r, _ in timeline if t >= 10) >= 4
+
+
+def test_forecast_scales_out_before_a_repeating_ramp():
+    # arrivals: a 20 s burst every 120 s; sessions follow arrivals with the mean session length
+    def arrivals(t: float) -> float:
+        return 2.0 if (t % 120) >= 100 else 0.2
+
+    def sessions(t: float) -> float:
+        return sum(arrivals(s) for s in range(max(0, int(t) - 20), int(t)))
+
+    config = AutoscalerConfig(
+        target_sessions_per_replica=4, predictive=True, cold_start_s=5, mean_session_s=20, max_replicas=32
+    )
+    with_forecast = simulate(config, sessions, 345, arrivals_at=arrivals)
+    reactive_only = simulate(
+        AutoscalerConfig(**{**config.__dict__, "predictive": False}), sessions, 345, arrivals_at=arrivals
+    )
+    # third burst starts at t=340: with two periods of history the forecast asks for more before it
+    assert max(r for t, r, _ in with_forecast if 330 <= t < 340) > max(r for t, r, _ in reactive_only if 330 <= t < 340)
+    assert any("predictive" in reason for t, r, reason in with_forecast if 330 <= t < 340)
+
+
+def test_season_detection_and_holt_trend():
+    pattern = [0.0] * 40 + [5.0] * 10
+    assert season_length(pattern * 3) == 50
+    assert forecast_rate([1.0, 2.0, 3.0, 4.0, 5.0], 2.0, 1.0) > 5.0  # trend extrapolated
+    assert season_length([1.0] * 100) is None
+
+
+def test_bad_config_is_rejected():
+    with pytest.raises(ConfigError):
+        AutoscalerConfig(min_replicas=5, max_replicas=2)
+    with pytest.raises(ConfigError):
+        AutoscalerConfig(panic_window_s=100, stable_window_s=60)
