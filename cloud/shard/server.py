@@ -14,6 +14,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from splitasr.cloud.shard.appkeys import CONFIG, METRICS, READY, STAGE0, WORKER, is_ready
 from splitasr.cloud.shard.config import ShardConfig
 from splitasr.cloud.shard.metrics import ShardMetrics
 from splitasr.cloud.shard.roles import Stage0, StageWorker
@@ -23,16 +24,6 @@ from splitasr.shared import protocol as p
 from splitasr.shared.errors import ProtocolError, SplitASRError, StageUnavailableError
 
 log = logging.getLogger(__name__)
-
-CONFIG = web.AppKey("config", ShardConfig)
-METRICS = web.AppKey("metrics", ShardMetrics)
-WORKER = web.AppKey("worker", StageWorker)
-STAGE0 = web.AppKey("stage0", Stage0)
-READY = web.AppKey("ready", asyncio.Event)
-
-
-def is_ready(app: web.Application) -> bool:
-    return app[READY].is_set()
 
 
 async def healthz(request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
+from splitasr.cloud.shard.appkeys import CONFIG, METRICS, STAGE0, is_ready
 from splitasr.cloud.shard.roles import Stage0
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
 from splitasr.cloud.shard.session import Session, Utterance, stable_prefix
@@ -163,8 +164,6 @@ class Connection:
 
 
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:
-    from splitasr.cloud.shard.server import CONFIG, METRICS, STAGE0, is_ready
-
     if not is_ready(request.app):
         raise web.HTTPServiceUnavailable(text="shard not ready")
     # accept up to 4x the frame limit so oversized frames get an ERROR frame, not a dropped connection

@@ -1,0 +1,21 @@
+"""Typed aiohttp application keys of a shard app, shared by its handlers."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from splitasr.cloud.shard.config import ShardConfig
+from splitasr.cloud.shard.metrics import ShardMetrics
+from splitasr.cloud.shard.roles import Stage0, StageWorker
+
+CONFIG = web.AppKey("config", ShardConfig)
+METRICS = web.AppKey("metrics", ShardMetrics)
+WORKER = web.AppKey("worker", StageWorker)
+STAGE0 = web.AppKey("stage0", Stage0)
+READY = web.AppKey("ready", asyncio.Event)
+
+
+def is_ready(app: web.Application) -> bool:
+    return app[READY].is_set()
