@@ -23,7 +23,10 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "enc_a": (("mel",), ("hidden",)),
     "enc_b": (("hidden",), ("audio",)),
     "cross_kv": (("audio",), ("cross_k", "cross_v")),
-    "dec_step": (("tokens", "past_k", "past_v", "cross_k", "cross_v"), ("logits", "new_k", "new_v")),
+    "dec_step": (
+        ("tokens", "offset", "past_k", "past_v", "past_mask", "cross_k", "cross_v", "cross_mask"),
+        ("logits", "new_k", "new_v"),
+    ),
 }
 
 
@@ -64,12 +67,24 @@ def export_stages(
         "dec_step": (
             (
                 torch.zeros(B, 3, dtype=torch.int64),
+                torch.tensor([4, 2]),
                 torch.randn(L, B, 4, d),
                 torch.randn(L, B, 4, d),
+                torch.zeros(B, 4),
                 torch.randn(L, B, T, d),
                 torch.randn(L, B, T, d),
+                torch.zeros(B, T),
             ),
-            ({0: batch, 1: ntok}, {1: batch, 2: past}, {1: batch, 2: past}, {1: batch, 2: ctx}, {1: batch, 2: ctx}),
+            (
+                {0: batch, 1: ntok},
+                {0: batch},
+                {1: batch, 2: past},
+                {1: batch, 2: past},
+                {0: batch, 1: past},
+                {1: batch, 2: ctx},
+                {1: batch, 2: ctx},
+                {0: batch, 1: ctx},
+            ),
         ),
     }
     out_dir.mkdir(parents=True, exist_ok=True)

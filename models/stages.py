@@ -22,7 +22,7 @@ from splitasr.shared.features import DEFAULT_SPEC, FeatureSpec
 log = logging.getLogger(__name__)
 
 # Bump when the stage graphs' inputs/outputs change, so old caches are not reused.
-STAGE_FORMAT = 2
+STAGE_FORMAT = 3
 MANIFEST = "manifest.json"
 
 

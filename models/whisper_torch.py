@@ -14,15 +14,18 @@ from splitasr.models.ct2 import CT2Model
 from splitasr.models.dims import WhisperDims
 
 
-def _attention(q: Tensor, k: Tensor, v: Tensor, n_head: int) -> Tensor:
-    """Scaled dot-product attention over (batch, time, state) tensors, heads split inside."""
+def _attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, mask: Tensor | None = None) -> Tensor:
+    """Scaled dot-product attention over (batch, time, state) tensors, heads split inside.
+
+    ``mask`` is additive, broadcast to (batch, heads, tq, tk): 0 where a key is visible, -1e9 where not."""
     b, tq, d = q.shape
     tk = k.shape[1]
     q = q.view(b, tq, n_head, d // n_head).transpose(1, 2)
     k = k.view(b, tk, n_head, d // n_head).transpose(1, 2)
     v = v.view(b, tk, n_head, d // n_head).transpose(1, 2)
     scale = (d // n_head) ** -0.5
-    w = torch.softmax((q @ k.transpose(-1, -2)) * scale, dim=-1)
+    scores = (q @ k.transpose(-1, -2)) * scale
+    w = torch.softmax(scores if mask is None else scores + mask, dim=-1)
     return (w @ v).transpose(1, 2).reshape(b, tq, d)
 
 
@@ -66,7 +69,14 @@ class DecoderBlock(nn.Module):
         self.mlp_ln = nn.LayerNorm(n_state)
 
     def forward(
-        self, x: Tensor, past_k: Tensor, past_v: Tensor, cross_k: Tensor, cross_v: Tensor, mask: Tensor
+        self,
+        x: Tensor,
+        past_k: Tensor,
+        past_v: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        mask: Tensor,
+        cross_mask: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
         h = self.attn_ln(x)
         a = self.attn
@@ -78,7 +88,8 @@ class DecoderBlock(nn.Module):
         vh = v.view(b, -1, self.n_head, d // self.n_head).transpose(1, 2)
         w = torch.softmax((q @ kh.transpose(-1, -2)) * (d // self.n_head) ** -0.5 + mask, dim=-1)
         x = x + a.out((w @ vh).transpose(1, 2).reshape(b, tq, d))
-        x = x + self.cross_out(_attention(self.cross_query(self.cross_ln(x)), cross_k, cross_v, self.n_head))
+        q = self.cross_query(self.cross_ln(x))
+        x = x + self.cross_out(_attention(q, cross_k, cross_v, self.n_head, cross_mask))
         x = x + self.mlp(self.mlp_ln(x))
         return x, k, v
 
@@ -121,19 +132,34 @@ class Whisper(nn.Module):
         return torch.stack(ks), torch.stack(vs)
 
     def dec_step(
-        self, tokens: Tensor, past_k: Tensor, past_v: Tensor, cross_k: Tensor, cross_v: Tensor
+        self,
+        tokens: Tensor,
+        offset: Tensor,
+        past_k: Tensor,
+        past_v: Tensor,
+        past_mask: Tensor,
+        cross_k: Tensor,
+        cross_v: Tensor,
+        cross_mask: Tensor,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Decode ``tokens`` (batch, n) after ``past`` positions; returns last-position logits and new caches."""
-        n_past = past_k.shape[2]
+        """Decode ``tokens`` (batch, n) for sequences of different lengths in one batch.
+
+        Row b's new tokens sit at text positions ``offset[b] + i``. ``past_mask`` (batch, past) and
+        ``cross_mask`` (batch, ctx) are additive (0 visible, -1e9 padding), so caches and audio
+        states of different lengths can be padded into one batch. Returns last-position logits and
+        the caches extended by the new tokens (``past`` + n entries per row).
+        """
         n = tokens.shape[1]
-        x = self.token_embedding(tokens) + self.dec_pos[n_past : n_past + n]
-        # causal mask over [past | new]: new token i sees all past and new tokens <= i
         idx = torch.arange(n, device=tokens.device)
+        x = self.token_embedding(tokens) + self.dec_pos[offset[:, None] + idx[None, :]]
+        # new token i sees the visible past and new tokens <= i
         causal = (idx[None, :] > idx[:, None]).to(x.dtype) * -1e9
-        mask = torch.cat([torch.zeros(n, n_past, dtype=x.dtype, device=tokens.device), causal], dim=1)
+        b = tokens.shape[0]
+        mask = torch.cat([past_mask[:, None, :].expand(b, n, -1), causal[None].expand(b, n, n)], dim=2)[:, None]
+        cmask = cross_mask[:, None, None, :]
         new_k, new_v = [], []
         for i, block in enumerate(self.dec_blocks):
-            x, k, v = block(x, past_k[i], past_v[i], cross_k[i], cross_v[i], mask)
+            x, k, v = block(x, past_k[i], past_v[i], cross_k[i], cross_v[i], mask, cmask)
             new_k.append(k)
             new_v.append(v)
         x = self.dec_ln(x[:, -1])

@@ -26,11 +26,9 @@ def torch_whisper(tiny_artifacts):
 
 
 def _torch_step(whisper):
-    def step(tokens, past_k, past_v, cross_k, cross_v):
+    def step(*inputs):
         with torch.no_grad():
-            out = whisper.dec_step(
-                *(torch.from_numpy(np.asarray(a)) for a in (tokens, past_k, past_v, cross_k, cross_v))
-            )
+            out = whisper.dec_step(*(torch.from_numpy(np.asarray(a)) for a in inputs))
         return tuple(t.numpy() for t in out)
 
     return step
@@ -52,9 +50,9 @@ def test_torch_and_onnx_agree(tiny_recognizer, torch_whisper, manifest):
     print(f"max abs diff enc_a {diff_a:.2e}, encoder output {diff_b:.2e}")
     assert diff_a < 1e-3 and diff_b < 1e-3
     prompt = tiny_recognizer.tokenizer.prompt("en")
-    rules, cache = tiny_recognizer.rules, runtime.empty_cache(1)
-    onnx_tokens = greedy_decode(runtime.dec_step, ck_o, cv_o, cache, [prompt], [60], rules)
-    torch_tokens = greedy_decode(_torch_step(torch_whisper), ck_t.numpy(), cv_t.numpy(), cache, [prompt], [60], rules)
+    rules = tiny_recognizer.rules
+    onnx_tokens = greedy_decode(runtime.dec_step, ck_o, cv_o, [prompt], [60], rules)
+    torch_tokens = greedy_decode(_torch_step(torch_whisper), ck_t.numpy(), cv_t.numpy(), [prompt], [60], rules)
     assert onnx_tokens == torch_tokens
     assert len(onnx_tokens[0]) > 3
 
@@ -69,11 +67,11 @@ def test_batched_decoding_equals_single(tiny_recognizer, manifest):
         audio = load_audio(entry.file)[: 16000 * 6]
         ck, cv = runtime.cross_kv(runtime.encode(tiny_recognizer.features(audio, TranscribeOptions(window="full"))))
         crosses.append((ck, cv))
-        singles += greedy_decode(runtime.dec_step, ck, cv, runtime.empty_cache(1), [prompt], [80], rules)
+        singles += greedy_decode(runtime.dec_step, ck, cv, [prompt], [80], rules)
     ck = np.concatenate([c[0] for c in crosses], axis=1)
     cv = np.concatenate([c[1] for c in crosses], axis=1)
     caps = [80, 5, 80]
-    batched = greedy_decode(runtime.dec_step, ck, cv, runtime.empty_cache(3), [prompt] * 3, caps, rules)
+    batched = greedy_decode(runtime.dec_step, ck, cv, [prompt] * 3, caps, rules)
     assert batched[0] == singles[0] and batched[2] == singles[2]
     assert batched[1] == singles[1][:5]
 

@@ -1,15 +1,21 @@
-"""Greedy Whisper decoding with a KV cache, Whisper's suppression rules and a token cap."""
+"""Greedy Whisper decoding with continuous batching: sequences of different lengths share each step.
+
+:class:`DecodeBatch` keeps one running batch. Sequences join between steps (after a prefill of
+their prompt) and leave as soon as they finish; padding masks let caches and audio states of
+different lengths sit in one batch, so a sequence's tokens do not depend on its batch mates.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-StepFn = Callable[
-    [np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray]
-]
+# dec_step(tokens, offset, past_k, past_v, past_mask, cross_k, cross_v, cross_mask) -> logits, new_k, new_v
+StepFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
+MASKED = np.float32(-1e9)
 
 
 @dataclass(frozen=True)
@@ -42,40 +48,170 @@ class SuppressRules:
         return logits
 
 
+@dataclass(eq=False)
+class Sequence:
+    """One window being decoded: its prompt, token cap and cross-attention keys/values (L, T, d)."""
+
+    prompt: list[int]
+    cap: int
+    cross_k: np.ndarray
+    cross_v: np.ndarray
+    tokens: list[int] = field(default_factory=list)
+    tag: Any = None  # the caller's handle (a request, a window index)
+
+    @property
+    def length(self) -> int:
+        return len(self.prompt) + len(self.tokens)
+
+
+def _pad_axis(array: np.ndarray, axis: int, size: int, value: float = 0.0) -> np.ndarray:
+    missing = size - array.shape[axis]
+    if missing <= 0:
+        return array
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, missing)
+    return np.pad(array, widths, constant_values=value)
+
+
+def _stack_cross(seqs: list[Sequence], ctx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cross keys/values (L, B, ctx, d) padded to ``ctx`` frames, with the additive frame mask (B, ctx)."""
+    ks = np.stack([_pad_axis(s.cross_k, 1, ctx) for s in seqs], axis=1)
+    vs = np.stack([_pad_axis(s.cross_v, 1, ctx) for s in seqs], axis=1)
+    mask = np.zeros((len(seqs), ctx), np.float32)
+    for row, s in enumerate(seqs):
+        mask[row, s.cross_k.shape[1] :] = MASKED
+    return ks, vs, mask
+
+
+class DecodeBatch:
+    """The running batch of a decoder: ``join`` adds sequences, ``step`` decodes one token for all."""
+
+    def __init__(self, step: StepFn, rules: SuppressRules):
+        self._step = step
+        self.rules = rules
+        self.seqs: list[Sequence] = []
+        self._state: dict[str, np.ndarray] = {}
+        self.steps = 0
+
+    def __len__(self) -> int:
+        return len(self.seqs)
+
+    def _finish(self, seqs: list[Sequence], logits: np.ndarray, first: bool) -> list[bool]:
+        """Pick each row's next token; True where the sequence is done (EOT or its cap)."""
+        best = self.rules.apply(logits.astype(np.float32, copy=True), first).argmax(axis=-1)
+        done = []
+        for s, token in zip(seqs, best.tolist(), strict=True):
+            if token != self.rules.eot:
+                s.tokens.append(token)
+            done.append(token == self.rules.eot or len(s.tokens) >= s.cap)
+        return done
+
+    def join(self, seqs: list[Sequence]) -> list[Sequence]:
+        """Prefill the prompts of ``seqs`` (grouped by prompt length) and add the unfinished ones.
+
+        Returns the sequences that finished on their first token."""
+        finished: list[Sequence] = []
+        by_length: dict[int, list[Sequence]] = {}
+        for s in seqs:
+            by_length.setdefault(len(s.prompt), []).append(s)
+        for n, group in by_length.items():
+            ctx = max(s.cross_k.shape[1] for s in group)
+            ck, cv, cmask = _stack_cross(group, ctx)
+            layers, _, _, d = ck.shape
+            empty = np.zeros((layers, len(group), 0, d), np.float32)
+            logits, k, v = self._step(
+                np.asarray([s.prompt for s in group], np.int64),
+                np.zeros(len(group), np.int64),
+                empty,
+                empty,
+                np.zeros((len(group), 0), np.float32),
+                ck,
+                cv,
+                cmask,
+            )
+            done = self._finish(group, logits, first=True)
+            keep = [row for row, d_ in enumerate(done) if not d_]
+            finished += [s for s, d_ in zip(group, done, strict=True) if d_]
+            if keep:
+                self._merge([group[r] for r in keep], k[:, keep], v[:, keep], np.zeros((len(keep), n), np.float32))
+        return finished
+
+    def _merge(self, seqs: list[Sequence], k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> None:
+        last = np.asarray([s.tokens[-1] for s in seqs], np.int64)
+        if not self.seqs:
+            ctx = max(s.cross_k.shape[1] for s in seqs)
+            ck, cv, cmask = _stack_cross(seqs, ctx)
+            self._state = {"k": k, "v": v, "mask": mask, "ck": ck, "cv": cv, "cmask": cmask, "last": last}
+            self.seqs = list(seqs)
+            return
+        st = self._state
+        past = max(st["k"].shape[2], k.shape[2])
+        ctx = max(st["ck"].shape[2], *(s.cross_k.shape[1] for s in seqs))
+        ck, cv, cmask = _stack_cross(seqs, ctx)
+        st["k"] = np.concatenate([_pad_axis(st["k"], 2, past), _pad_axis(k, 2, past)], axis=1)
+        st["v"] = np.concatenate([_pad_axis(st["v"], 2, past), _pad_axis(v, 2, past)], axis=1)
+        st["mask"] = np.concatenate([_pad_axis(st["mask"], 1, past, MASKED), _pad_axis(mask, 1, past, MASKED)])
+        st["ck"] = np.concatenate([_pad_axis(st["ck"], 2, ctx), ck], axis=1)
+        st["cv"] = np.concatenate([_pad_axis(st["cv"], 2, ctx), cv], axis=1)
+        st["cmask"] = np.concatenate([_pad_axis(st["cmask"], 1, ctx, MASKED), cmask])
+        st["last"] = np.concatenate([st["last"], last])
+        self.seqs += seqs
+
+    def remove(self, seqs: list[Sequence]) -> None:
+        """Take sequences out of the batch (finished, superseded or preempted)."""
+        gone = {id(s) for s in seqs}
+        keep = [row for row, s in enumerate(self.seqs) if id(s) not in gone]
+        if len(keep) == len(self.seqs):
+            return
+        self.seqs = [self.seqs[r] for r in keep]
+        if not self.seqs:
+            self._state = {}
+            return
+        st = self._state
+        for key in ("k", "v", "ck", "cv"):
+            st[key] = st[key][:, keep]
+        for key in ("mask", "cmask", "last"):
+            st[key] = st[key][keep]
+        # drop cache columns and audio frames nobody in the batch can see any more
+        for mask_key, arrays in (("mask", ("k", "v")), ("cmask", ("ck", "cv"))):
+            visible = (st[mask_key] == 0).any(axis=0)
+            if not visible.all():
+                st[mask_key] = st[mask_key][:, visible]
+                for key in arrays:
+                    st[key] = st[key][:, :, visible]
+
+    def step(self) -> list[Sequence]:
+        """Decode one token for every sequence in the batch; returns (and removes) those that finished."""
+        if not self.seqs:
+            return []
+        st = self._state
+        offset = np.asarray([s.length - 1 for s in self.seqs], np.int64)
+        logits, st["k"], st["v"] = self._step(
+            st["last"][:, None], offset, st["k"], st["v"], st["mask"], st["ck"], st["cv"], st["cmask"]
+        )
+        st["mask"] = np.concatenate([st["mask"], np.zeros((len(self.seqs), 1), np.float32)], axis=1)
+        self.steps += 1
+        done = self._finish(self.seqs, logits, first=False)
+        st["last"] = np.asarray([s.tokens[-1] if s.tokens else 0 for s in self.seqs], np.int64)
+        finished = [s for s, d in zip(self.seqs, done, strict=True) if d]
+        self.remove(finished)
+        return finished
+
+
 def greedy_decode(
     step: StepFn,
     cross_k: np.ndarray,
     cross_v: np.ndarray,
-    empty_cache: tuple[np.ndarray, np.ndarray],
     prompts: list[list[int]],
     caps: list[int],
     rules: SuppressRules,
 ) -> list[list[int]]:
-    """Decode a batch of sequences (prompts of equal length); finished sequences leave the batch."""
-    if len({len(p) for p in prompts}) != 1:
-        raise ValueError("prompts in one batch must have the same length")
-    n = len(prompts)
-    results: list[list[int]] = [[] for _ in range(n)]
-    active = np.arange(n)
-    tokens = np.asarray(prompts, dtype=np.int64)
-    past_k, past_v = empty_cache
-    first = True
-    while len(active):
-        logits, past_k, past_v = step(tokens, past_k, past_v, cross_k, cross_v)
-        best = rules.apply(logits.astype(np.float32, copy=True), first).argmax(axis=-1)
-        first = False
-        keep = []
-        for row, seq in enumerate(active):
-            token = int(best[row])
-            if token == rules.eot:
-                continue
-            results[seq].append(token)
-            if len(results[seq]) < caps[seq]:
-                keep.append(row)
-        if len(keep) < len(active):
-            active = active[keep]
-            past_k, past_v = past_k[:, keep], past_v[:, keep]
-            cross_k, cross_v = cross_k[:, keep], cross_v[:, keep]
-            best = best[keep]
-        tokens = best[:, None].astype(np.int64)
-    return results
+    """Decode a batch of windows (cross keys/values (L, B, T, d)) to the end; prompts may differ in length."""
+    seqs = [
+        Sequence(pr, cap, cross_k[:, i], cross_v[:, i]) for i, (pr, cap) in enumerate(zip(prompts, caps, strict=True))
+    ]
+    batch = DecodeBatch(step, rules)
+    batch.join(seqs)
+    while len(batch):
+        batch.step()
+    return [s.tokens for s in seqs]

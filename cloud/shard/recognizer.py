@@ -73,9 +73,19 @@ class TextDecoder:
 
     def detect_language(self, cross_k: np.ndarray, cross_v: np.ndarray) -> list[str]:
         """Most likely language per batch row, from the first decoder step after <|startoftranscript|>."""
-        batch = cross_k.shape[1]
+        layers, batch, ctx, d = cross_k.shape
         tokens = np.full((batch, 1), self.tokenizer.sot, np.int64)
-        logits, _, _ = self.runtime.dec_step(tokens, *self.runtime.empty_cache(batch), cross_k, cross_v)
+        empty = np.zeros((layers, batch, 0, d), np.float32)
+        logits, _, _ = self.runtime.dec_step(
+            tokens,
+            np.zeros(batch, np.int64),
+            empty,
+            empty,
+            np.zeros((batch, 0), np.float32),
+            cross_k,
+            cross_v,
+            np.zeros((batch, ctx), np.float32),
+        )
         codes = list(self.tokenizer.languages)
         ids = [self.tokenizer.languages[c] for c in codes]
         return [codes[i] for i in logits[:, ids].argmax(axis=-1)]
@@ -99,9 +109,7 @@ class TextDecoder:
             log.info("detected language %s", language)
         prompt = self.tokenizer.prompt(language)
         cap = options.token_cap(audio_seconds, len(prompt))
-        (tokens,) = greedy_decode(
-            self.runtime.dec_step, cross_k, cross_v, self.runtime.empty_cache(1), [prompt], [cap], self.rules
-        )
+        (tokens,) = greedy_decode(self.runtime.dec_step, cross_k, cross_v, [prompt], [cap], self.rules)
         timer.add("decode", t)
         return tokens, language
 

@@ -93,13 +93,7 @@ class StageRuntime:
         k, v = self.run("cross_kv", audio)
         return k, v
 
-    def dec_step(
-        self, tokens: np.ndarray, past_k: np.ndarray, past_v: np.ndarray, cross_k: np.ndarray, cross_v: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        logits, k, v = self.run("dec_step", tokens, past_k, past_v, cross_k, cross_v)
+    def dec_step(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """One decoder step; inputs as in ``STAGE_IO["dec_step"]`` (see :mod:`splitasr.cloud.shard.decoding`)."""
+        logits, k, v = self.run("dec_step", *inputs)
         return logits, k, v
-
-    def empty_cache(self, batch: int) -> tuple[np.ndarray, np.ndarray]:
-        dims = self.artifacts.manifest["dims"]
-        shape = (dims["n_text_layer"], batch, 0, dims["n_state"])
-        return np.zeros(shape, np.float32), np.zeros(shape, np.float32)
