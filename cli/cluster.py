@@ -28,7 +28,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=0, help="0: any free port (see --ready-file)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (spinning is off)")
     p.add_argument("--int8", action="store_true")
-    p.add_argument("--partial-interval-s", type=float, default=0.5)
+    p.add_argument("--partial-interval-s", type=float, default=0.5, help="audio seconds between partials (0: off)")
+    p.add_argument("--max-batch", type=int, default=16, help="decoder: sequences in the running batch")
+    p.add_argument(
+        "--encoder-max-batch", type=int, default=0, help="encoders: micro-batch size (0: device default, 1 on CPU)"
+    )
+    p.add_argument("--max-sessions", type=int, default=64, help="stage 0: edge sessions admitted")
+    p.add_argument(
+        "--queue-budget-s",
+        type=float,
+        default=0.5,
+        help="stage 0: queue delay at which partials stop (half: back off; twice: refuse new sessions)",
+    )
+    p.add_argument("--cache-ttl-s", type=float, default=30.0, help="stage 0: keep results by feature hash (0: off)")
     p.add_argument("--ready-file", default=None, help="write {pid, port, url} here once loaded and warmed up")
     p.set_defaults(func=cmd_shard)
 
@@ -51,6 +63,11 @@ def cmd_shard(args: argparse.Namespace) -> int:
         int8=args.int8,
         partial_interval_s=args.partial_interval_s,
         ready_file=args.ready_file,
+        max_batch=args.max_batch,
+        encoder_max_batch=args.encoder_max_batch,
+        max_sessions=args.max_sessions,
+        queue_budget_s=args.queue_budget_s,
+        cache_ttl_s=args.cache_ttl_s,
     )
     asyncio.run(serve(config))
     return 0

@@ -50,6 +50,7 @@ class ChainSpec:
     dec: int = 1
     threads: int = 1
     int8: bool = False
+    shard_args: tuple[str, ...] = ()  # extra ``splitasr shard`` flags for every shard of the chain
 
 
 class LocalCluster:
@@ -85,6 +86,7 @@ class LocalCluster:
         ]
         if chain.int8:
             cmd.append("--int8")
+        cmd += list(chain.shard_args)
         for url in next_urls:
             cmd += ["--next", url]
         with log_path.open("wb") as out:

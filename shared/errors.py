@@ -42,11 +42,19 @@ class ConfigError(SplitASRError):
 class ProtocolError(SplitASRError):
     """A frame that breaks the wire protocol; ``code`` goes into the ERROR frame sent back."""
 
-    def __init__(self, code: str, message: str, retryable: bool = False):
+    def __init__(self, code: str, message: str, retryable: bool = False, retry_after_ms: int | None = None):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
         self.retryable = retryable
+        self.retry_after_ms = retry_after_ms  # retry advice for retryable errors (e.g. overload)
+
+
+class OverloadedError(ProtocolError):
+    """The shard is past its latency budget or capacity; retry later or elsewhere."""
+
+    def __init__(self, message: str, retry_after_ms: int = 1000):
+        super().__init__("overloaded", message, retryable=True, retry_after_ms=retry_after_ms)
 
 
 class StageUnavailableError(SplitASRError):

@@ -30,6 +30,7 @@ E_FIELD = "bad_field"
 E_SESSION = "unknown_session"
 E_STATE = "bad_state"
 E_OVERLOAD = "overloaded"
+E_SUPERSEDED = "superseded"  # a partial overtaken by a newer partial or its FINAL (stage-to-stage only)
 E_INTERNAL = "internal"
 
 
@@ -114,6 +115,7 @@ class Error(Frame):
     retryable: bool = False
     utt: int | None = None
     req_id: str | None = None  # set when answering a STAGE_REQ
+    retry_after_ms: int | None = None  # retry advice (overload): wait this long, or go elsewhere now
 
 
 @dataclass(frozen=True)
@@ -230,4 +232,11 @@ def decode(data: bytes, max_bytes: int = MAX_FRAME_BYTES) -> Frame:
 
 
 def error_frame(exc: ProtocolError, utt: int | None = None, req_id: str | None = None) -> Error:
-    return Error(code=exc.code, message=exc.message, retryable=exc.retryable, utt=utt, req_id=req_id)
+    return Error(
+        code=exc.code,
+        message=exc.message,
+        retryable=exc.retryable,
+        utt=utt,
+        req_id=req_id,
+        retry_after_ms=exc.retry_after_ms,
+    )

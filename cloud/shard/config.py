@@ -26,6 +26,11 @@ class ShardConfig:
     activation_dtype: str = "float16"
     stage_timeout_s: float = 30.0
     ready_file: str | None = None
+    max_batch: int = 16  # decoder: sequences in the running batch
+    encoder_max_batch: int = 0  # encoders: 0 = the device default (1 on CPU, 8 on CUDA)
+    max_sessions: int = 64  # edge sessions a stage-0 shard admits
+    queue_budget_s: float = 0.5  # queue delay budget driving the overload levels
+    cache_ttl_s: float = 30.0  # results by feature hash (0 disables)
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
@@ -36,5 +41,10 @@ class ShardConfig:
             raise ConfigError("the decoder is the last stage: it takes no --next")
         if self.activation_dtype not in ("float16", "float32"):
             raise ConfigError(f"activation dtype must be float16 or float32, got {self.activation_dtype!r}")
+        for name in ("max_batch", "max_sessions"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.encoder_max_batch < 0 or self.queue_budget_s <= 0 or self.cache_ttl_s < 0:
+            raise ConfigError("encoder_max_batch and cache_ttl_s must be >= 0 and queue_budget_s > 0")
         if not 0 < self.max_utterance_s <= 28.0:
             raise ConfigError("max_utterance_s must be in (0, 28]: an utterance plus 2 s padding fits 30 s")

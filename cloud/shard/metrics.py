@@ -26,6 +26,28 @@ class ShardMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.batch_size = Histogram(
+            "splitasr_batch_size",
+            "Sequences (decoder) or requests (encoders) per inference call",
+            ["stage"],
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+            registry=self.registry,
+        )
+        self.queue_length = Gauge("splitasr_queue_length", "Requests waiting", ["stage"], registry=self.registry)
+        self.queue_length_max = Gauge(
+            "splitasr_queue_length_max", "Most requests ever waiting at once", ["stage"], registry=self.registry
+        )
+        self.overload_level = Gauge(
+            "splitasr_overload_level",
+            "0 normal, 1 partials backed off, 2 partials off, 3 rejecting new sessions",
+            registry=self.registry,
+        )
+        self.rejected_sessions = Counter(
+            "splitasr_sessions_rejected_total", "New sessions refused (overload or capacity)", registry=self.registry
+        )
+        self.cache_hits = Counter(
+            "splitasr_cache_hits_total", "Results served from the feature-hash cache", registry=self.registry
+        )
         self.active_sessions = Gauge("splitasr_active_sessions", "Connected edge sessions", registry=self.registry)
         self.finals = Counter("splitasr_finals_total", "FINAL frames sent", registry=self.registry)
         self.partials = Counter("splitasr_partials_total", "PARTIAL frames sent", registry=self.registry)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,17 +10,22 @@ from typing import Any
 import numpy as np
 
 from splitasr.cloud.shard.config import NEXT_ROLE, ShardConfig
+from splitasr.cloud.shard.decode_engine import DecodeEngine, EngineOptions
 from splitasr.cloud.shard.decoding import DecodingOptions
 from splitasr.cloud.shard.metrics import ShardMetrics
+from splitasr.cloud.shard.microbatch import BatchPolicy, MicroBatcher, default_max_batch
+from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState
 from splitasr.cloud.shard.recognizer import TextDecoder
-from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime
-from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PriorityRunner
+from splitasr.cloud.shard.result_cache import ResultCache, feature_key
+from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime, providers
+from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, PriorityRunner, Superseded
 from splitasr.cloud.shard.stage_client import StageClient
+from splitasr.cloud.shard.supersession import FINAL_REV, Supersession
 from splitasr.cloud.shard.tensors import pack, unpack
 from splitasr.models.stages import StageArtifacts
 from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared import protocol as p
-from splitasr.shared.errors import ProtocolError
+from splitasr.shared.errors import OverloadedError, ProtocolError
 from splitasr.shared.features import normalize
 
 ONNX_STAGES = {"enc_a": ("enc_a",), "enc_b": ("enc_b",), "dec": ("cross_kv", "dec_step")}
@@ -34,7 +40,11 @@ def utterance_mel(raw: np.ndarray, pad_frames: int, max_frames: int) -> np.ndarr
 
 
 class StageWorker:
-    """Loads this shard's ONNX stages and runs them on one worker thread, measuring queue delay."""
+    """Loads this shard's ONNX stages and runs them on one worker thread, measuring queue delay.
+
+    Encoder roles run through a :class:`MicroBatcher` (batch size per device, 1 on CPU by default);
+    the decoder role runs a :class:`DecodeEngine` (continuous batching across streams).
+    """
 
     def __init__(self, config: ShardConfig, artifacts: StageArtifacts, metrics: ShardMetrics):
         self.config = config
@@ -45,7 +55,16 @@ class StageWorker:
             RuntimeOptions(threads=config.threads, device=config.device, int8=config.int8),
             stages=ONNX_STAGES[config.role],
         )
+        self.supersession = Supersession()
         self.decoder = TextDecoder(self.runtime, artifacts) if config.role == "dec" else None
+        self.engine = (
+            DecodeEngine(self.decoder, EngineOptions(max_batch=config.max_batch), self.supersession, metrics)
+            if self.decoder is not None
+            else None
+        )
+        device = "cuda" if providers(config.device)[0].startswith("CUDA") else "cpu"
+        enc_batch = config.encoder_max_batch or default_max_batch(device)
+        self.batcher = MicroBatcher(self._run_encoder_batch, BatchPolicy(max_batch=enc_batch))
         self.runner = PriorityRunner(
             f"stage-{config.role}", metrics.queue_seconds.observe, metrics.dropped_partials.inc
         )
@@ -53,26 +72,52 @@ class StageWorker:
 
     async def start(self) -> None:
         self.runner.start()
+        if self.engine is not None:
+            self.engine.start()
         if self.client is not None:
             await self.client.start()
 
     async def close(self) -> None:
         if self.client is not None:
             await self.client.close()
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.close)
         await self.runner.close()
 
     async def run(
         self, stage: str, fn, *args: Any, priority: int = PRIORITY_FINAL, stale: Callable[[], bool] | None = None
-    ):
-        """Run ``fn(*args)`` on the stage thread in priority order, timing its compute."""
+    ) -> tuple[Any, float]:
+        """Run ``fn(*args)`` on the stage thread in priority order; returns its result and queue wait (s)."""
+        submitted = time.perf_counter()
+        started = [submitted]
 
         def timed():
-            started = time.perf_counter()
+            started[0] = time.perf_counter()
             out = fn(*args)
-            self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started)
+            self.metrics.stage_seconds.labels(stage).observe(time.perf_counter() - started[0])
             return out
 
-        return await self.runner.submit(timed, priority=priority, stale=stale)
+        out = await self.runner.submit(timed, priority=priority, stale=stale)
+        return out, started[0] - submitted
+
+    async def _run_encoder_batch(self, stacked: np.ndarray, priority: int) -> np.ndarray:
+        stage = self.config.role
+        self.metrics.batch_size.labels(stage).observe(stacked.shape[0])
+        (out,), _ = await self.run(stage, self.runtime.run, stage, stacked, priority=priority)
+        return out
+
+    async def encode(
+        self, array: np.ndarray, priority: int, deadline_s: float, stale: Callable[[], bool] | None = None
+    ) -> tuple[np.ndarray, float]:
+        """This encoder stage on one request; returns the output and the time it waited (s)."""
+        stage = self.config.role
+        if self.batcher.policy.max_batch <= 1:
+            self.metrics.batch_size.labels(stage).observe(1)
+            (out,), wait = await self.run(stage, self.runtime.run, stage, array, priority=priority, stale=stale)
+            return out, wait
+        started = time.perf_counter()
+        out = await self.batcher.submit(array, priority, time.perf_counter() + deadline_s)
+        return out, max(0.0, time.perf_counter() - started - self.batcher.service_s)
 
     def warm_up(self) -> None:
         """One inference of this stage on silence, so the first real request is not slow."""
@@ -106,61 +151,142 @@ class StageWorker:
                 p.E_FIELD,
                 f"this shard serves {self.config.model}/{self.config.role}, not {request.model}/{request.stage}",
             )
-        if self.config.role == "enc_b":
-            hidden = unpack(request.tensors, "hidden")
-            (audio,) = await self.run("enc_b", self.runtime.run, "enc_b", hidden, priority=request.priority)
-            res = await self.forward("audio", audio, request.meta, request.priority, request.deadline_ms)
-            timings = {**res.timings, "enc_b_ms": (time.perf_counter() - started) * 1000}
-            return p.StageResponse(req_id=request.req_id, tensors=res.tensors, timings=timings, meta=res.meta)
-        if self.config.role == "dec":
-            audio = unpack(request.tensors, "audio")
-            language = request.meta.get("language")
-            if language is not None:
-                self.decoder.tokenizer.check_language(language)
-            tokens, language = await self.run(
-                "dec",
-                self.decoder.decode,
-                audio,
-                language,
-                float(request.meta.get("audio_s", 30.0)),
-                DecodingOptions(),
-                priority=request.priority,
-            )
-            return p.StageResponse(
-                req_id=request.req_id,
-                tensors=pack({"tokens": np.asarray(tokens, np.int64)}),
-                timings={"dec_ms": (time.perf_counter() - started) * 1000},
-                meta={"language": language},
-            )
+        meta = request.meta
+        key, rev = meta.get("key"), int(meta.get("rev", FINAL_REV))
+        self.supersession.note(key, rev)
+        try:
+            if self.config.role == "enc_b":
+                return await self._serve_enc_b(request, key, rev, started)
+            if self.config.role == "dec":
+                return await self._serve_dec(request, key, rev, started)
+        except Superseded as exc:
+            raise ProtocolError(p.E_SUPERSEDED, str(exc)) from None
         raise ProtocolError(p.E_STATE, "stage-0 shards take edge sessions at /v1/stream, not STAGE_REQ")
+
+    async def _serve_enc_b(self, request: p.StageRequest, key: str | None, rev: int, started: float):
+        hidden = unpack(request.tensors, "hidden")
+        stale = None
+        if request.priority >= PRIORITY_PARTIAL:
+            stale = lambda: self.supersession.stale(key, rev)  # noqa: E731
+        audio, wait = await self.encode(hidden, request.priority, request.deadline_ms / 1000, stale)
+        res = await self.forward("audio", audio, request.meta, request.priority, request.deadline_ms)
+        timings = {
+            **res.timings,
+            "enc_b_ms": (time.perf_counter() - started) * 1000,
+            "queue_ms": res.timings.get("queue_ms", 0.0) + wait * 1000,
+        }
+        return p.StageResponse(req_id=request.req_id, tensors=res.tensors, timings=timings, meta=res.meta)
+
+    async def _serve_dec(self, request: p.StageRequest, key: str | None, rev: int, started: float):
+        audio = unpack(request.tensors, "audio")
+        language = request.meta.get("language")
+        if language is not None:
+            self.decoder.tokenizer.check_language(language)
+        tokens, language, wait = await self.engine.decode(
+            audio, language, float(request.meta.get("audio_s", 30.0)), request.priority, key, rev
+        )
+        return p.StageResponse(
+            req_id=request.req_id,
+            tensors=pack({"tokens": np.asarray(tokens, np.int64)}),
+            timings={"dec_ms": (time.perf_counter() - started) * 1000, "queue_ms": wait * 1000},
+            meta={"language": language},
+        )
 
 
 class Stage0:
-    """The stage-0 side of recognition: encoder A here, the rest of the chain through the stage client."""
+    """The stage-0 side of recognition: encoder A here, the rest of the chain through the stage client.
+
+    Also owns the shard's overload state (fed by the queue delays each request meets) and a cache of
+    recent results by feature hash; identical work already in flight is joined, not repeated."""
 
     def __init__(self, worker: StageWorker):
         self.worker = worker
         artifacts = worker.artifacts
+        config = worker.config
         self.tokenizer = WhisperTokenizer(
             artifacts.tokenizer_json, DecoderConfig.load(artifacts.config_json), artifacts.manifest["dims"]["n_vocab"]
         )
         spec = artifacts.feature_spec
         self.spec = spec
-        self.pad_frames = int(worker.config.pad_s * spec.frames_per_second)
-        self.max_frames = int(worker.config.max_utterance_s * spec.frames_per_second)
+        self.pad_frames = int(config.pad_s * spec.frames_per_second)
+        self.max_frames = int(config.max_utterance_s * spec.frames_per_second)
+        self.overload = OverloadState(OverloadPolicy(budget_s=config.queue_budget_s))
+        self.cache = ResultCache(ttl_s=config.cache_ttl_s)
+        self._inflight: dict[str, asyncio.Future] = {}
+        self.active_sessions = 0
+
+    def admit_session(self, active_sessions: int) -> None:
+        """Raise :class:`OverloadedError` when this shard must not take another session."""
+        capacity = self.worker.config.max_sessions
+        if active_sessions >= capacity:
+            raise OverloadedError(f"shard at capacity ({capacity} sessions); try another shard", retry_after_ms=1000)
+        if self.overload.update(time.perf_counter()) >= 3:
+            delay_ms = self.overload.window.estimate(time.perf_counter()) * 1000
+            budget_ms = self.overload.policy.budget_s * 1000
+            raise OverloadedError(
+                f"shard overloaded (queue delay {delay_ms:.0f} ms, budget {budget_ms:.0f} ms); try another shard",
+                retry_after_ms=int(self.overload.policy.window_s * 1000),
+            )
 
     async def recognise(
-        self, raw: np.ndarray, language: str | None, priority: int, stale: Callable[[], bool] | None = None
+        self,
+        raw: np.ndarray,
+        language: str | None,
+        priority: int,
+        stale: Callable[[], bool] | None = None,
+        key: str | None = None,
+        rev: int = FINAL_REV,
     ) -> tuple[str, str, dict]:
-        """Text and language of raw log10 mel frames (one utterance or its prefix)."""
+        """Text, language and timings of raw log10 mel frames (one utterance or its prefix)."""
+        cache_key = feature_key(raw, language, self.worker.artifacts.version, self.pad_frames)
+        cached = self.cache.get(cache_key)
+        if cached is not None:
+            self.worker.metrics.cache_hits.inc()
+            return cached[0], cached[1], {**cached[2], "cached": 1.0}
+        running = self._inflight.get(cache_key)
+        if running is not None and priority == PRIORITY_FINAL:
+            try:  # the same frames are already being recognised (a partial that covers them all)
+                result = await asyncio.shield(running)
+                self.worker.metrics.cache_hits.inc()
+                return result
+            except Superseded:
+                pass  # that partial was dropped: compute it here
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[cache_key] = future
+        try:
+            result = await self._recognise(raw, language, priority, stale, key, rev)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # consumed here; joiners get it too
+            raise
+        finally:
+            self._inflight.pop(cache_key, None)
+        future.set_result(result)
+        self.cache.put(cache_key, result)
+        return result
+
+    async def _recognise(
+        self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int
+    ) -> tuple[str, str, dict]:
         started = time.perf_counter()
         mel = utterance_mel(raw, self.pad_frames, self.spec.n_frames)
-        (hidden,) = await self.worker.run(
-            "enc_a", self.worker.runtime.run, "enc_a", mel, priority=priority, stale=stale
-        )
+        hidden, wait = await self.worker.encode(mel, priority, 10.0, stale)
         enc_a_ms = (time.perf_counter() - started) * 1000
-        meta = {"language": language, "audio_s": raw.shape[1] / self.spec.frames_per_second}
-        res = await self.worker.forward("hidden", hidden, meta, priority, 10_000.0)
+        meta = {"language": language, "audio_s": raw.shape[1] / self.spec.frames_per_second, "key": key, "rev": rev}
+        try:
+            res = await self.worker.forward("hidden", hidden, meta, priority, 10_000.0)
+        except ProtocolError as exc:
+            if exc.code == p.E_SUPERSEDED:
+                raise Superseded(exc.message) from None
+            raise
         tokens = unpack(res.tensors, "tokens", as_float32=False).tolist()
-        timings = {**res.timings, "enc_a_ms": enc_a_ms, "total_ms": (time.perf_counter() - started) * 1000}
+        queue_ms = res.timings.get("queue_ms", 0.0) + wait * 1000
+        self.overload.observe(time.perf_counter(), queue_ms / 1000)
+        self.worker.metrics.overload_level.set(self.overload.level)
+        timings = {
+            **res.timings,
+            "enc_a_ms": enc_a_ms,
+            "queue_ms": queue_ms,
+            "total_ms": (time.perf_counter() - started) * 1000,
+        }
         return self.tokenizer.decode(tokens).strip(), res.meta.get("language") or "en", timings

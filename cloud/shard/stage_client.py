@@ -66,7 +66,7 @@ class _Replica:
         finally:
             self._pending.pop(request.req_id, None)
         if isinstance(frame, p.Error):
-            raise ProtocolError(frame.code, frame.message, frame.retryable)
+            raise ProtocolError(frame.code, frame.message, frame.retryable, frame.retry_after_ms)
         return frame
 
     async def close(self) -> None:

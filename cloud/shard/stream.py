@@ -11,9 +11,11 @@ import aiohttp
 from aiohttp import web
 
 from splitasr.cloud.shard.appkeys import CONFIG, METRICS, STAGE0, is_ready
+from splitasr.cloud.shard.overload import partial_interval
 from splitasr.cloud.shard.roles import Stage0
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
 from splitasr.cloud.shard.session import Session, Utterance, stable_prefix
+from splitasr.cloud.shard.supersession import FINAL_REV
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import ProtocolError, SplitASRError, StageUnavailableError, UnknownLanguageError
 from splitasr.shared.quant import decode_frames
@@ -64,9 +66,15 @@ class Connection:
             self.stage0.tokenizer.check_language(hello.language)
         except UnknownLanguageError as exc:
             raise ProtocolError("unknown_language", str(exc)) from None
+        try:
+            self.stage0.admit_session(self.stage0.active_sessions)
+        except ProtocolError:
+            self.metrics.rejected_sessions.inc()
+            raise
         session_id = hello.session_id or uuid.uuid4().hex
         self.session = Session(session_id, hello.device_id, hello.language, self.stage0.max_frames)
         self.metrics.active_sessions.inc()
+        self.stage0.active_sessions += 1
         limits = {"max_frame_bytes": p.MAX_FRAME_BYTES, "max_utterance_s": self.config.max_utterance_s}
         await self.send(
             p.Welcome(
@@ -80,8 +88,14 @@ class Connection:
         u = self.session.add_features(frame.utt, frame.seq, frame.start, raw)
         if u is None:
             return
-        interval = int(self.config.partial_interval_s * self.stage0.spec.frames_per_second)
-        if interval > 0 and u.utt not in self.partial_running and u.n_frames - u.partial_at_frames >= interval:
+        overload = self.stage0.overload
+        seconds = partial_interval(
+            self.config.partial_interval_s, overload.update(time.perf_counter()), overload.policy
+        )
+        if seconds is None:
+            return
+        interval = int(seconds * self.stage0.spec.frames_per_second)
+        if u.utt not in self.partial_running and u.n_frames - u.partial_at_frames >= interval:
             u.partial_at_frames = u.n_frames
             self.partial_running.add(u.utt)
             self.spawn(self.run_partial(u))
@@ -96,10 +110,18 @@ class Connection:
         self.spawn(self.run_final(u, time.perf_counter()))
 
     # -- recognition ------------------------------------------------------------------------
+    def utterance_key(self, u: Utterance) -> str:
+        return f"{self.session.session_id}/{u.utt}"
+
     async def run_partial(self, u: Utterance) -> None:
         try:
             text, _, _ = await self.stage0.recognise(
-                u.raw(), self.session.language, PRIORITY_PARTIAL, stale=lambda: u.ended
+                u.raw(),
+                self.session.language,
+                PRIORITY_PARTIAL,
+                stale=lambda: u.ended,
+                key=self.utterance_key(u),
+                rev=u.n_frames,
             )
         except Superseded:
             return
@@ -118,7 +140,9 @@ class Connection:
 
     async def run_final(self, u: Utterance, eou_at: float) -> None:
         try:
-            text, language, timings = await self.stage0.recognise(u.raw(), self.session.language, PRIORITY_FINAL)
+            text, language, timings = await self.stage0.recognise(
+                u.raw(), self.session.language, PRIORITY_FINAL, key=self.utterance_key(u), rev=FINAL_REV
+            )
         except StageUnavailableError as exc:
             # the edge keeps the utterance and replays it elsewhere; nothing is lost
             await self.send_error(ProtocolError(p.E_INTERNAL, str(exc), retryable=True), u.utt)
@@ -161,6 +185,7 @@ class Connection:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         if self.session is not None:
             self.metrics.active_sessions.dec()
+            self.stage0.active_sessions -= 1
 
 
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:
