@@ -16,7 +16,7 @@ import numpy as np
 from splitasr.edge.conditioning import Conditioner, ConditionerOptions
 from splitasr.edge.segmenter import Audio, End, Segmenter, SegmenterOptions, Start
 from splitasr.shared import protocol as p
-from splitasr.shared.errors import EdgeError
+from splitasr.shared.errors import EdgeError, SessionRejectedError
 from splitasr.shared.features import DEFAULT_SPEC, LogMelStream
 from splitasr.shared.quant import features_frame
 
@@ -96,6 +96,7 @@ class EdgeAgent:
     async def _connect(self, http: aiohttp.ClientSession) -> None:
         """Connect to the next shard, say HELLO, replay every utterance without a FINAL."""
         delay = 0.05
+        refusal: p.Error | None = None
         for attempt in range(self.o.max_reconnects):
             url = next(self._urls)
             try:
@@ -118,6 +119,10 @@ class EdgeAgent:
                 await ws.close()
                 if not reply.retryable:
                     raise EdgeError(f"shard {url} refused the session: {reply.code}: {reply.message}")
+                refusal = reply
+                log.info("shard %s refused the session (%s: %s)", url, reply.code, reply.message)
+                await asyncio.sleep(min(max(delay, (reply.retry_after_ms or 0) / 1000), self.o.reconnect_max_s))
+                delay = min(delay * 2, self.o.reconnect_max_s)
                 continue
             self._ws = ws
             for utt in sorted(self._pending):
@@ -131,6 +136,13 @@ class EdgeAgent:
                 len(self._pending),
             )
             return
+        if refusal is not None:
+            raise SessionRejectedError(
+                f"no shard accepted the session after {self.o.max_reconnects} attempts; "
+                f"last refusal: {refusal.code}: {refusal.message}",
+                refusal.code,
+                refusal.retry_after_ms,
+            )
         raise EdgeError(f"no shard accepted the session after {self.o.max_reconnects} attempts")
 
     async def _send_raw(self, data: bytes) -> None:

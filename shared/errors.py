@@ -63,3 +63,12 @@ class StageUnavailableError(SplitASRError):
 
 class EdgeError(SplitASRError):
     """The edge agent could not deliver audio (no shard accepted the session, FINALs missing)."""
+
+
+class SessionRejectedError(EdgeError):
+    """Every shard tried refused the session with a retryable ERROR (overload or capacity)."""
+
+    def __init__(self, message: str, code: str, retry_after_ms: int | None = None):
+        super().__init__(message)
+        self.code = code
+        self.retry_after_ms = retry_after_ms

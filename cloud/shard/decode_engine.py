@@ -16,6 +16,7 @@ import itertools
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -67,11 +68,13 @@ class DecodeEngine:
         options: EngineOptions = EngineOptions(),
         supersession: Supersession | None = None,
         metrics=None,
+        listener: Callable[[DecodeEngine], None] | None = None,
     ):
         self.decoder = decoder
         self.options = options
         self.supersession = supersession or Supersession()
         self.metrics = metrics
+        self.listener = listener  # called on the engine thread after every cycle (tests, benchmarks)
         self._batch = DecodeBatch(decoder.runtime.dec_step, decoder.rules)
         self._pending: list[DecodeRequest] = []
         self._order = itertools.count()
@@ -92,6 +95,10 @@ class DecodeEngine:
 
     def pending(self) -> int:
         return len(self._pending)
+
+    def running(self) -> list[DecodeRequest]:
+        """Requests in the running batch (a snapshot; call from the listener for a consistent view)."""
+        return [s.tag for s in self._batch.seqs]
 
     async def decode(
         self,
@@ -192,6 +199,8 @@ class DecodeEngine:
                 admit, dropped, preempt = self._take()
             try:
                 self._cycle(admit, dropped, preempt)
+                if self.listener is not None:
+                    self.listener(self)
             except Exception as exc:  # a failed step fails its requests, never the engine
                 log.exception("decoder step failed")
                 failed = [s.tag for s in self._batch.seqs] + admit
