@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
 
 from splitasr.models.sources import MODELS
 
@@ -30,6 +31,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="trimmed: encode audio + 2 s silence; full: 30 s windows like faster-whisper",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per file, with timings")
+    p.add_argument(
+        "--batch",
+        action="store_true",
+        help="batch mode: files and directories, decoded together in one running batch, with a progress bar",
+    )
+    p.add_argument("--max-batch", type=int, default=16, help="batch mode: sequences decoded together")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("eval", help="word error rate over a JSONL manifest of file, text, language")
@@ -57,9 +64,73 @@ def _recognizer(args: argparse.Namespace):
     )
 
 
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
+
+
+def expand_inputs(paths: list[str]) -> list[Path]:
+    """Files as given, directories expanded (recursively) to the audio files in them, sorted."""
+    from splitasr.shared.errors import AudioError
+
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out += sorted(p for p in path.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES and p.is_file())
+        elif path.exists():
+            out.append(path)
+        else:
+            raise AudioError(f"{raw}: no such file or directory")
+    if not out:
+        raise AudioError(f"no audio files ({', '.join(sorted(AUDIO_SUFFIXES))}) in {', '.join(paths)}")
+    return out
+
+
+def cmd_transcribe_batch(args: argparse.Namespace) -> int:
+    import soundfile as sf
+    from tqdm import tqdm
+
+    from splitasr.cloud.shard.batch_transcriber import BatchTranscriber
+    from splitasr.cloud.shard.recognizer import TranscribeOptions
+    from splitasr.shared.audio import load_audio
+
+    paths = expand_inputs(args.files)
+    total = 0.0
+    for path in paths:
+        try:
+            total += sf.info(str(path)).duration
+        except (RuntimeError, sf.LibsndfileError):
+            pass  # reported when the file is loaded
+    recognizer = _recognizer(args)
+    options = TranscribeOptions(language=args.language, window=args.window)
+    transcriber = BatchTranscriber(recognizer, max_batch=args.max_batch)
+    failed = 0
+    started = time.perf_counter()
+    with tqdm(total=round(total, 1), unit="audio-s", disable=None, file=sys.stderr, desc="transcribing") as bar:
+        items = [(str(p), (lambda p=p: load_audio(p))) for p in paths]
+        for result in transcriber.run(items, options, on_audio_done=lambda s: bar.update(round(s, 1))):
+            if result.error is not None:
+                failed += 1
+                tqdm.write(f"{result.name}: error: {result.error}", file=sys.stderr)
+            elif args.json:
+                tqdm.write(json.dumps({"file": result.name, **result.transcript.to_dict()}, ensure_ascii=False))
+            else:
+                tqdm.write(f"{result.name}: {result.transcript.text}")
+    wall = time.perf_counter() - started
+    stats = transcriber.stats
+    print(
+        f"{len(paths) - failed} files, {total:.1f} s of audio in {wall:.1f} s ({total / wall:.1f} audio-s/s); "
+        f"{stats.steps} decoder steps, {stats.cache_hits} windows from cache, {failed} failed",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from splitasr.cloud.shard.recognizer import TranscribeOptions
     from splitasr.shared.audio import load_audio
+
+    if args.batch:
+        return cmd_transcribe_batch(args)
 
     audios = [load_audio(f) for f in args.files]  # fail on a bad file before loading a model
     recognizer = _recognizer(args)
