@@ -37,3 +37,21 @@ def faster_whisper_greedy(
         return " ".join(s.text.strip() for s in segments), [t for s in segments for t in s.tokens]
 
     return transcribe
+
+
+def faster_whisper_batched(
+    model: str, compute_type: str = "int8", threads: int = 2, batch_size: int = 16
+) -> Callable[[np.ndarray, str], str]:
+    """faster-whisper's ``BatchedInferencePipeline`` (its VAD chunking, batched 30 s windows), greedy."""
+    from faster_whisper import BatchedInferencePipeline, WhisperModel
+
+    fw = WhisperModel(str(locate(model).directory), device="cpu", compute_type=compute_type, cpu_threads=threads)
+    pipeline = BatchedInferencePipeline(fw)
+
+    def transcribe(audio: np.ndarray, language: str) -> str:
+        segments, _ = pipeline.transcribe(
+            audio, language=language, beam_size=1, temperature=0.0, without_timestamps=True, batch_size=batch_size
+        )
+        return " ".join(s.text.strip() for s in segments)
+
+    return transcribe
