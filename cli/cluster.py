@@ -41,6 +41,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stage 0: queue delay at which partials stop (half: back off; twice: refuse new sessions)",
     )
     p.add_argument("--cache-ttl-s", type=float, default=30.0, help="stage 0: keep results by feature hash (0: off)")
+    p.add_argument(
+        "--speculate-after-s",
+        type=float,
+        default=0.25,
+        help="stage 0: start an utterance's FINAL after this much pause (edge hint), before its EOU",
+    )
     p.add_argument("--ready-file", default=None, help="write {pid, port, url} here once loaded and warmed up")
     p.set_defaults(func=cmd_shard)
 
@@ -68,6 +74,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
         max_sessions=args.max_sessions,
         queue_budget_s=args.queue_budget_s,
         cache_ttl_s=args.cache_ttl_s,
+        speculate_after_s=args.speculate_after_s,
     )
     asyncio.run(serve(config))
     return 0

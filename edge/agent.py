@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import logging
 import time
@@ -49,8 +50,9 @@ class FinalResult:
     text: str
     language: str
     model_version: str
-    latency_s: float  # end of speech (wall clock) to FINAL received
+    latency_s: float  # end of speech (wall clock) to FINAL received; includes the VAD's trailing silence
     audio_s: float
+    eou_latency_s: float = 0.0  # EOU sent (the endpoint decision) to FINAL received
 
 
 @dataclass
@@ -85,7 +87,7 @@ class EdgeAgent:
         self.report = AgentReport()
         self._urls = itertools.cycle([stream_url(u) for u in options.shards])
         self._pending: dict[int, list[bytes]] = {}  # utt -> encoded frames, kept until its FINAL
-        self._ended: dict[int, tuple[float, float]] = {}  # utt -> (speech end wall time, audio seconds)
+        self._ended: dict[int, tuple[float, float, float]] = {}  # utt -> (speech end, EOU sent, audio seconds)
         self._done: set[int] = set()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._lock = asyncio.Lock()  # orders sends against replay
@@ -195,9 +197,10 @@ class EdgeAgent:
             return
         self._done.add(frame.utt)
         self._pending.pop(frame.utt, None)
-        ended_at, audio_s = self._ended.get(frame.utt, (time.monotonic(), 0.0))
+        now = time.monotonic()
+        ended_at, eou_at, audio_s = self._ended.get(frame.utt, (now, now, 0.0))
         result = FinalResult(
-            frame.utt, frame.text, frame.language, frame.model_version, time.monotonic() - ended_at, audio_s
+            frame.utt, frame.text, frame.language, frame.model_version, now - ended_at, audio_s, now - eou_at
         )
         self.report.finals.append(result)
         if self.on_final:
@@ -242,6 +245,11 @@ class EdgeAgent:
         buffered: list[np.ndarray] = []
         seq = frame_index = 0
         consumed = 0  # samples pushed so far
+        utt_start = 0  # first sample of the open utterance
+        hop = DEFAULT_SPEC.hop_length
+
+        def speech_end_frames(sample: int) -> int:
+            return max(0, -(-(sample - utt_start) // hop))
 
         async def send_frames(frames: np.ndarray, final: bool) -> None:
             nonlocal seq, frame_index
@@ -252,24 +260,29 @@ class EdgeAgent:
                 take = block[:, : self.o.frames_per_message]
                 rest = block[:, self.o.frames_per_message :]
                 buffered[:] = [rest] if rest.shape[1] else []
-                await self._send(utt, features_frame(take, utt, seq, frame_index, self.o.dtype))
+                frame = features_frame(take, utt, seq, frame_index, self.o.dtype)
+                hint = speech_end_frames(segmenter.speech_end_sample)
+                await self._send(utt, dataclasses.replace(frame, speech_end=hint))
                 seq += 1
                 frame_index += take.shape[1]
                 total = rest.shape[1]
 
         async def handle(event, now: float) -> None:
-            nonlocal utt, seq, frame_index, mel
+            nonlocal utt, seq, frame_index, mel, utt_start
             if isinstance(event, Start):
                 utt, seq, frame_index, mel = utt + 1, 0, 0, LogMelStream(DEFAULT_SPEC)
+                utt_start = event.sample
                 buffered.clear()
             elif isinstance(event, Audio):
                 await send_frames(mel.push(event.samples), final=False)
             elif isinstance(event, End):
                 await send_frames(mel.flush(), final=True)
                 audio_s = frame_index / DEFAULT_SPEC.frames_per_second
-                self._ended[utt] = (now - (consumed - event.speech_end_sample) / rate, audio_s)
+                speech_end = speech_end_frames(event.speech_end_sample)
                 self.report.speech_s += audio_s
-                await self._send(utt, p.EndOfUtterance(utt=utt, last_seq=seq - 1))
+                eou = p.EndOfUtterance(utt=utt, last_seq=seq - 1, speech_end=speech_end)
+                self._ended[utt] = (now - (consumed - event.speech_end_sample) / rate, time.monotonic(), audio_s)
+                await self._send(utt, eou)
 
         async for chunk in source:
             consumed += len(chunk)

@@ -68,6 +68,11 @@ class Segmenter:
         self._speech_end = 0
         self._held: list[tuple[np.ndarray, float]] = []  # blocks near the max length, with their energy
 
+    @property
+    def speech_end_sample(self) -> int:
+        """Sample after the last voiced block of the open utterance (its end so far)."""
+        return self._speech_end
+
     def _blocks(self, seconds: float) -> int:
         return max(1, round(seconds / BLOCK_S))
 

@@ -73,6 +73,7 @@ class Features(Frame):
     payload: bytes
     offset: float = 0.0  # value = q * scale + offset (int8)
     codec: str = ""  # "" (raw) or "zlib" (payload compressed)
+    speech_end: int | None = None  # edge VAD hint: frames of the utterance up to the last voiced one
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ class EndOfUtterance(Frame):
     TYPE: ClassVar[str] = "EOU"
     utt: int
     last_seq: int
+    speech_end: int | None = None  # frames up to where speech stopped (before the trailing silence)
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,27 @@ def test_streamed_text_matches_offline_and_one_final_each(cluster, tiny_recogniz
     assert streamed.wer <= offline.wer + 0.01
 
 
+def test_pause_starts_the_final_before_the_eou(cluster, manifest):
+    """The edge's speech-end hint lets stage 0 start a FINAL in the pause; the EOU then reuses it."""
+    import re
+    import urllib.request
+
+    def hits():
+        total = 0.0
+        for shard in cluster.shards:
+            if shard.role == "enc_a":
+                text = urllib.request.urlopen(shard.url.replace("ws://", "http://") + "/metrics", timeout=10).read()
+                match = re.search(rb"^splitasr_cache_hits_total ([0-9.e+]+)$", text, re.M)
+                total += float(match.group(1)) if match else 0.0
+        return total
+
+    before = hits()
+    entry = english(manifest)[0]
+    report = stream(cluster.stage0_urls("tiny.en"), entry.file)
+    assert len(report.finals) == 1
+    assert hits() - before >= 1, "the FINAL was computed again instead of reusing the speculative one"
+
+
 def test_uplink_bytes(cluster, manifest, tmp_path):
     silent = tmp_path / "silence.wav"
     sf.write(silent, np.zeros(16000 * 3, np.float32), 16000)

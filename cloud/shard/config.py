@@ -31,6 +31,7 @@ class ShardConfig:
     max_sessions: int = 64  # edge sessions a stage-0 shard admits
     queue_budget_s: float = 0.5  # queue delay budget driving the overload levels
     cache_ttl_s: float = 30.0  # results by feature hash (0 disables)
+    speculate_after_s: float = 0.25  # pause (by the edge's hint) after which the FINAL starts early
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:

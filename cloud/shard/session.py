@@ -20,9 +20,20 @@ class Utterance:
     final: Final | None = None
     partial_at_frames: int = 0  # frames covered by the last partial started
     hypotheses: list[str] = field(default_factory=list)
+    speech_end: int | None = None  # the edge VAD's latest hint: frames up to the last voiced one
+    speculated_end: int | None = None  # speech end of the last speculative final started
 
-    def raw(self) -> np.ndarray:
-        return np.concatenate(self.chunks, axis=1) if self.chunks else np.zeros((0, 0), np.float32)
+    def raw(self, frames: int | None = None) -> np.ndarray:
+        if not self.chunks:
+            return np.zeros((0, 0), np.float32)
+        raw = np.concatenate(self.chunks, axis=1)
+        return raw if frames is None else raw[:, :frames]
+
+    def pause_frames(self) -> int:
+        """Frames of trailing silence so far, by the edge's hint (0 without hints)."""
+        if self.speech_end is None:
+            return 0
+        return max(0, self.n_frames - self.speech_end)
 
 
 def stable_prefix(previous: str, current: str) -> int:
@@ -49,7 +60,9 @@ class Session:
     def utterance(self, utt: int) -> Utterance:
         return self.utterances.setdefault(utt, Utterance(utt))
 
-    def add_features(self, utt: int, seq: int, start: int, raw: np.ndarray) -> Utterance | None:
+    def add_features(
+        self, utt: int, seq: int, start: int, raw: np.ndarray, speech_end: int | None = None
+    ) -> Utterance | None:
         """Append frames; returns None for a duplicate (already applied) frame."""
         u = self.utterance(utt)
         if u.ended or seq < u.next_seq:
@@ -63,6 +76,8 @@ class Session:
         u.chunks.append(raw)
         u.n_frames += raw.shape[1]
         u.next_seq += 1
+        if speech_end is not None:
+            u.speech_end = min(max(0, speech_end), u.n_frames)
         return u
 
     def end(self, utt: int, last_seq: int) -> Utterance | None:

@@ -107,11 +107,40 @@ class Connection:
                 await self.send(u.final)
             return
         self.session.end(frame.utt, frame.last_seq)
-        self.spawn(self.run_final(u, time.perf_counter()))
+        self.spawn(self.run_final(u, time.perf_counter(), frame.speech_end))
 
     # -- recognition ------------------------------------------------------------------------
     def utterance_key(self, u: Utterance) -> str:
         return f"{self.session.session_id}/{u.utt}"
+
+    @property
+    def speculate_frames(self) -> int:
+        return max(1, int(self.config.speculate_after_s * self.stage0.spec.frames_per_second))
+
+    def final_frames(self, u: Utterance, speech_end: int | None) -> int:
+        """Frames the FINAL recognises: up to the speech end plus a short tail, when the edge says where."""
+        if self.config.speculate_after_s <= 0 or speech_end is None or u.n_frames - speech_end < self.speculate_frames:
+            return u.n_frames
+        return speech_end + self.speculate_frames
+
+    async def run_speculative(self, u: Utterance, speech_end: int) -> None:
+        """The FINAL-to-be of a pause, at FINAL priority; sent as a PARTIAL, kept for the EOU by feature hash."""
+        frames = self.final_frames(u, speech_end)
+        try:
+            text, _, _ = await self.stage0.recognise(
+                u.raw(frames), self.session.language, PRIORITY_FINAL, key=self.utterance_key(u) + "/spec", rev=frames
+            )
+        except (SplitASRError, aiohttp.ClientError) as exc:
+            log.info("speculative final of utterance %d not used: %s", u.utt, exc)
+            return
+        if not u.ended:
+            await self.send_partial(u, text)
+
+    async def send_partial(self, u: Utterance, text: str) -> None:
+        stable = stable_prefix(u.hypotheses[-1], text) if u.hypotheses else 0
+        u.hypotheses = [*u.hypotheses[-1:], text]
+        self.metrics.partials.inc()
+        await self.send(p.Partial(utt=u.utt, text=text, stable=stable))
 
     async def run_partial(self, u: Utterance) -> None:
         try:
@@ -133,15 +162,16 @@ class Connection:
         if u.ended:  # a FINAL is on its way; this partial is superseded
             self.metrics.dropped_partials.inc()
             return
-        stable = stable_prefix(u.hypotheses[-1], text) if u.hypotheses else 0
-        u.hypotheses = [*u.hypotheses[-1:], text]
-        self.metrics.partials.inc()
-        await self.send(p.Partial(utt=u.utt, text=text, stable=stable))
+        await self.send_partial(u, text)
 
-    async def run_final(self, u: Utterance, eou_at: float) -> None:
+    async def run_final(self, u: Utterance, eou_at: float, speech_end: int | None = None) -> None:
         try:
             text, language, timings = await self.stage0.recognise(
-                u.raw(), self.session.language, PRIORITY_FINAL, key=self.utterance_key(u), rev=FINAL_REV
+                u.raw(self.final_frames(u, speech_end)),
+                self.session.language,
+                PRIORITY_FINAL,
+                key=self.utterance_key(u),
+                rev=FINAL_REV,
             )
         except StageUnavailableError as exc:
             # the edge keeps the utterance and replays it elsewhere; nothing is lost
