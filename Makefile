@@ -33,6 +33,7 @@ test: install lint
 
 bench: install
 	$(PY) benchmarks/offline.py
+	$(PY) benchmarks/batching.py
 	$(PY) benchmarks/streaming.py
 
 clean:

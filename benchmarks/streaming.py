@@ -1,15 +1,24 @@
 """N concurrent real-time edge streams against a local cluster: end-of-speech to FINAL latency, partials.
 
-Prints p50/p95/p99 of the time from end of speech to FINAL and the partial cadence per N and writes
-benchmarks/results/streaming.json + streaming.png. All runs share one cluster in one process tree.
+Three clusters in one run: continuous batching in the decoder (``--max-batch 16``), none
+(``--max-batch 1``), and batching without speculative finals (``--speculate-after-s 0``: the FINAL
+starts at the EOU, not in the pause before it). For each N it prints p50/p95/p99 from end of speech to FINAL, the
+partial cadence, WER and the decoder's batch-size histogram, and writes
+benchmarks/results/streaming.json + streaming.png.
+
+"End of speech" is the edge endpointer's decision (the EOU is sent); the user-perceived time from
+the last voiced sample adds the endpointer's trailing silence (0.8 s by default, or the clip's tail
+at end of file), which is also reported.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import re
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +59,59 @@ def pct(xs, q):
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
+def batch_histogram(url: str) -> dict[str, float]:
+    """Cumulative bucket counts of the decoder's batch-size histogram, from its /metrics."""
+    text = urllib.request.urlopen(url.replace("ws://", "http://") + "/metrics", timeout=10).read().decode()
+    pattern = r'^splitasr_batch_size_bucket\{le="([^"]+)",stage="dec"\} ([0-9.e+]+)$'
+    return {le: float(v) for le, v in re.findall(pattern, text, re.M)}
+
+
+def histogram_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, int]:
+    """Steps per batch-size bucket between two cumulative snapshots ("<=1", "<=2", ...)."""
+    out, previous = {}, 0.0
+    for le in sorted(after, key=lambda x: float(x)):
+        cumulative = after[le] - before.get(le, 0.0)
+        if cumulative - previous:
+            out[f"<={float(le):g}"] = int(cumulative - previous)
+        previous = cumulative
+    return out
+
+
+def run_config(name: str, shard_args: tuple[str, ...], args, clips) -> dict:
+    chain = ChainSpec("tiny.en", enc_a=args.stage0_replicas, int8=True, shard_args=shard_args)
+    out = {}
+    with LocalCluster([chain]) as cluster:
+        urls = cluster.stage0_urls("tiny.en")
+        dec = next(s for s in cluster.shards if s.role == "dec")
+        for n in (int(x) for x in args.streams.split(",")):
+            before = batch_histogram(dec.url)
+            started = time.monotonic()
+            results, gaps = asyncio.run(run_streams(urls, clips, n))
+            wall = time.monotonic() - started
+            finals = [f for _, r in results for f in r.finals]
+            lat = [f.eou_latency_s * 1000 for f in finals]
+            speech = [f.latency_s * 1000 for f in finals]
+            tally = WERTally()
+            for entry, report in results:
+                tally.add(entry.text, " ".join(f.text for f in sorted(report.finals, key=lambda f: f.utt)))
+            out[n] = {
+                "finals": len(lat),
+                "final_ms_p50": pct(lat, 50),
+                "final_ms_p95": pct(lat, 95),
+                "final_ms_p99": pct(lat, 99),
+                "speech_end_to_final_ms_p50": pct(speech, 50),
+                "speech_end_to_final_ms_p99": pct(speech, 99),
+                "partial_gap_s_p50": pct(gaps, 50),
+                "partial_gap_s_p95": pct(gaps, 95),
+                "wer": tally.wer,
+                "wall_s": wall,
+                "decoder_batch_sizes": histogram_delta(before, batch_histogram(dec.url)),
+                "final_ms": lat,
+            }
+            print(f"{name} N={n}: done in {wall:.1f} s", flush=True)
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--streams", default="1,4,8,16")
@@ -60,54 +122,45 @@ def main() -> int:
         for e in read_manifest(ROOT / "samples" / "manifest.jsonl")
         if e.language == "en" and e.file.name != "en_story.flac"
     ]
-    rows, out = [], {}
-    with LocalCluster([ChainSpec("tiny.en", enc_a=args.stage0_replicas)]) as cluster:
-        urls = cluster.stage0_urls("tiny.en")
-        for n in (int(x) for x in args.streams.split(",")):
-            started = time.monotonic()
-            results, gaps = asyncio.run(run_streams(urls, clips, n))
-            wall = time.monotonic() - started
-            lat = [f.latency_s * 1000 for _, r in results for f in r.finals]
-            tally = WERTally()
-            for entry, report in results:
-                tally.add(entry.text, " ".join(f.text for f in sorted(report.finals, key=lambda f: f.utt)))
-            out[n] = {
-                "finals": len(lat),
-                "final_ms_p50": pct(lat, 50),
-                "final_ms_p95": pct(lat, 95),
-                "final_ms_p99": pct(lat, 99),
-                "partial_gap_s_p50": pct(gaps, 50),
-                "partial_gap_s_p95": pct(gaps, 95),
-                "partials": len(gaps) + len(results),
-                "wer": tally.wer,
-                "wall_s": wall,
-                "final_ms": lat,
-            }
-            r = out[n]
+    configs = {
+        "batched": ("--max-batch", "16"),
+        "unbatched": ("--max-batch", "1"),
+        "batched, no speculation": ("--max-batch", "16", "--speculate-after-s", "0"),
+    }
+    results = {name: run_config(name, shard_args, args, clips) for name, shard_args in configs.items()}
+    print(
+        "\nEOU -> FINAL (ms), speech end -> FINAL p50 (ms), partial cadence (s); tiny.en int8, "
+        f"{args.stage0_replicas} stage-0 replicas + enc_b + dec, 1 thread each, 2 cores"
+    )
+    rows = []
+    for name, out in results.items():
+        for n, r in out.items():
             rows.append(
                 [
+                    name,
                     n,
                     r["finals"],
                     round(r["final_ms_p50"]),
                     round(r["final_ms_p95"]),
                     round(r["final_ms_p99"]),
+                    round(r["speech_end_to_final_ms_p50"]),
                     round(r["partial_gap_s_p50"], 2),
-                    f"{tally.wer * 100:.1f}%",
+                    f"{r['wer'] * 100:.1f}%",
                 ]
             )
-            print(f"N={n}: done in {wall:.1f} s", flush=True)
-    print(
-        "\nend of speech -> FINAL (ms) and partial cadence (s), tiny.en, "
-        f"{args.stage0_replicas} stage-0 replicas + enc_b + dec, 1 thread each, 2 cores"
-    )
-    print_table(["streams", "finals", "p50 ms", "p95 ms", "p99 ms", "partial gap p50 s", "WER"], rows)
+    print_table(["decoder", "streams", "finals", "p50", "p95", "p99", "speech end p50", "partial gap p50", "WER"], rows)
+    print("\ndecoder batch sizes (steps per bucket):")
+    for name, out in results.items():
+        for n, r in out.items():
+            print(f"  {name:23s} N={n:2d}: {r['decoder_batch_sizes']}")
     path = write_json(
         "streaming",
         {
             "model": "tiny.en",
+            "int8": True,
             "stage0_replicas": args.stage0_replicas,
-            "note": "latency includes the 0.5 s tail of each clip or the 0.8 s endpoint",
-            "results": out,
+            "latency": "final_ms_*: EOU sent -> FINAL received; speech_end_*: last voiced sample -> FINAL",
+            "results": results,
         },
     )
     import matplotlib
@@ -115,13 +168,14 @@ def main() -> int:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ns = list(out)
     fig, ax = plt.subplots(figsize=(7, 4))
-    for key, label in (("final_ms_p50", "p50"), ("final_ms_p95", "p95"), ("final_ms_p99", "p99")):
-        ax.plot(ns, [out[n][key] for n in ns], marker="o", label=label)
+    for name, out in results.items():
+        ns = list(out)
+        for key, style in (("final_ms_p50", "-"), ("final_ms_p99", "--")):
+            ax.plot(ns, [out[n][key] for n in ns], style, marker="o", label=f"{name} {key[-3:]}")
     ax.set_xlabel("concurrent real-time streams")
-    ax.set_ylabel("end of speech to FINAL (ms)")
-    ax.set_title("Streaming latency, tiny.en, 2 CPU cores (no batching)")
+    ax.set_ylabel("EOU to FINAL (ms)")
+    ax.set_title("Streaming latency, tiny.en int8, 2 CPU cores")
     ax.legend()
     fig.tight_layout()
     fig.savefig(RESULTS / "streaming.png", dpi=110)

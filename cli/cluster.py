@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=0, help="0: any free port (see --ready-file)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (spinning is off)")
     p.add_argument("--int8", action="store_true")
-    p.add_argument("--partial-interval-s", type=float, default=0.5, help="audio seconds between partials (0: off)")
+    p.add_argument("--partial-interval-s", type=float, default=0.4, help="audio seconds between partials (0: off)")
     p.add_argument("--max-batch", type=int, default=16, help="decoder: sequences in the running batch")
     p.add_argument(
         "--encoder-max-batch", type=int, default=0, help="encoders: micro-batch size (0: device default, 1 on CPU)"

@@ -20,7 +20,7 @@ class ShardConfig:
     threads: int = 1
     int8: bool = False
     device: str = "auto"
-    partial_interval_s: float = 0.5
+    partial_interval_s: float = 0.4
     pad_s: float = 2.0
     max_utterance_s: float = 28.0
     activation_dtype: str = "float16"

@@ -5,8 +5,9 @@ earliest deadline in it, or after the current max wait. The wait grows additivel
 finish within the latency budget and halves when one does not.
 
 Whether batching pays is a property of the stage and device: on the 2-core CPU box an encoder
-batch of 4 cost 0.94-1.02x the time of 4 single calls per item (benchmarks/results/batching.json),
-so CPU encoders default to batches of 1 (no batching); on CUDA they default to 8.
+batch of 4 cost 0.91-1.03x the time of 4 single calls per item (``benchmarks/batching.py``,
+results in benchmarks/results/batching.json), so CPU encoders default to batches of 1 (no
+batching); on CUDA they default to 8.
 """
 
 from __future__ import annotations
