@@ -50,20 +50,21 @@ def test_pause_starts_the_final_before_the_eou(cluster, manifest):
     import re
     import urllib.request
 
-    def hits():
+    def counter(name):
         total = 0.0
         for shard in cluster.shards:
             if shard.role == "enc_a":
                 text = urllib.request.urlopen(shard.url.replace("ws://", "http://") + "/metrics", timeout=10).read()
-                match = re.search(rb"^splitasr_cache_hits_total ([0-9.e+]+)$", text, re.M)
+                match = re.search(rb"^" + name + rb" ([0-9.e+]+)$", text, re.M)
                 total += float(match.group(1)) if match else 0.0
         return total
 
-    before = hits()
+    hits, started = counter(b"splitasr_cache_hits_total"), counter(b"splitasr_speculative_finals_total")
     entry = english(manifest)[0]
     report = stream(cluster.stage0_urls("tiny.en"), entry.file)
     assert len(report.finals) == 1
-    assert hits() - before >= 1, "the FINAL was computed again instead of reusing the speculative one"
+    assert counter(b"splitasr_speculative_finals_total") - started >= 1, "no FINAL started in the pause"
+    assert counter(b"splitasr_cache_hits_total") - hits >= 1, "the FINAL was computed again"
 
 
 def test_uplink_bytes(cluster, manifest, tmp_path):

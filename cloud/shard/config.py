@@ -32,12 +32,19 @@ class ShardConfig:
     queue_budget_s: float = 0.5  # queue delay budget driving the overload levels
     cache_ttl_s: float = 30.0  # results by feature hash (0 disables)
     speculate_after_s: float = 0.25  # pause (by the edge's hint) after which the FINAL starts early
+    coordinator_url: str | None = None  # register + heartbeat there; resolve the next stage there
+    shard_id: str | None = None  # default: generated
+    zone: str = "local"
+    region: str = "local"
+    heartbeat_s: float = 1.0
 
     def __post_init__(self) -> None:
         if self.role not in ROLES:
             raise ConfigError(f"unknown stage role {self.role!r}; roles are {', '.join(ROLES)}")
-        if self.role in NEXT_ROLE and not self.next_urls:
-            raise ConfigError(f"a {self.role} shard needs --next URL of a {NEXT_ROLE[self.role]} shard")
+        if self.role in NEXT_ROLE and not self.next_urls and not self.coordinator_url:
+            raise ConfigError(
+                f"a {self.role} shard needs --next URL of a {NEXT_ROLE[self.role]} shard, or --coordinator URL"
+            )
         if self.role == "dec" and self.next_urls:
             raise ConfigError("the decoder is the last stage: it takes no --next")
         if self.activation_dtype not in ("float16", "float32"):

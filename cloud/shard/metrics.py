@@ -45,6 +45,9 @@ class ShardMetrics:
         self.rejected_sessions = Counter(
             "splitasr_sessions_rejected_total", "New sessions refused (overload or capacity)", registry=self.registry
         )
+        self.speculations = Counter(
+            "splitasr_speculative_finals_total", "FINALs started in a pause before the EOU", registry=self.registry
+        )
         self.cache_hits = Counter(
             "splitasr_cache_hits_total", "Results served from the feature-hash cache", registry=self.registry
         )

@@ -5,7 +5,7 @@ earliest deadline in it, or after the current max wait. The wait grows additivel
 finish within the latency budget and halves when one does not.
 
 Whether batching pays is a property of the stage and device: on the 2-core CPU box an encoder
-batch of 4 cost 0.91-1.03x the time of 4 single calls per item (``benchmarks/batching.py``,
+batch of 4 cost 0.92-1.00x the time of 4 single calls per item (``benchmarks/batching.py``,
 results in benchmarks/results/batching.json), so CPU encoders default to batches of 1 (no
 batching); on CUDA they default to 8.
 """

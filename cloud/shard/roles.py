@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +16,7 @@ from splitasr.cloud.shard.decode_engine import DecodeEngine, EngineOptions
 from splitasr.cloud.shard.decoding import DecodingOptions
 from splitasr.cloud.shard.metrics import ShardMetrics
 from splitasr.cloud.shard.microbatch import BatchPolicy, MicroBatcher, default_max_batch
-from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState
+from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState, QueueDelayWindow
 from splitasr.cloud.shard.recognizer import TextDecoder
 from splitasr.cloud.shard.result_cache import ResultCache, feature_key
 from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime, providers
@@ -27,6 +29,8 @@ from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import OverloadedError, ProtocolError
 from splitasr.shared.features import normalize
+
+log = logging.getLogger(__name__)
 
 ONNX_STAGES = {"enc_a": ("enc_a",), "enc_b": ("enc_b",), "dec": ("cross_kv", "dec_step")}
 SILENCE_LOG_MEL = -10.0  # log10 of the 1e-10 floor: what zero samples give
@@ -68,7 +72,10 @@ class StageWorker:
         self.runner = PriorityRunner(
             f"stage-{config.role}", metrics.queue_seconds.observe, metrics.dropped_partials.inc
         )
-        self.client = StageClient(list(config.next_urls), config.stage_timeout_s) if config.next_urls else None
+        self.client = None
+        if config.role in NEXT_ROLE:
+            self.client = StageClient(list(config.next_urls), config.stage_timeout_s, dynamic=True)
+        self.recent_waits = QueueDelayWindow(5.0)
 
     async def start(self) -> None:
         self.runner.start()
@@ -98,7 +105,13 @@ class StageWorker:
             return out
 
         out = await self.runner.submit(timed, priority=priority, stale=stale)
+        self.recent_waits.add(time.perf_counter(), started[0] - submitted)
         return out, started[0] - submitted
+
+    def load(self) -> dict:
+        """Heartbeat load of an encoder B or decoder shard."""
+        pending = self.engine.pending() if self.engine is not None else self.runner.pending()
+        return {"queue_delay_s": self.recent_waits.estimate(time.perf_counter()), "sessions": pending}
 
     async def _run_encoder_batch(self, stacked: np.ndarray, priority: int) -> np.ndarray:
         stage = self.config.role
@@ -214,10 +227,45 @@ class Stage0:
         self.cache = ResultCache(ttl_s=config.cache_ttl_s)
         self._inflight: dict[str, asyncio.Future] = {}
         self.active_sessions = 0
+        self.sessions_started = 0
+        self.draining = False
+        self.drained = asyncio.Event()  # set when draining and the last session left
+        self.connections: set = set()  # stream Connections, to send DRAIN to
+        self.final_ms: deque[float] = deque(maxlen=256)
+
+    def start_drain(self) -> None:
+        """Take no new sessions; move each session off between utterances; exit when none is left."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: %d sessions to move", self.active_sessions)
+        for conn in list(self.connections):
+            conn.spawn(conn.drain_if_idle())
+        self.session_closed()
+
+    def session_closed(self) -> None:
+        if self.draining and self.active_sessions == 0:
+            self.drained.set()
+
+    def load(self) -> dict:
+        """The heartbeat's load report."""
+        now = time.perf_counter()
+        finals = sorted(self.final_ms)
+        pick = (lambda q: finals[min(len(finals) - 1, int(q * len(finals)))]) if finals else (lambda q: 0.0)
+        return {
+            "queue_delay_s": self.overload.window.estimate(now),
+            "sessions": self.active_sessions,
+            "final_p50_ms": pick(0.5),
+            "final_p99_ms": pick(0.99),
+            "sessions_started": self.sessions_started,
+            "overload_level": self.overload.update(now),
+        }
 
     def admit_session(self, active_sessions: int) -> None:
         """Raise :class:`OverloadedError` when this shard must not take another session."""
         capacity = self.worker.config.max_sessions
+        if self.draining:
+            raise OverloadedError("shard is draining; use another shard", retry_after_ms=0)
         if active_sessions >= capacity:
             raise OverloadedError(f"shard at capacity ({capacity} sessions); try another shard", retry_after_ms=1000)
         if self.overload.update(time.perf_counter()) >= 3:

@@ -79,8 +79,8 @@ class _Replica:
 class StageClient:
     """Round-robin over replicas of the next stage; a failed call is retried on the next replica."""
 
-    def __init__(self, urls: list[str], timeout_s: float = 30.0):
-        if not urls:
+    def __init__(self, urls: list[str], timeout_s: float = 30.0, dynamic: bool = False):
+        if not urls and not dynamic:
             raise ValueError("StageClient needs at least one replica url")
         self._urls = [stage_url(u) for u in urls]
         self._timeout_s = timeout_s
@@ -91,6 +91,19 @@ class StageClient:
     async def start(self) -> None:
         self._session = aiohttp.ClientSession()
         self._replicas = [_Replica(u, self._session) for u in self._urls]
+
+    def set_urls(self, urls: list[str]) -> None:
+        """Replace the replica list (from the coordinator); connections to kept replicas stay open."""
+        wanted = [stage_url(u) for u in urls]
+        if wanted == self._urls or self._session is None:
+            return
+        current = {r.url: r for r in self._replicas}
+        self._replicas = [current.get(u) or _Replica(u, self._session) for u in wanted]
+        self._urls = wanted
+        for url, replica in current.items():
+            if url not in wanted:
+                asyncio.get_running_loop().create_task(replica.close())
+        log.info("next-stage replicas now %s", wanted)
 
     async def close(self) -> None:
         await asyncio.gather(*(r.close() for r in self._replicas), return_exceptions=True)
@@ -115,6 +128,8 @@ class StageClient:
             priority=priority,
             meta=meta or {},
         )
+        if not self._replicas:
+            raise StageUnavailableError(f"no replica of stage {stage} is known yet")
         first = next(self._rr)
         errors = []
         for i in range(len(self._replicas)):

@@ -35,6 +35,7 @@ class Connection:
         self.session: Session | None = None
         self.tasks: set[asyncio.Task] = set()
         self.partial_running: set[int] = set()
+        self.drained = False
         self._send_lock = asyncio.Lock()
 
     async def send(self, frame: p.Frame) -> None:
@@ -75,6 +76,8 @@ class Connection:
         self.session = Session(session_id, hello.device_id, hello.language, self.stage0.max_frames)
         self.metrics.active_sessions.inc()
         self.stage0.active_sessions += 1
+        self.stage0.sessions_started += 1
+        self.stage0.connections.add(self)
         limits = {"max_frame_bytes": p.MAX_FRAME_BYTES, "max_utterance_s": self.config.max_utterance_s}
         await self.send(
             p.Welcome(
@@ -85,7 +88,7 @@ class Connection:
 
     async def on_features(self, frame: p.Features) -> None:
         raw = decode_frames(frame, self.stage0.spec.n_mels)
-        u = self.session.add_features(frame.utt, frame.seq, frame.start, raw)
+        u = self.session.add_features(frame.utt, frame.seq, frame.start, raw, frame.speech_end)
         if u is None:
             return
         overload = self.stage0.overload
@@ -93,6 +96,14 @@ class Connection:
             self.config.partial_interval_s, overload.update(time.perf_counter()), overload.policy
         )
         if seconds is None:
+            return
+        if self.config.speculate_after_s > 0 and u.pause_frames() >= self.speculate_frames:
+            # a pause: speech may have ended. Start its FINAL now, on exactly the frames the FINAL
+            # will use if the EOU confirms this end; regular partials of the silence add nothing.
+            if u.speculated_end != u.speech_end:
+                u.speculated_end = u.speech_end
+                self.metrics.speculations.inc()
+                self.spawn(self.run_speculative(u, u.speech_end))
             return
         interval = int(seconds * self.stage0.spec.frames_per_second)
         if u.utt not in self.partial_running and u.n_frames - u.partial_at_frames >= interval:
@@ -189,8 +200,21 @@ class Connection:
         )
         self.session.forget(u.utt)
         self.metrics.final_seconds.observe(time.perf_counter() - eou_at)
+        self.stage0.final_ms.append((time.perf_counter() - eou_at) * 1000)
         self.metrics.finals.inc()
         await self.send(u.final)
+        if self.stage0.draining:
+            await self.drain_if_idle()
+
+    async def drain_if_idle(self) -> None:
+        """While draining: between utterances (every one ended and answered), ask the edge to move."""
+        if self.session is None or self.drained:
+            return
+        if any(not u.ended or u.final is None for u in self.session.utterances.values()):
+            return  # an utterance is open or its FINAL is still coming; asked again after that FINAL
+        self.drained = True
+        log.info("session %s: DRAIN", self.session.session_id)
+        await self.send(p.Drain(reason="shard draining"))
 
     async def dispatch(self, data: bytes) -> None:
         frame = p.decode(data)
@@ -216,6 +240,8 @@ class Connection:
         if self.session is not None:
             self.metrics.active_sessions.dec()
             self.stage0.active_sessions -= 1
+            self.stage0.connections.discard(self)
+            self.stage0.session_closed()
 
 
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:
