@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import time
+import uuid
 from pathlib import Path
 
 import aiohttp
@@ -15,8 +16,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splitasr.cloud.shard.appkeys import CONFIG, METRICS, READY, STAGE0, WORKER, is_ready
-from splitasr.cloud.shard.config import ShardConfig
+from splitasr.cloud.shard.config import NEXT_ROLE, ShardConfig
 from splitasr.cloud.shard.metrics import ShardMetrics
+from splitasr.cloud.shard.registration import CoordinatorLink
 from splitasr.cloud.shard.roles import Stage0, StageWorker
 from splitasr.cloud.shard.stream import stream_handler
 from splitasr.models.stages import ensure_stages
@@ -151,6 +153,13 @@ async def serve(config: ShardConfig) -> None:
     ready_wait = asyncio.create_task(app[READY].wait())
     stop_wait = asyncio.create_task(stop.wait())
     await asyncio.wait({ready_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+    url = f"ws://{host}:{port}"
+    link_task = None
+    if app[READY].is_set() and config.coordinator_url:
+        link_task = asyncio.create_task(_coordinator_link(app, url).run())
+        if STAGE0 in app:  # a drained stage-0 shard exits once its last session moved
+            drained = asyncio.create_task(app[STAGE0].drained.wait())
+            drained.add_done_callback(lambda _: stop.set())
     if app[READY].is_set() and config.ready_file:
         _write_ready_file(
             config.ready_file,
@@ -160,9 +169,40 @@ async def serve(config: ShardConfig) -> None:
                 "port": port,
                 "role": config.role,
                 "model": config.model,
-                "url": f"ws://{host}:{port}",
+                "url": url,
             },
         )
     await stop_wait
     ready_wait.cancel()
+    if link_task is not None:
+        link_task.cancel()
+    log.info("%s %s shard stopping", config.model, config.role)
     await runner.cleanup()
+
+
+def _coordinator_link(app: web.Application, url: str) -> CoordinatorLink:
+    config, worker = app[CONFIG], app[WORKER]
+    stage0 = app[STAGE0] if STAGE0 in app else None
+    info = {
+        "shard_id": config.shard_id or f"{config.model}-{config.role}-{uuid.uuid4().hex[:8]}",
+        "url": url,
+        "model": config.model,
+        "stage": config.role,
+        "version": worker.artifacts.version,
+        "zone": config.zone,
+        "region": config.region,
+        "capacity": config.max_sessions,
+        "pid": os.getpid(),
+    }
+    next_stage = None
+    if config.role in NEXT_ROLE and not config.next_urls:
+        next_stage = (config.model, NEXT_ROLE[config.role])
+    return CoordinatorLink(
+        config.coordinator_url,
+        info,
+        load=stage0.load if stage0 is not None else worker.load,
+        on_drain=stage0.start_drain if stage0 is not None else (lambda: None),
+        next_stage=next_stage,
+        on_next_urls=worker.client.set_urls if worker.client is not None else None,
+        interval_s=config.heartbeat_s,
+    )

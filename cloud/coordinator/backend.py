@@ -1,0 +1,211 @@
+"""Backends start, stop and list shard processes for the coordinator.
+
+:class:`Backend` is the interface the controller uses; :class:`LocalProcessBackend` (the embedded
+default) runs ``splitasr shard …`` as child processes on this machine, waits for each one's ready
+file, measures its cold start, watches for exits and restarts shards that crashed. A Ray or
+Kubernetes backend implements the same four methods.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from splitasr.shared.errors import SplitASRError
+
+log = logging.getLogger(__name__)
+
+
+class ShardStartError(SplitASRError):
+    """A shard process exited or did not become ready in time."""
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What to run: one stage of one model, where, and how."""
+
+    model: str
+    stage: str
+    zone: str = "local"
+    region: str = "local"
+    threads: int = 1
+    int8: bool = False
+    next_urls: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()  # more ``splitasr shard`` flags
+
+
+@dataclass
+class ShardHandle:
+    shard_id: str
+    spec: ShardSpec
+    started_at: float
+    pid: int | None = None
+    url: str | None = None
+    ready_at: float | None = None
+    state: str = "starting"  # starting | ready | stopping | exited
+    restarts: int = 0
+    info: dict = field(default_factory=dict)
+
+    @property
+    def cold_start_s(self) -> float | None:
+        return None if self.ready_at is None else self.ready_at - self.started_at
+
+
+class Backend(abc.ABC):
+    @abc.abstractmethod
+    async def start(self, spec: ShardSpec) -> ShardHandle:
+        """Start a shard and return once it is ready (raises :class:`ShardStartError`)."""
+
+    @abc.abstractmethod
+    async def stop(self, shard_id: str, timeout_s: float = 10.0) -> None:
+        """Stop a shard (graceful first)."""
+
+    @abc.abstractmethod
+    def list(self) -> list[ShardHandle]:
+        """Shards this backend started that have not been stopped."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop every shard."""
+
+
+def shard_command(spec: ShardSpec, ready_file: Path, coordinator_url: str | None, shard_id: str | None) -> list[str]:
+    """The ``splitasr shard`` command line of a spec (shared by every local launcher)."""
+    cmd = [sys.executable, "-m", "splitasr.cli", "--log-level", "INFO", "shard", "--model", spec.model]
+    cmd += ["--stage", spec.stage, "--threads", str(spec.threads), "--ready-file", str(ready_file)]
+    cmd += ["--zone", spec.zone, "--region", spec.region]
+    if spec.int8:
+        cmd.append("--int8")
+    for url in spec.next_urls:
+        cmd += ["--next", url]
+    if coordinator_url:
+        cmd += ["--coordinator", coordinator_url]
+    if shard_id:
+        cmd += ["--shard-id", shard_id]
+    return cmd + list(spec.extra_args)
+
+
+@dataclass
+class _Process:
+    handle: ShardHandle
+    proc: subprocess.Popen
+    ready_file: Path
+    log_file: Path
+
+
+class LocalProcessBackend(Backend):
+    def __init__(
+        self,
+        coordinator_url: str | None = None,
+        workdir: Path | None = None,
+        ready_timeout_s: float = 180.0,
+        restart_crashed: bool = True,
+    ):
+        self.coordinator_url = coordinator_url
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="splitasr-shards-"))
+        self.ready_timeout_s = ready_timeout_s
+        self.restart_crashed = restart_crashed
+        self._procs: dict[str, _Process] = {}
+        self._watcher: asyncio.Task | None = None
+        self.exits: list[tuple[str, int]] = []  # (shard id, return code) of every exit seen
+
+    def list(self) -> list[ShardHandle]:
+        return [p.handle for p in self._procs.values()]
+
+    def log_file(self, shard_id: str) -> Path:
+        return self._procs[shard_id].log_file
+
+    async def start(self, spec: ShardSpec, shard_id: str | None = None) -> ShardHandle:
+        shard_id = shard_id or f"{spec.model}-{spec.stage}-{uuid.uuid4().hex[:6]}"
+        handle = ShardHandle(shard_id, spec, started_at=time.monotonic())
+        return await self._launch(handle)
+
+    async def _launch(self, handle: ShardHandle) -> ShardHandle:
+        ready = self.workdir / f"{handle.shard_id}.ready.json"
+        ready.unlink(missing_ok=True)
+        log_file = self.workdir / f"{handle.shard_id}.log"
+        cmd = shard_command(handle.spec, ready, self.coordinator_url, handle.shard_id)
+        with log_file.open("ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        handle.pid, handle.state, handle.started_at = proc.pid, "starting", time.monotonic()
+        self._procs[handle.shard_id] = _Process(handle, proc, ready, log_file)
+        self._ensure_watcher()
+        deadline = time.monotonic() + self.ready_timeout_s
+        while not ready.exists():
+            if proc.poll() is not None:
+                self._procs.pop(handle.shard_id, None)
+                tail = log_file.read_text(errors="replace")[-2000:]
+                raise ShardStartError(f"shard {handle.shard_id} exited ({proc.returncode}) while starting:\n{tail}")
+            if time.monotonic() > deadline:
+                await self.stop(handle.shard_id)
+                raise ShardStartError(f"shard {handle.shard_id} not ready after {self.ready_timeout_s} s")
+            await asyncio.sleep(0.02)  # polling a file another process writes
+        handle.info = json.loads(ready.read_text())
+        handle.url, handle.ready_at, handle.state = handle.info["url"], time.monotonic(), "ready"
+        log.info("shard %s ready at %s in %.2f s", handle.shard_id, handle.url, handle.cold_start_s)
+        return handle
+
+    async def stop(self, shard_id: str, timeout_s: float = 10.0) -> None:
+        entry = self._procs.get(shard_id)
+        if entry is None:
+            return
+        entry.handle.state = "stopping"
+        if entry.proc.poll() is None:
+            entry.proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while entry.proc.poll() is None and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)  # waiting for a child process to exit
+        if entry.proc.poll() is None:
+            os.kill(entry.proc.pid, signal.SIGKILL)
+            entry.proc.wait()
+        entry.handle.state = "exited"
+        self._procs.pop(shard_id, None)
+
+    def expect_exit(self, shard_id: str) -> None:
+        """The shard will exit by itself (drained): do not restart it."""
+        if shard_id in self._procs:
+            self._procs[shard_id].handle.state = "stopping"
+
+    def _ensure_watcher(self) -> None:
+        if self._watcher is None or self._watcher.done():
+            self._watcher = asyncio.get_running_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while self._procs:
+            for shard_id, entry in list(self._procs.items()):
+                code = entry.proc.poll()
+                if code is None or entry.handle.state == "starting":
+                    continue
+                self.exits.append((shard_id, code))
+                self._procs.pop(shard_id, None)
+                if entry.handle.state == "stopping" or not self.restart_crashed:
+                    log.info("shard %s exited (%s)", shard_id, code)
+                    entry.handle.state = "exited"
+                    continue
+                log.warning("shard %s crashed (exit %s); restarting", shard_id, code)
+                entry.handle.restarts += 1
+                asyncio.get_running_loop().create_task(self._restart(entry.handle))
+            await asyncio.sleep(0.2)  # exit polling period
+
+    async def _restart(self, handle: ShardHandle) -> None:
+        try:
+            await self._launch(handle)
+        except ShardStartError as exc:
+            log.error("restart of %s failed: %s", handle.shard_id, exc)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(self.stop(shard_id) for shard_id in list(self._procs)))
+        if self._watcher is not None:
+            self._watcher.cancel()
+            await asyncio.gather(self._watcher, return_exceptions=True)

@@ -1,0 +1,110 @@
+"""Cluster configuration for ``splitasr up``: pools of shards, autoscaling, coordinator address.
+
+YAML (``--config cluster.yaml``) or the embedded default: one English pool on tiny.en.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig
+from splitasr.models.sources import MODELS
+from splitasr.shared.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class PoolConfig:
+    model: str = "tiny.en"
+    languages: tuple[str, ...] = ("en",)  # "*": every language the model knows
+    zones: tuple[str, ...] = ("local",)  # stage-0 replicas are spread over these zones
+    region: str = "local"
+    enc_b: int = 1
+    dec: int = 1
+    int8: bool = True
+    threads: int = 1
+    shard_args: tuple[str, ...] = ()
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+
+    def __post_init__(self) -> None:
+        if self.model not in MODELS:
+            raise ConfigError(f"pool model {self.model!r} unknown; models are {', '.join(sorted(MODELS))}")
+        if self.enc_b < 1 or self.dec < 1:
+            raise ConfigError(f"pool {self.model}: enc_b and dec need at least 1 replica")
+        if not self.zones:
+            raise ConfigError(f"pool {self.model}: zones must not be empty")
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    pools: tuple[PoolConfig, ...] = (PoolConfig(),)
+    host: str = "127.0.0.1"
+    port: int = 0
+    admin_token: str = ""
+    zeroconf: bool = False
+    decision_period_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        models = [p.model for p in self.pools]
+        if not models:
+            raise ConfigError("a cluster needs at least one pool")
+        if len(set(models)) != len(models):
+            raise ConfigError(f"one pool per model, got {models}")
+
+    def pool_for(self, language: str | None) -> PoolConfig | None:
+        """The pool serving ``language``: an explicit language match first, then a '*' pool."""
+        language = language or "en"
+        for pool in self.pools:
+            if language in pool.languages:
+                return pool
+        return next((p for p in self.pools if "*" in p.languages), None)
+
+    def pool(self, model: str) -> PoolConfig:
+        for p in self.pools:
+            if p.model == model:
+                return p
+        raise ConfigError(f"no pool {model!r}; pools are {', '.join(p.model for p in self.pools)}")
+
+
+def _build(cls, raw: dict, where: str):
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    out = {}
+    for key, value in raw.items():
+        if isinstance(value, list):
+            value = tuple(value)
+        out[key] = value
+    try:
+        return cls(**out)
+    except TypeError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def load_config(path: str | Path | None = None, **overrides) -> ClusterConfig:
+    """Read ``path`` (YAML) or the default.
+
+    The admin token comes from the file, else $SPLITASR_ADMIN_TOKEN, else it is generated."""
+    raw: dict = {}
+    if path is not None:
+        import yaml
+
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"cannot read cluster config {path}: {exc}") from None
+    pools = []
+    for i, pool in enumerate(raw.pop("pools", [{}]) if isinstance(raw, dict) else []):
+        pool = dict(pool)
+        scaler = _build(AutoscalerConfig, pool.pop("autoscaler", {}), f"pools[{i}].autoscaler")
+        pools.append(_build(PoolConfig, {**pool, "autoscaler": scaler}, f"pools[{i}]"))
+    config = _build(ClusterConfig, {**raw, "pools": pools}, str(path or "cluster config"))
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    token = config.admin_token or os.environ.get("SPLITASR_ADMIN_TOKEN") or secrets.token_urlsafe(18)
+    return dataclasses.replace(config, admin_token=token)

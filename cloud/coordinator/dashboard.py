@@ -1,0 +1,63 @@
+"""The coordinator's /ui page: plain HTML and a little JS polling /v1/pools once a second."""
+
+DASHBOARD_HTML = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>splitasr coordinator</title>
+<style>
+ body { font: 14px system-ui, sans-serif; margin: 1.5em; color: #222; }
+ table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+ th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+ th { background: #f3f3f3; } td.l, th.l { text-align: left; }
+ .open { color: #b00; font-weight: bold; } .spare { color: #777; } .draining { color: #a60; }
+</style>
+</head>
+<body>
+<h1>splitasr coordinator</h1>
+<p id="status">loading…</p>
+<div id="pools"></div>
+<script>
+function cell(v) { return v === null || v === undefined ? "–" : v; }
+function esc(s) { return String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c])); }
+function render(data) {
+  let html = "";
+  for (const p of data.pools) {
+    html += `<h2 class="pool" data-model="${esc(p.model)}">${esc(p.model)} <small>(${esc(p.languages.join(", "))})</small></h2>`;
+    html += `<table class="summary"><tr><th>replicas</th><th>desired</th><th>spares</th><th>starting</th>` +
+      `<th>sessions</th><th>queue delay ms</th><th>FINAL p50 ms</th><th>FINAL p99 ms</th><th>cold start s</th></tr>` +
+      `<tr><td class="replicas">${p.replicas}</td><td>${cell(p.desired)}</td><td>${p.spares}</td><td>${p.starting}</td>` +
+      `<td class="sessions">${p.sessions}</td><td>${p.queue_delay_ms}</td><td class="p50">${cell(p.final_p50_ms)}</td>` +
+      `<td class="p99">${cell(p.final_p99_ms)}</td><td>${p.cold_start_s}</td></tr></table>`;
+    html += `<table class="shards"><tr><th class="l">shard</th><th class="l">stage</th><th class="l">zone</th>` +
+      `<th class="l">state</th><th>sessions</th><th>queue ms</th><th>p50 ms</th><th>p99 ms</th><th>heartbeat age s</th></tr>`;
+    for (const s of p.shards) {
+      const state = s.draining ? "draining" : s.spare ? "spare" : s.breaker;
+      html += `<tr class="${esc(state)}"><td class="l">${esc(s.shard_id)}</td><td class="l">${esc(s.stage)}</td>` +
+        `<td class="l">${esc(s.zone)}</td><td class="l state">${esc(state)}</td><td>${s.sessions}</td>` +
+        `<td>${(s.queue_delay_s * 1000).toFixed(1)}</td><td>${s.final_p50_ms.toFixed(0)}</td>` +
+        `<td>${s.final_p99_ms.toFixed(0)}</td><td>${s.heartbeat_age_s.toFixed(1)}</td></tr>`;
+    }
+    html += `</table><table class="decisions"><tr><th>t</th><th>replicas</th><th class="l">reason</th></tr>`;
+    for (const d of p.decisions.slice(-8).reverse()) {
+      html += `<tr><td>${d.t}</td><td>${d.replicas}</td><td class="l">${esc(d.reason)}</td></tr>`;
+    }
+    html += `</table>`;
+  }
+  document.getElementById("pools").innerHTML = html;
+  document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString();
+}
+async function refresh() {
+  try {
+    const resp = await fetch("/v1/pools");
+    render(await resp.json());
+  } catch (err) {
+    document.getElementById("status").textContent = "coordinator unreachable: " + err;
+  }
+}
+refresh();
+setInterval(refresh, 1000);
+</script>
+</body>
+</html>
+"""

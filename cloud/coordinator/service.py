@@ -1,0 +1,266 @@
+"""The coordinator process: registry, routing, pool controllers and the dashboard over HTTP JSON.
+
+Routes: ``POST /v1/register``, ``POST /v1/heartbeat`` (shards), ``GET /v1/route`` (edges and
+shards), ``GET /v1/pools`` (status), ``POST /v1/scale`` and ``POST /v1/drain`` (admin token),
+``GET /metrics`` (Prometheus) and ``GET /ui`` (dashboard).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import secrets
+import time
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+
+from splitasr.cloud.coordinator.backend import Backend
+from splitasr.cloud.coordinator.breaker import BreakerConfig
+from splitasr.cloud.coordinator.config import ClusterConfig
+from splitasr.cloud.coordinator.controller import PoolController
+from splitasr.cloud.coordinator.dashboard import DASHBOARD_HTML
+from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad
+from splitasr.cloud.coordinator.router import RouteRequest, route
+from splitasr.shared.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.shards = Gauge(
+            "splitasr_coordinator_shards", "Registered shards", ["pool", "stage", "state"], registry=self.registry
+        )
+        self.replicas = Gauge("splitasr_pool_replicas", "Routed stage-0 replicas", ["pool"], registry=self.registry)
+        self.desired = Gauge("splitasr_pool_desired_replicas", "Autoscaler decision", ["pool"], registry=self.registry)
+        self.routes = Counter("splitasr_routes_total", "Route requests", ["pool", "outcome"], registry=self.registry)
+
+
+class Coordinator:
+    def __init__(
+        self, config: ClusterConfig, backend: Backend | None, clock=time.monotonic, breaker: BreakerConfig | None = None
+    ):
+        self.config = config
+        self.backend = backend
+        self.clock = clock
+        self.registry = Registry(breaker or BreakerConfig())
+        self.controllers = {
+            p.model: PoolController(p, self.registry, backend, config.decision_period_s) for p in config.pools
+        }
+        self.metrics = CoordinatorMetrics()
+        self.rng = random.Random()
+        self._loop_task: asyncio.Task | None = None
+
+    # -- control loop ---------------------------------------------------------------------------
+    def tick(self) -> None:
+        now = self.clock()
+        for model, controller in self.controllers.items():
+            decision = controller.tick(now) if self.backend is not None else None
+            if decision is not None:
+                self.metrics.desired.labels(model).set(decision.replicas)
+            self.metrics.replicas.labels(model).set(sum(1 for r in controller.stage0(now) if not r.spare))
+        self.metrics.shards.clear()
+        for r in self.registry.records.values():
+            state = "draining" if r.draining else "spare" if r.spare else r.breaker.tick(now).value
+            self.metrics.shards.labels(r.info.model, r.info.stage, state).inc()
+
+    async def run(self) -> None:
+        while True:
+            try:
+                self.tick()
+            except Exception:  # one bad period must not stop the control loop
+                log.exception("coordinator tick failed")
+            await asyncio.sleep(self.config.decision_period_s)  # the decision period
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self.run())
+
+    async def close(self) -> None:
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+        for controller in self.controllers.values():
+            await controller.close()
+        if self.backend is not None:
+            await self.backend.close()
+
+    # -- queries --------------------------------------------------------------------------------
+    def route(self, params: dict) -> dict:
+        """Ordered candidates for a new stream (language, zone, region) or a next stage (model, stage)."""
+        now = self.clock()
+        if params.get("stage"):
+            model, stage = params.get("model", ""), params["stage"]
+            if model not in self.controllers:
+                raise ConfigError(f"no pool {model!r}")
+        else:
+            pool = self.config.pool_for(params.get("language"))
+            if pool is None:
+                served = sorted({lang for p in self.config.pools for lang in p.languages})
+                raise ConfigError(f"no pool serves language {params.get('language')!r}; served: {', '.join(served)}")
+            model, stage = pool.model, "enc_a"
+        request = RouteRequest(pool=model, zone=params.get("zone"), region=params.get("region"))
+        ordered = route(self.registry.views(model, stage, now), request, self.rng)
+        self.metrics.routes.labels(model, "ok" if ordered else "none").inc()
+        return {
+            "pool": model,
+            "stage": stage,
+            "candidates": [
+                {"shard_id": v.shard_id, "url": v.url, "zone": v.zone, "region": v.region, "sessions": v.sessions}
+                for v in ordered
+            ],
+        }
+
+    def pools(self) -> dict:
+        now = self.clock()
+        out = []
+        for model, c in self.controllers.items():
+            shards = self.registry.shards(model)
+            stage0 = [r for r in shards if r.info.stage == "enc_a" and not r.draining]
+            p50s = [r.load.final_p50_ms for r in stage0 if r.load.final_p50_ms]
+            p99s = [r.load.final_p99_ms for r in stage0 if r.load.final_p99_ms]
+            decisions = list(c.decisions)[-20:]
+            out.append(
+                {
+                    "model": model,
+                    "languages": list(c.pool.languages),
+                    "replicas": sum(1 for r in c.stage0(now) if not r.spare),
+                    "spares": sum(1 for r in c.stage0(now) if r.spare),
+                    "starting": c.starting,
+                    "desired": decisions[-1].replicas if decisions else None,
+                    "pinned": c.pinned,
+                    "sessions": sum(r.load.sessions for r in stage0),
+                    "queue_delay_ms": round(max((r.load.queue_delay_s for r in stage0), default=0.0) * 1000, 1),
+                    "final_p50_ms": round(sum(p50s) / len(p50s), 1) if p50s else None,
+                    "final_p99_ms": round(max(p99s), 1) if p99s else None,
+                    "cold_start_s": round(c.config.cold_start_s, 2),
+                    "measured_cold_starts_s": [round(x, 2) for x in c.cold_starts[-10:]],
+                    "shards": [r.to_dict(now) for r in shards],
+                    "decisions": [
+                        {"t": round(d.t, 1), "replicas": d.replicas, "reason": d.reason, "panic": d.panic}
+                        for d in decisions
+                    ],
+                }
+            )
+        return {"pools": out}
+
+    def check_admin(self, request: web.Request) -> None:
+        header = request.headers.get("Authorization", "")
+        token = header[7:] if header.startswith("Bearer ") else ""
+        if not token or not secrets.compare_digest(token, self.config.admin_token):
+            raise web.HTTPUnauthorized(text='{"error": "admin token required"}', content_type="application/json")
+
+
+COORDINATOR = web.AppKey("coordinator", Coordinator)
+
+
+def _error(status: int, message: str, **extra) -> web.Response:
+    return web.json_response({"error": message, **extra}, status=status)
+
+
+async def _json_body(request: web.Request) -> dict:
+    try:
+        body = await request.json()
+    except ValueError:
+        raise web.HTTPBadRequest(text='{"error": "body must be JSON"}', content_type="application/json") from None
+    if not isinstance(body, dict):
+        raise web.HTTPBadRequest(text='{"error": "body must be a JSON object"}', content_type="application/json")
+    return body
+
+
+async def register(request: web.Request) -> web.Response:
+    c = request.app[COORDINATOR]
+    try:
+        info = ShardInfo.from_dict(await _json_body(request))
+    except (ConfigError, TypeError) as exc:
+        return _error(400, str(exc))
+    c.registry.register(info, c.clock())
+    log.info("registered %s (%s %s, zone %s) at %s", info.shard_id, info.model, info.stage, info.zone, info.url)
+    return web.json_response({"ok": True, "heartbeat_s": 1.0})
+
+
+async def heartbeat(request: web.Request) -> web.Response:
+    c = request.app[COORDINATOR]
+    body = await _json_body(request)
+    try:
+        load = ShardLoad.from_dict(body)
+    except ConfigError as exc:
+        return _error(400, str(exc))
+    record = c.registry.heartbeat(str(body.get("shard_id")), load, c.clock())
+    if record is None:
+        return _error(404, "unknown shard; register again")
+    return web.json_response({"ok": True, "drain": record.draining})
+
+
+async def route_handler(request: web.Request) -> web.Response:
+    c = request.app[COORDINATOR]
+    try:
+        answer = c.route(dict(request.query))
+    except ConfigError as exc:
+        return _error(400, str(exc))
+    if not answer["candidates"]:
+        return _error(503, f"no {answer['stage']} shard of pool {answer['pool']} is available", retry_after_ms=1000)
+    return web.json_response(answer)
+
+
+async def pools_handler(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COORDINATOR].pools())
+
+
+async def scale_handler(request: web.Request) -> web.Response:
+    c = request.app[COORDINATOR]
+    c.check_admin(request)
+    body = await _json_body(request)
+    pool, replicas = body.get("pool"), body.get("replicas")
+    if pool not in c.controllers:
+        return _error(404, f"no pool {pool!r}; pools are {', '.join(c.controllers)}")
+    controller = c.controllers[pool]
+    if replicas == "auto":
+        controller.pinned = None
+    elif isinstance(replicas, int) and not isinstance(replicas, bool) and 0 <= replicas <= 64:
+        controller.pinned = replicas
+    else:
+        return _error(400, f"replicas must be an integer in [0, 64] or 'auto', got {replicas!r}")
+    c.tick()
+    return web.json_response({"ok": True, "pool": pool, "pinned": controller.pinned})
+
+
+async def drain_handler(request: web.Request) -> web.Response:
+    c = request.app[COORDINATOR]
+    c.check_admin(request)
+    shard_id = (await _json_body(request)).get("shard_id")
+    record = c.registry.records.get(shard_id)
+    if record is None:
+        return _error(404, f"no shard {shard_id!r}")
+    c.controllers[record.info.model].drain(shard_id)
+    return web.json_response({"ok": True, "shard_id": shard_id, "sessions": record.load.sessions})
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    body = generate_latest(request.app[COORDINATOR].metrics.registry)
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def ui_handler(request: web.Request) -> web.Response:
+    return web.Response(text=DASHBOARD_HTML, content_type="text/html")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(coordinator: Coordinator) -> web.Application:
+    app = web.Application(client_max_size=64 * 1024)
+    app[COORDINATOR] = coordinator
+    app.router.add_post("/v1/register", register)
+    app.router.add_post("/v1/heartbeat", heartbeat)
+    app.router.add_get("/v1/route", route_handler)
+    app.router.add_get("/v1/pools", pools_handler)
+    app.router.add_post("/v1/scale", scale_handler)
+    app.router.add_post("/v1/drain", drain_handler)
+    app.router.add_get("/metrics", metrics_handler)
+    app.router.add_get("/ui", ui_handler)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,77 @@
+"""A shard's link to the coordinator: register, heartbeat every second with load, follow its orders.
+
+The heartbeat answer may tell the shard to drain; the link also refreshes the replica list of the
+next stage from ``/v1/route`` (stage-0 and encoder-B shards resolve later stages there).
+Coordinator outages are survived: the shard keeps serving and re-registers when it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+import aiohttp
+
+log = logging.getLogger(__name__)
+
+
+class CoordinatorLink:
+    def __init__(
+        self,
+        coordinator_url: str,
+        info: dict,
+        load: Callable[[], dict],
+        on_drain: Callable[[], None],
+        next_stage: tuple[str, str] | None = None,  # (model, stage) to resolve
+        on_next_urls: Callable[[list[str]], None] | None = None,
+        interval_s: float = 1.0,
+    ):
+        self.base = coordinator_url.rstrip("/")
+        self.info = info
+        self.load = load
+        self.on_drain = on_drain
+        self.next_stage = next_stage
+        self.on_next_urls = on_next_urls
+        self.interval_s = interval_s
+        self.registered = asyncio.Event()
+
+    async def _register(self, http: aiohttp.ClientSession) -> None:
+        async with http.post(f"{self.base}/v1/register", json=self.info) as resp:
+            if resp.status != 200:
+                raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message=await resp.text())
+        log.info("registered with %s as %s", self.base, self.info["shard_id"])
+        self.registered.set()
+
+    async def _heartbeat(self, http: aiohttp.ClientSession) -> None:
+        body = {"shard_id": self.info["shard_id"], **self.load()}
+        async with http.post(f"{self.base}/v1/heartbeat", json=body) as resp:
+            if resp.status == 404:  # the coordinator restarted or dropped us
+                await self._register(http)
+                return
+            answer = await resp.json()
+        if answer.get("drain"):
+            self.on_drain()
+
+    async def _resolve(self, http: aiohttp.ClientSession) -> None:
+        model, stage = self.next_stage
+        async with http.get(f"{self.base}/v1/route", params={"model": model, "stage": stage}) as resp:
+            if resp.status == 200:
+                urls = [c["url"] for c in (await resp.json())["candidates"]]
+                if urls:
+                    self.on_next_urls(urls)
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=max(2.0, 2 * self.interval_s))
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                try:
+                    if not self.registered.is_set():
+                        await self._register(http)
+                    else:
+                        await self._heartbeat(http)
+                    if self.next_stage is not None:
+                        await self._resolve(http)
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+                    log.warning("coordinator %s unreachable (%r); retrying", self.base, exc)
+                await asyncio.sleep(self.interval_s)  # the heartbeat period
