@@ -48,11 +48,16 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="stage 0: start an utterance's FINAL after this much pause (edge hint), before its EOU",
     )
     p.add_argument("--ready-file", default=None, help="write {pid, port, url} here once loaded and warmed up")
+    p.add_argument("--coordinator", default=None, metavar="URL", help="register + heartbeat there; find --next there")
+    p.add_argument("--shard-id", default=None, help="name in the coordinator's registry (default: generated)")
+    p.add_argument("--zone", default="local", help="locality label used by the router")
+    p.add_argument("--region", default="local", help="locality label used by the router")
     p.set_defaults(func=cmd_shard)
 
-    from splitasr.cli import up
+    from splitasr.cli import admin, up
 
     up.register(sub)
+    admin.register(sub)
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
@@ -75,6 +80,10 @@ def cmd_shard(args: argparse.Namespace) -> int:
         queue_budget_s=args.queue_budget_s,
         cache_ttl_s=args.cache_ttl_s,
         speculate_after_s=args.speculate_after_s,
+        coordinator_url=args.coordinator,
+        shard_id=args.shard_id,
+        zone=args.zone,
+        region=args.region,
     )
     asyncio.run(serve(config))
     return 0

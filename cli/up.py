@@ -1,4 +1,5 @@
-"""``splitasr up --static``: a local chain of shard processes per language pool, until Ctrl-C."""
+"""``splitasr up``: a coordinator with autoscaled pools of local shard processes (or ``--static``
+fixed chains without a coordinator), until Ctrl-C."""
 
 from __future__ import annotations
 
@@ -11,8 +12,14 @@ from splitasr.models.sources import is_installed
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("up", help="start a local cluster of shard processes")
-    p.add_argument("--static", action="store_true", help="fixed chains, no coordinator (the default for now)")
+    p = sub.add_parser("up", help="start a coordinator and its shard pools as local processes")
+    p.add_argument("--config", default=None, help="cluster YAML (default: one tiny.en pool, autoscaled)")
+    p.add_argument("--host", default=None, help="coordinator address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=None, help="coordinator port (default 7070; 0: any free port)")
+    p.add_argument("--zeroconf", action="store_true", default=None, help="advertise _splitasr._tcp on the LAN")
+    p.add_argument("--ready-file", default=None, help="write {pid, url} here once every pool is up")
+    p.add_argument("--workdir", default=None, help="shard logs and ready files (default: a temp dir)")
+    p.add_argument("--static", action="store_true", help="fixed chains, no coordinator")
     p.add_argument("--models", default=None, help="comma-separated (default: tiny.en, plus base when installed)")
     p.add_argument("--stage0-replicas", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
@@ -26,6 +33,8 @@ def default_models() -> list[str]:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    if not args.static:
+        return cmd_up_coordinator(args)
     from splitasr.cloud.local_cluster import ChainSpec, LocalCluster
 
     models = args.models.split(",") if args.models else default_models()
@@ -44,4 +53,18 @@ def cmd_up(args: argparse.Namespace) -> int:
             stop.wait()
         except KeyboardInterrupt:
             pass
+    return 0
+
+
+def cmd_up_coordinator(args: argparse.Namespace) -> int:
+    import asyncio
+    import sys
+
+    from splitasr.cloud.coordinator.config import load_config
+    from splitasr.cloud.coordinator.run import run_coordinator
+
+    port = args.port if args.port is not None else (None if args.config else 7070)
+    config = load_config(args.config, host=args.host, port=port, zeroconf=args.zeroconf)
+    print(f"admin token: {config.admin_token}  (export SPLITASR_ADMIN_TOKEN=... for scale/drain)", file=sys.stderr)
+    asyncio.run(run_coordinator(config, ready_file=args.ready_file, workdir=args.workdir))
     return 0

@@ -32,7 +32,10 @@ def stream_url(url: str) -> str:
 
 @dataclass(frozen=True)
 class AgentOptions:
-    shards: tuple[str, ...]
+    shards: tuple[str, ...] = ()
+    coordinator: str | None = None  # ask its /v1/route for shards instead of (before) ``shards``
+    zone: str | None = None
+    region: str | None = None
     device_id: str = "edge"
     language: str | None = None
     dtype: str = "int8"
@@ -78,14 +81,16 @@ class EdgeAgent:
         on_partial: Callable[[p.Partial], None] | None = None,
         on_final: Callable[[FinalResult], None] | None = None,
     ):
-        if not options.shards:
-            raise EdgeError("the edge agent needs at least one shard url")
+        if not options.shards and not options.coordinator:
+            raise EdgeError("the edge agent needs a coordinator url or at least one shard url")
         self.o = options
         self.session_id = uuid.uuid4().hex
         self.on_partial = on_partial
         self.on_final = on_final
         self.report = AgentReport()
-        self._urls = itertools.cycle([stream_url(u) for u in options.shards])
+        self._urls = itertools.cycle([stream_url(u) for u in options.shards]) if options.shards else None
+        self._routed: list[str] = []  # candidates from the coordinator, best first
+        self.rtt_ms: dict[str, float] = {}
         self._pending: dict[int, list[bytes]] = {}  # utt -> encoded frames, kept until its FINAL
         self._ended: dict[int, tuple[float, float, float]] = {}  # utt -> (speech end, EOU sent, audio seconds)
         self._done: set[int] = set()
@@ -100,7 +105,11 @@ class EdgeAgent:
         delay = 0.05
         refusal: p.Error | None = None
         for attempt in range(self.o.max_reconnects):
-            url = next(self._urls)
+            url = await self._next_url(http)
+            if url is None:
+                await asyncio.sleep(delay)  # no shard known right now; ask again after a back-off
+                delay = min(delay * 2, self.o.reconnect_max_s)
+                continue
             try:
                 ws = await http.ws_connect(url, max_msg_size=4 * p.MAX_FRAME_BYTES, heartbeat=15)
                 hello = p.Hello(
@@ -146,6 +155,44 @@ class EdgeAgent:
                 refusal.retry_after_ms,
             )
         raise EdgeError(f"no shard accepted the session after {self.o.max_reconnects} attempts")
+
+    async def _route(self, http: aiohttp.ClientSession) -> list[str]:
+        """Stage-0 candidates from the coordinator, best first; unreachable ones (no /healthz) dropped."""
+        params = {"language": self.o.language or "en", "qos": "interactive"}
+        params |= {k: v for k, v in (("zone", self.o.zone), ("region", self.o.region)) if v}
+        base = self.o.coordinator.rstrip("/")
+        try:
+            async with http.get(f"{base}/v1/route", params=params, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                body = await resp.json()
+                if resp.status == 400:
+                    raise EdgeError(f"coordinator refused the route: {body.get('error')}")
+                if resp.status != 200:
+                    log.warning("no route yet (%s): %s", resp.status, body.get("error"))
+                    return []
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            log.warning("coordinator %s unreachable (%r)", base, exc)
+            return []
+        urls = []
+        for candidate in body["candidates"]:
+            http_url = candidate["url"].replace("ws://", "http://").replace("wss://", "https://")
+            started = time.monotonic()
+            try:
+                async with http.get(f"{http_url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status != 200:
+                        continue
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                continue
+            self.rtt_ms[candidate["url"]] = (time.monotonic() - started) * 1000
+            urls.append(stream_url(candidate["url"]))
+        return urls
+
+    async def _next_url(self, http: aiohttp.ClientSession) -> str | None:
+        if self.o.coordinator:
+            if not self._routed:
+                self._routed = await self._route(http)
+            if self._routed:
+                return self._routed.pop(0)
+        return next(self._urls) if self._urls is not None else None
 
     async def _send_raw(self, data: bytes) -> None:
         ws = self._ws

@@ -8,6 +8,7 @@ import json
 import sys
 
 from splitasr.shared import protocol as p
+from splitasr.shared.errors import EdgeError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,10 +17,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument(
         "--shard",
         action="append",
-        required=True,
+        default=[],
         metavar="URL",
         help="ws://HOST:PORT of a stage-0 shard (repeat: failover order)",
     )
+    a.add_argument("--coordinator", default=None, metavar="URL", help="get shards from this coordinator's /v1/route")
+    a.add_argument("--discover", action="store_true", help="find the coordinator on the LAN by zeroconf")
+    a.add_argument("--zone", default=None, help="this device's zone (the router prefers shards there)")
+    a.add_argument("--region", default=None, help="this device's region")
     a.add_argument("--device-id", default="edge")
     a.add_argument("--language", default=None)
     a.add_argument("--dtype", default="int8", choices=["int8", "float16", "float32"])
@@ -74,7 +79,24 @@ def cmd_edge(args: argparse.Namespace) -> int:
             prefix = "\r\033[K" if tty else ""
             print(f"{prefix}[{result.latency_s * 1000:5.0f} ms] {result.text}", flush=True)
 
-    options = AgentOptions(shards=tuple(args.shard), device_id=args.device_id, language=args.language, dtype=args.dtype)
+    coordinator = args.coordinator
+    if args.discover and not coordinator:
+        from splitasr.shared.discovery import discover
+
+        coordinator = discover()
+        if coordinator is None:
+            raise EdgeError("no coordinator (_splitasr._tcp) found on the LAN within 5 s")
+    if not coordinator and not args.shard:
+        raise EdgeError("give --coordinator URL, --discover or at least one --shard URL")
+    options = AgentOptions(
+        shards=tuple(args.shard),
+        coordinator=coordinator,
+        zone=args.zone,
+        region=args.region,
+        device_id=args.device_id,
+        language=args.language,
+        dtype=args.dtype,
+    )
     for name, source in _sources(args):
         report = asyncio.run(EdgeAgent(options, on_partial, on_final).run(source))
         print(

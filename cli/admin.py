@@ -1,0 +1,108 @@
+"""``splitasr status | scale POOL N | drain SHARD``: talk to a running coordinator."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import urllib.error
+import urllib.request
+
+from splitasr.shared.errors import ConfigError, SplitASRError
+
+DEFAULT_COORDINATOR = "http://127.0.0.1:7070"
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--coordinator",
+        default=os.environ.get("SPLITASR_COORDINATOR", DEFAULT_COORDINATOR),
+        help="coordinator URL (default $SPLITASR_COORDINATOR or http://127.0.0.1:7070)",
+    )
+    p.add_argument("--token", default=None, help="admin token (default $SPLITASR_ADMIN_TOKEN)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("status", help="pools, replicas, zones, latency percentiles, breaker states")
+    _common(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_status)
+    p = sub.add_parser("scale", help="pin a pool's stage-0 replicas to N (or 'auto' to autoscale again)")
+    _common(p)
+    p.add_argument("pool")
+    p.add_argument("replicas", help="an integer, or auto")
+    p.set_defaults(func=cmd_scale)
+    p = sub.add_parser("drain", help="move a shard's sessions away between utterances, then stop it")
+    _common(p)
+    p.add_argument("shard_id")
+    p.set_defaults(func=cmd_drain)
+
+
+def call(base: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
+    """One JSON request to the coordinator; errors become :class:`SplitASRError` with its message."""
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(base.rstrip("/") + path, data=data, method="POST" if body is not None else "GET")
+    request.add_header("Content-Type", "application/json")
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", exc.reason)
+        except ValueError:
+            message = exc.reason
+        raise SplitASRError(f"coordinator said {exc.code}: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise SplitASRError(f"cannot reach the coordinator at {base}: {exc}") from None
+
+
+def _token(args: argparse.Namespace) -> str:
+    token = args.token or os.environ.get("SPLITASR_ADMIN_TOKEN")
+    if not token:
+        raise ConfigError("an admin token is needed: --token or $SPLITASR_ADMIN_TOKEN (printed by splitasr up)")
+    return token
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    status = call(args.coordinator, "/v1/pools")
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return 0
+    for pool in status["pools"]:
+        print(
+            f"pool {pool['model']} ({', '.join(pool['languages'])}): {pool['replicas']} replicas "
+            f"(desired {pool['desired']}, spares {pool['spares']}, starting {pool['starting']}), "
+            f"{pool['sessions']} sessions, FINAL p50 {pool['final_p50_ms']} ms p99 {pool['final_p99_ms']} ms, "
+            f"queue {pool['queue_delay_ms']} ms, cold start {pool['cold_start_s']} s"
+        )
+        for s in pool["shards"]:
+            state = "draining" if s["draining"] else "spare" if s["spare"] else s["breaker"]
+            print(
+                f"  {s['shard_id']:28} {s['stage']:5} zone {s['zone']:8} {state:9} sessions {s['sessions']:3}  "
+                f"p50 {s['final_p50_ms']:6.0f} ms  p99 {s['final_p99_ms']:6.0f} ms  {s['url']}"
+            )
+        if pool["decisions"]:
+            d = pool["decisions"][-1]
+            print(f"  last decision: {d['replicas']} replicas ({d['reason']})")
+    return 0
+
+
+def cmd_scale(args: argparse.Namespace) -> int:
+    replicas: int | str = args.replicas
+    if replicas != "auto":
+        try:
+            replicas = int(replicas)
+        except ValueError:
+            raise ConfigError(f"replicas must be an integer or 'auto', got {args.replicas!r}") from None
+    answer = call(args.coordinator, "/v1/scale", {"pool": args.pool, "replicas": replicas}, _token(args))
+    print(f"pool {answer['pool']}: " + ("autoscaled" if answer["pinned"] is None else f"pinned to {answer['pinned']}"))
+    return 0
+
+
+def cmd_drain(args: argparse.Namespace) -> int:
+    answer = call(args.coordinator, "/v1/drain", {"shard_id": args.shard_id}, _token(args))
+    print(f"draining {answer['shard_id']} ({answer['sessions']} sessions to move)", file=sys.stdout)
+    return 0
