@@ -48,6 +48,20 @@ def test_noisy_steady_load_does_not_flap():
     assert changes <= 1, f"{changes} changes in 10 minutes of noise"
 
 
+@pytest.mark.parametrize("seed", range(1, 6))
+def test_sparse_arrivals_do_not_make_the_forecast_flap(seed):
+    # Poisson arrivals at 0.2/s with 20 s sessions: ~4 sessions, about one replica's worth. Raw
+    # per-second counts (0 or 1) would forecast 1/s = 20 sessions = 5 replicas after every arrival.
+    arrivals = np.random.default_rng(seed).poisson(0.2, 700)
+    config = AutoscalerConfig(target_sessions_per_replica=4, predictive=True, mean_session_s=20, cold_start_s=1)
+    timeline = simulate(config, lambda t: 4.0, 700, replicas=1, arrivals_at=lambda t: float(arrivals[t]))
+    after_warmup = [r for t, r, _ in timeline if t >= 60]
+    changes = [i for i, (a, b) in enumerate(zip(after_warmup, after_warmup[1:], strict=False)) if a != b]
+    assert max(after_warmup) <= 3
+    # no flapping: few changes in 10 minutes of noise, never two within 100 s
+    assert len(changes) <= 3 and all(b - a >= 100 for a, b in zip(changes, changes[1:], strict=False)), changes
+
+
 def test_scale_in_only_after_the_stabilisation_window():
     timeline = simulate(CONFIG, lambda t: 40 if t < 100 else 4, 500, replicas=10)
     assert all(r >= 10 for t, r, _ in timeline if 100 <= t < 100 + 300 - 1)

@@ -25,6 +25,7 @@ class AutoscalerConfig:
     decision_period_s: float = 1.0
     cold_start_s: float = 3.0  # measured per pool; the predictive lead time
     mean_session_s: float = 20.0  # Little's law: sessions = arrival rate x duration
+    arrival_window_s: float = 30.0  # forecast arrivals averaged over this window
     min_replicas: int = 1
     max_replicas: int = 16
     warm_spares: int = 1
@@ -39,6 +40,8 @@ class AutoscalerConfig:
             raise ConfigError("need 0 < panic_window_s <= stable_window_s")
         if self.target_sessions_per_replica <= 0 or self.target_queue_delay_s <= 0:
             raise ConfigError("targets must be positive")
+        if self.arrival_window_s < self.decision_period_s:
+            raise ConfigError("need arrival_window_s >= decision_period_s")
 
     @property
     def lead_time_s(self) -> float:
@@ -114,9 +117,8 @@ def predictive(config: AutoscalerConfig, history: Sequence[Sample], now: float) 
     samples = [s for s in history if s.t <= now]
     if len(samples) < 2:
         return 0
-    rate = forecast_rate(
-        [s.arrivals / config.decision_period_s for s in samples], config.lead_time_s, config.decision_period_s
-    )
+    rates = [s.arrivals / config.decision_period_s for s in samples]
+    rate = forecast_rate(rates, config.lead_time_s, config.decision_period_s, config.arrival_window_s)
     return math.ceil(rate * config.mean_session_s / config.target_sessions_per_replica)
 
 

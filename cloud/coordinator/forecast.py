@@ -37,16 +37,26 @@ def season_length(rates: Sequence[float], min_lag: int = 10, min_corr: float = 0
     return best_lag
 
 
-def forecast_rate(rates: Sequence[float], horizon_s: float, period_s: float) -> float:
-    """Arrival rate expected ``horizon_s`` from the last sample."""
+def trailing_mean(rates: Sequence[float], width: int) -> np.ndarray:
+    x = np.asarray(rates, float)
+    return np.convolve(x, np.ones(width))[: len(x)] / width
+
+
+def forecast_rate(rates: Sequence[float], horizon_s: float, period_s: float, window_s: float | None = None) -> float:
+    """Arrival rate expected ``horizon_s`` from the last sample.
+
+    ``rates`` are raw per-period rates. Arrivals are sparse counts (0 or 1 in most periods), so the
+    trend is fitted to their trailing mean over ``window_s`` and a repeating pattern is read as the
+    mean over ``window_s`` around the target phase one season ago; raw counts would turn a single
+    new session into a burst."""
     steps = horizon_s / period_s
-    trend = holt(rates, steps)
+    width = max(1, round((window_s or period_s) / period_s))
+    trend = holt(trailing_mean(rates, width), steps)
     season = season_length(rates)
     if season is None:
         return trend
-    ahead = int(round(steps))
-    # the same phase one season ago, and the mean just after it, as the shape of what comes next
-    idx = len(rates) - season + ahead
-    window = rates[max(0, idx - 1) : idx + 2]
+    # the same phase one season ago, and its neighbourhood, as the shape of what comes next
+    idx = len(rates) - season + int(round(steps))
+    window = rates[max(0, idx - width // 2) : idx + width // 2 + 1]
     seasonal = float(np.mean(window)) if len(window) else trend
     return max(trend, seasonal)
