@@ -66,6 +66,8 @@ class AgentReport:
     speech_s: float = 0.0
     reconnects: int = 0
     duplicate_finals: int = 0
+    utterances: int = 0  # ended (EOU sent); run() returns only once each has its FINAL
+    shards: list[str] = field(default_factory=list)  # stage-0 urls that accepted the session, in order
 
     @property
     def bytes_per_speech_s(self) -> float:
@@ -136,6 +138,7 @@ class EdgeAgent:
                 delay = min(delay * 2, self.o.reconnect_max_s)
                 continue
             self._ws = ws
+            self.report.shards.append(url)
             for utt in sorted(self._pending):
                 for data in self._pending[utt]:
                     await self._send_raw(data)
@@ -327,6 +330,7 @@ class EdgeAgent:
                 audio_s = frame_index / DEFAULT_SPEC.frames_per_second
                 speech_end = speech_end_frames(event.speech_end_sample)
                 self.report.speech_s += audio_s
+                self.report.utterances += 1
                 eou = p.EndOfUtterance(utt=utt, last_seq=seq - 1, speech_end=speech_end)
                 self._ended[utt] = (now - (consumed - event.speech_end_sample) / rate, time.monotonic(), audio_s)
                 await self._send(utt, eou)

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,6 +64,10 @@ class ShardHandle:
 
 
 class Backend(abc.ABC):
+    #: called with (shard id, exit code) when a shard's process is seen to exit; the coordinator
+    #: uses it to open that shard's breaker at once instead of waiting for heartbeat silence
+    on_exit: Callable[[str, int], None] | None = None
+
     @abc.abstractmethod
     async def start(self, spec: ShardSpec) -> ShardHandle:
         """Start a shard and return once it is ready (raises :class:`ShardStartError`)."""
@@ -114,6 +119,7 @@ class LocalProcessBackend(Backend):
     ):
         self.coordinator_url = coordinator_url
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="splitasr-shards-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_timeout_s = ready_timeout_s
         self.restart_crashed = restart_crashed
         self._procs: dict[str, _Process] = {}
@@ -188,6 +194,8 @@ class LocalProcessBackend(Backend):
                 if code is None or entry.handle.state == "starting":
                     continue
                 self.exits.append((shard_id, code))
+                if self.on_exit is not None:
+                    self.on_exit(shard_id, code)
                 self._procs.pop(shard_id, None)
                 if entry.handle.state == "stopping" or not self.restart_crashed:
                     log.info("shard %s exited (%s)", shard_id, code)

@@ -45,6 +45,10 @@ class Breaker:
         if self.state is BreakerState.HALF_OPEN or self.failures >= self.config.failure_threshold:
             self._open(now, reason)
 
+    def trip(self, now: float, reason: str) -> None:
+        """Open at once: the failure is certain (e.g. the backend saw the process exit)."""
+        self._open(now, reason)
+
     def _open(self, now: float, reason: str) -> None:
         self.state = BreakerState.OPEN
         self.opened_at = now

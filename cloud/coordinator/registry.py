@@ -74,6 +74,12 @@ class ShardRecord:
     breaker: Breaker = field(default_factory=Breaker)
     draining: bool = False
     spare: bool = False  # warm spare: ready, not routed to until promoted
+    routed: int = 0  # streams sent here since its last heartbeat (not yet in its load)
+
+    @property
+    def sessions(self) -> int:
+        """Sessions as far as routing knows: the last heartbeat's plus streams routed since."""
+        return self.load.sessions + self.routed
 
     def to_dict(self, now: float) -> dict:
         return {
@@ -83,6 +89,7 @@ class ShardRecord:
             "breaker_reason": self.breaker.reason,
             "draining": self.draining,
             "spare": self.spare,
+            "routed": self.routed,
             "heartbeat_age_s": round(now - self.breaker.last_heartbeat, 3),
         }
 
@@ -107,6 +114,7 @@ class Registry:
         if record is None:
             return None
         record.load = load
+        record.routed = 0
         record.breaker.heartbeat(now)
         if record.breaker.state is BreakerState.HALF_OPEN:
             record.breaker.success(now)
@@ -135,7 +143,7 @@ class Registry:
                 zone=r.info.zone,
                 region=r.info.region,
                 queue_delay_s=r.load.queue_delay_s,
-                sessions=r.load.sessions,
+                sessions=r.sessions,
                 capacity=r.info.capacity,
                 available=self.available(r, now),
             )

@@ -37,6 +37,13 @@ def _tier(shard: ShardView, request: RouteRequest) -> int:
     return 2
 
 
+QUEUE_DELAY_RESOLUTION_S = 0.025  # queue delays closer than this are ties, broken by session count
+
+
+def _load(shard: ShardView) -> tuple[int, float]:
+    return int(shard.queue_delay_s / QUEUE_DELAY_RESOLUTION_S), shard.sessions / shard.capacity
+
+
 def _p2c_order(shards: list[ShardView], rng: random.Random) -> list[ShardView]:
     """Repeated power-of-two-choices: pick two at random, keep the one with the lower queue delay."""
     rest, out = list(shards), []
@@ -45,7 +52,7 @@ def _p2c_order(shards: list[ShardView], rng: random.Random) -> list[ShardView]:
             out.append(rest.pop())
             break
         a, b = rng.sample(range(len(rest)), 2)
-        pick = a if (rest[a].queue_delay_s, rest[a].sessions) <= (rest[b].queue_delay_s, rest[b].sessions) else b
+        pick = a if _load(rest[a]) <= _load(rest[b]) else b
         out.append(rest.pop(pick))
     return out
 

@@ -38,9 +38,7 @@ async def run_coordinator(
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
     backend = LocalProcessBackend(url, Path(workdir) if workdir else None)
-    coordinator.backend = backend
-    for controller in coordinator.controllers.values():
-        controller.backend = backend
+    coordinator.attach(backend)
     advertiser = None
     try:
         if config.zeroconf:

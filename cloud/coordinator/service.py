@@ -12,20 +12,24 @@ import logging
 import random
 import secrets
 import time
+from collections import deque
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
 from splitasr.cloud.coordinator.backend import Backend
-from splitasr.cloud.coordinator.breaker import BreakerConfig
+from splitasr.cloud.coordinator.breaker import BreakerConfig, BreakerState
 from splitasr.cloud.coordinator.config import ClusterConfig
 from splitasr.cloud.coordinator.controller import PoolController
 from splitasr.cloud.coordinator.dashboard import DASHBOARD_HTML
-from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad
+from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad, ShardRecord
 from splitasr.cloud.coordinator.router import RouteRequest, route
 from splitasr.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+PROBE_AFTER_S = 1.5  # a heartbeat later than this (they come every second) gets a /healthz probe
 
 
 class CoordinatorMetrics:
@@ -52,7 +56,32 @@ class Coordinator:
         }
         self.metrics = CoordinatorMetrics()
         self.rng = random.Random()
+        self.events: deque[dict] = deque(maxlen=200)  # breaker changes, for status and the dashboard
+        self._breaker_seen: dict[str, str] = {}
         self._loop_task: asyncio.Task | None = None
+
+    def attach(self, backend: Backend) -> None:
+        """Use ``backend`` to start and stop shards; its exit reports open breakers at once."""
+        self.backend = backend
+        backend.on_exit = self.shard_exited
+        for controller in self.controllers.values():
+            controller.backend = backend
+
+    def shard_exited(self, shard_id: str, code: int) -> None:
+        record = self.registry.records.get(shard_id)
+        if record is not None:
+            record.breaker.trip(self.clock(), f"process exited ({code})")
+            self._note_breakers(self.clock())
+
+    def _note_breakers(self, now: float) -> None:
+        """Record every breaker state change since the last look as an event (wall-clock time)."""
+        for shard_id, r in self.registry.records.items():
+            state = r.breaker.tick(now).value
+            if self._breaker_seen.get(shard_id, "closed") != state:
+                event = {"time": time.time(), "shard_id": shard_id, "url": r.info.url, "pool": r.info.model}
+                self.events.append({**event, "breaker": state, "reason": r.breaker.reason})
+                log.warning("shard %s (%s): breaker %s %s", shard_id, r.info.url, state, r.breaker.reason)
+            self._breaker_seen[shard_id] = state
 
     # -- control loop ---------------------------------------------------------------------------
     def tick(self) -> None:
@@ -62,18 +91,43 @@ class Coordinator:
             if decision is not None:
                 self.metrics.desired.labels(model).set(decision.replicas)
             self.metrics.replicas.labels(model).set(sum(1 for r in controller.stage0(now) if not r.spare))
+        self._note_breakers(now)
         self.metrics.shards.clear()
         for r in self.registry.records.values():
             state = "draining" if r.draining else "spare" if r.spare else r.breaker.tick(now).value
             self.metrics.shards.labels(r.info.model, r.info.stage, state).inc()
 
-    async def run(self) -> None:
-        while True:
+    async def probe(self, http: aiohttp.ClientSession) -> None:
+        """Probe ``/healthz`` of shards whose heartbeat is late; each failed probe counts as a failure."""
+        now = self.clock()
+        late = [
+            r
+            for r in self.registry.records.values()
+            if now - r.breaker.last_heartbeat > PROBE_AFTER_S and r.breaker.tick(now) is not BreakerState.OPEN
+        ]
+
+        async def one(record: ShardRecord) -> None:
+            url = record.info.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
             try:
-                self.tick()
-            except Exception:  # one bad period must not stop the control loop
-                log.exception("coordinator tick failed")
-            await asyncio.sleep(self.config.decision_period_s)  # the decision period
+                async with http.get(f"{url}/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+                pass
+            record.breaker.failure(self.clock(), "health probe failed")
+
+        await asyncio.gather(*(one(r) for r in late))
+
+    async def run(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=min(0.5, self.config.decision_period_s))
+        async with aiohttp.ClientSession(timeout=timeout) as http:
+            while True:
+                try:
+                    self.tick()
+                    await self.probe(http)
+                except Exception:  # one bad period must not stop the control loop
+                    log.exception("coordinator tick failed")
+                await asyncio.sleep(self.config.decision_period_s)  # the decision period
 
     def start(self) -> None:
         self._loop_task = asyncio.get_running_loop().create_task(self.run())
@@ -104,6 +158,8 @@ class Coordinator:
         request = RouteRequest(pool=model, zone=params.get("zone"), region=params.get("region"))
         ordered = route(self.registry.views(model, stage, now), request, self.rng)
         self.metrics.routes.labels(model, "ok" if ordered else "none").inc()
+        if ordered and stage == "enc_a":  # the stream will most likely land on the first candidate
+            self.registry.records[ordered[0].shard_id].routed += 1
         return {
             "pool": model,
             "stage": stage,
@@ -144,7 +200,7 @@ class Coordinator:
                     ],
                 }
             )
-        return {"pools": out}
+        return {"pools": out, "events": list(self.events)[-50:]}
 
     def check_admin(self, request: web.Request) -> None:
         header = request.headers.get("Authorization", "")
