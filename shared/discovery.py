@@ -12,12 +12,13 @@ SERVICE_TYPE = "_splitasr._tcp.local."
 
 
 class Advertiser:
-    """Advertise a coordinator at ``host:port`` until closed."""
+    """Advertise a coordinator at ``host:port`` from an event loop: ``await start()`` … ``await close()``."""
 
     def __init__(self, host: str, port: int, name: str = "splitasr-coordinator"):
-        from zeroconf import ServiceInfo, Zeroconf
+        from zeroconf import ServiceInfo
+        from zeroconf.asyncio import AsyncZeroconf
 
-        self._zc = Zeroconf(interfaces=[host])
+        self._zc = AsyncZeroconf(interfaces=[host])
         self.info = ServiceInfo(
             SERVICE_TYPE,
             f"{name}.{SERVICE_TYPE}",
@@ -26,12 +27,14 @@ class Advertiser:
             properties={"path": "/v1/route", "scheme": "http"},
             server=f"{name}.local.",
         )
-        self._zc.register_service(self.info)
-        log.info("advertising %s at %s:%d", SERVICE_TYPE, host, port)
 
-    def close(self) -> None:
-        self._zc.unregister_service(self.info)
-        self._zc.close()
+    async def start(self) -> None:
+        await self._zc.async_register_service(self.info)
+        log.info("advertising %s at %s", SERVICE_TYPE, self.info.parsed_addresses()[0])
+
+    async def close(self) -> None:
+        await self._zc.async_unregister_service(self.info)
+        await self._zc.async_close()
 
 
 def discover(timeout_s: float = 5.0, interface: str | None = None) -> str | None:

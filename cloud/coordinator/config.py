@@ -53,6 +53,10 @@ class ClusterConfig:
             raise ConfigError("a cluster needs at least one pool")
         if len(set(models)) != len(models):
             raise ConfigError(f"one pool per model, got {models}")
+        if self.zeroconf and self.host in ("", "0.0.0.0", "::"):
+            raise ConfigError("zeroconf advertises the coordinator's address: give --host a concrete LAN address")
+        if self.decision_period_s <= 0:
+            raise ConfigError(f"decision_period_s must be positive, got {self.decision_period_s}")
 
     def pool_for(self, language: str | None) -> PoolConfig | None:
         """The pool serving ``language``: an explicit language match first, then a '*' pool."""

@@ -45,6 +45,7 @@ async def run_coordinator(
             from splitasr.shared.discovery import Advertiser
 
             advertiser = Advertiser(host, port)
+            await advertiser.start()
         log.info("coordinator at %s; starting pools %s", url, ", ".join(coordinator.controllers))
         starting = asyncio.gather(*(c.start_chain() for c in coordinator.controllers.values()))
         done, _ = await asyncio.wait({starting, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
@@ -61,6 +62,6 @@ async def run_coordinator(
             starting.cancel()
     finally:
         if advertiser is not None:
-            advertiser.close()
+            await advertiser.close()
         await coordinator.close()
         await runner.cleanup()
