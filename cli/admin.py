@@ -75,7 +75,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(
             f"pool {pool['model']} ({', '.join(pool['languages'])}): {pool['replicas']} replicas "
             f"(desired {pool['desired']}, spares {pool['spares']}, starting {pool['starting']}), "
-            f"{pool['sessions']} sessions, FINAL p50 {pool['final_p50_ms']} ms p99 {pool['final_p99_ms']} ms, "
+            f"{pool['sessions']} sessions, FINAL p50/p95/p99 "
+            f"{pool['final_p50_ms']}/{pool['final_p95_ms']}/{pool['final_p99_ms']} ms, "
             f"queue {pool['queue_delay_ms']} ms, cold start {pool['cold_start_s']} s"
         )
         for s in pool["shards"]:

@@ -68,6 +68,18 @@ def test_scale_in_only_after_the_stabilisation_window():
     assert any(r <= 2 for t, r, _ in timeline if t >= 100 + 300 + 61)
 
 
+def test_no_scale_in_while_new_replicas_are_still_starting():
+    config = AutoscalerConfig(target_sessions_per_replica=2, predictive=False, stable_window_s=10, panic_window_s=2)
+    history = [Sample(t, 1, 0.0, 0, 1) for t in range(5)] + [Sample(5, 6, 0.0, 0, 1)]
+    first = decide(config, history, 5)
+    assert first.replicas == 3 and first.panic
+    # a period later the new replicas are not ready yet (replicas still 1) and the stable window
+    # alone would ask for 2: that is a scale-in from the decided 3 and must be held
+    history.append(Sample(6, 4, 0.0, 0, 1))
+    second = decide(config, history, 6, [first])
+    assert second.replicas == 3, second
+
+
 def test_queue_delay_above_target_scales_out():
     config = AutoscalerConfig(target_sessions_per_replica=100, predictive=False)
     timeline = simulate(config, lambda t: 4, 20, replicas=2, delay_at=lambda t, r: 0.6 if t >= 10 else 0.0)

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
+from tests.browser import cells, render
 from tests.cluster import CoordinatorProcess, EdgeStreams, stream_base, wait_until
 
 pytestmark = pytest.mark.integration
@@ -130,6 +133,38 @@ def test_drained_shard_exits_with_no_lost_utterances(cluster, edges):
     assert moved and all(len(r.shards) >= 2 for r in moved)  # sessions on it went elsewhere
     log = next((cluster.workdir / "shards").glob(f"{victim['shard_id']}.log")).read_text()
     assert "draining" in log
+
+
+def test_cli_status_scale_and_the_admin_token(cluster):
+    status = cluster.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert all(s["shard_id"] in status.stdout for s in cluster.pool()["shards"])
+    env = {k: v for k, v in os.environ.items() if k != "SPLITASR_ADMIN_TOKEN"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "splitasr.cli", "scale", "tiny.en", "3", "--coordinator", cluster.url],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert refused.returncode != 0 and "admin token" in refused.stderr
+    wrong = cluster.cli("scale", "tiny.en", "3", "--token", "not-the-token")
+    assert wrong.returncode != 0 and "401" in wrong.stderr
+    pinned = cluster.cli("scale", "tiny.en", "3")
+    assert pinned.returncode == 0 and "pinned to 3" in pinned.stdout, pinned.stderr
+    wait_until(lambda: len(routed(cluster)) == 3, 60, "3 routed stage-0 replicas")
+    assert cluster.pool()["decisions"][-1]["reason"] == "pinned to 3"
+    unknown = cluster.cli("scale", "no-such-pool", "2")
+    assert unknown.returncode != 0 and "no pool" in unknown.stderr
+    assert cluster.cli("scale", "tiny.en", "auto").returncode == 0
+
+
+def test_dashboard_shows_the_live_cluster(cluster):
+    pool = cluster.pool()
+    dom = render(f"{cluster.url}/ui")
+    assert cells(dom, "replicas") == [str(pool["replicas"])]
+    assert sorted(cells(dom, "shard")) == sorted(s["shard_id"] for s in pool["shards"])
+    assert pool["scaling"] and pool["scaling"][-1]["reason"] in cells(dom, "reason")
 
 
 LOCALITY = {

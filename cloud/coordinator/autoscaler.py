@@ -133,11 +133,13 @@ def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past
         if ahead > wanted:
             wanted, reason = ahead, f"predictive {ahead} > reactive {wanted}"
     recommended = wanted
-    if wanted < current:
+    # replicas still starting are not in ``current`` yet: asking for fewer than last time is a scale-in too
+    baseline = max(current, past[-1].replicas if past else 0)
+    if wanted < baseline:
         # scale in only if no recommendation in the stabilisation window asked for more
         held = max((d.recommended for d in past if now - config.scale_in_stabilization_s < d.t < now), default=0)
         if held > wanted or panic:
-            wanted, reason = min(current, max(held, wanted)), f"scale-in held ({reason})"
+            wanted, reason = min(baseline, max(held, wanted)), f"scale-in held ({reason})"
     replicas = min(max(wanted, config.min_replicas), config.max_replicas)
     return Decision(
         t=now, replicas=replicas, warm_spares=config.warm_spares, reason=reason, panic=panic, recommended=recommended

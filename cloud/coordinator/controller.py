@@ -30,6 +30,7 @@ class PoolController:
         self.backend = backend
         self.history: deque[Sample] = deque(maxlen=3600)
         self.decisions: deque[Decision] = deque(maxlen=600)
+        self.changes: deque[Decision] = deque(maxlen=100)  # decisions that changed the replica count
         self.pinned: int | None = None  # `splitasr scale POOL N`
         self.starting = 0
         self.cold_starts: list[float] = []
@@ -109,6 +110,7 @@ class PoolController:
         previous = self.decisions[-1] if self.decisions else None
         self.decisions.append(decision)
         if previous is None or previous.replicas != decision.replicas:
+            self.changes.append(decision)
             log.info("pool %s: %d replicas (%s)", self.pool.model, decision.replicas, decision.reason)
         self.apply(decision, now)
         return decision

@@ -19,31 +19,39 @@ DASHBOARD_HTML = """<!doctype html>
 <div id="pools"></div>
 <script>
 function cell(v) { return v === null || v === undefined ? "–" : v; }
+function clock(t) { return new Date(t * 1000).toLocaleTimeString(); }
 function esc(s) { return String(s).replace(/[&<>"]/g, c => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"}[c])); }
 function render(data) {
   let html = "";
   for (const p of data.pools) {
     html += `<h2 class="pool" data-model="${esc(p.model)}">${esc(p.model)} <small>(${esc(p.languages.join(", "))})</small></h2>`;
     html += `<table class="summary"><tr><th>replicas</th><th>desired</th><th>spares</th><th>starting</th>` +
-      `<th>sessions</th><th>queue delay ms</th><th>FINAL p50 ms</th><th>FINAL p99 ms</th><th>cold start s</th></tr>` +
+      `<th>sessions</th><th>queue delay ms</th><th>FINAL p50 ms</th><th>FINAL p95 ms</th><th>FINAL p99 ms</th><th>cold start s</th></tr>` +
       `<tr><td class="replicas">${p.replicas}</td><td>${cell(p.desired)}</td><td>${p.spares}</td><td>${p.starting}</td>` +
       `<td class="sessions">${p.sessions}</td><td>${p.queue_delay_ms}</td><td class="p50">${cell(p.final_p50_ms)}</td>` +
-      `<td class="p99">${cell(p.final_p99_ms)}</td><td>${p.cold_start_s}</td></tr></table>`;
+      `<td class="p95">${cell(p.final_p95_ms)}</td><td class="p99">${cell(p.final_p99_ms)}</td><td>${p.cold_start_s}</td></tr></table>`;
     html += `<table class="shards"><tr><th class="l">shard</th><th class="l">stage</th><th class="l">zone</th>` +
-      `<th class="l">state</th><th>sessions</th><th>queue ms</th><th>p50 ms</th><th>p99 ms</th><th>heartbeat age s</th></tr>`;
+      `<th class="l">state</th><th>sessions</th><th>queue ms</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>heartbeat age s</th></tr>`;
     for (const s of p.shards) {
       const state = s.draining ? "draining" : s.spare ? "spare" : s.breaker;
-      html += `<tr class="${esc(state)}"><td class="l">${esc(s.shard_id)}</td><td class="l">${esc(s.stage)}</td>` +
+      html += `<tr class="${esc(state)}"><td class="l shard">${esc(s.shard_id)}</td><td class="l">${esc(s.stage)}</td>` +
         `<td class="l">${esc(s.zone)}</td><td class="l state">${esc(state)}</td><td>${s.sessions}</td>` +
         `<td>${(s.queue_delay_s * 1000).toFixed(1)}</td><td>${s.final_p50_ms.toFixed(0)}</td>` +
-        `<td>${s.final_p99_ms.toFixed(0)}</td><td>${s.heartbeat_age_s.toFixed(1)}</td></tr>`;
+        `<td>${s.final_p95_ms.toFixed(0)}</td><td>${s.final_p99_ms.toFixed(0)}</td><td>${s.heartbeat_age_s.toFixed(1)}</td></tr>`;
     }
-    html += `</table><table class="decisions"><tr><th>t</th><th>replicas</th><th class="l">reason</th></tr>`;
-    for (const d of p.decisions.slice(-8).reverse()) {
-      html += `<tr><td>${d.t}</td><td>${d.replicas}</td><td class="l">${esc(d.reason)}</td></tr>`;
+    const now = p.decisions.length ? p.decisions[p.decisions.length - 1] : null;
+    html += `</table><p class="current">autoscaler now: ${now ? now.replicas + " replicas (" + esc(now.reason) + ")" : "–"}</p>`;
+    html += `<table class="scaling"><tr><th class="l">time</th><th>replicas</th><th class="l">reason</th></tr>`;
+    for (const d of p.scaling.slice(-10).reverse()) {
+      html += `<tr><td class="l">${clock(d.time)}</td><td class="to">${d.replicas}</td><td class="l reason">${esc(d.reason)}</td></tr>`;
     }
     html += `</table>`;
   }
+  html += `<h2>breaker events</h2><table class="events"><tr><th class="l">time</th><th class="l">shard</th><th class="l">breaker</th><th class="l">reason</th></tr>`;
+  for (const e of data.events.slice(-10).reverse()) {
+    html += `<tr><td class="l">${clock(e.time)}</td><td class="l">${esc(e.shard_id)}</td><td class="l">${esc(e.breaker)}</td><td class="l">${esc(e.reason)}</td></tr>`;
+  }
+  html += `</table>`;
   document.getElementById("pools").innerHTML = html;
   document.getElementById("status").textContent = "updated " + new Date().toLocaleTimeString();
 }

@@ -50,6 +50,7 @@ class ShardLoad:
     queue_delay_s: float = 0.0
     sessions: int = 0
     final_p50_ms: float = 0.0
+    final_p95_ms: float = 0.0
     final_p99_ms: float = 0.0
     sessions_started: int = 0  # cumulative, for arrival rates
     overload_level: int = 0

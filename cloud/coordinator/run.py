@@ -51,6 +51,7 @@ async def run_coordinator(
         done, _ = await asyncio.wait({starting, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
         if starting in done:
             starting.result()
+            await coordinator.wait_registered({h.shard_id for h in backend.list()}, timeout_s=30)
             coordinator.start()
             if ready_file:
                 tmp = Path(ready_file).with_suffix(".tmp")

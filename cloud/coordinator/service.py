@@ -18,6 +18,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
 
+from splitasr.cloud.coordinator.autoscaler import Decision
 from splitasr.cloud.coordinator.backend import Backend
 from splitasr.cloud.coordinator.breaker import BreakerConfig, BreakerState
 from splitasr.cloud.coordinator.config import ClusterConfig
@@ -58,6 +59,7 @@ class Coordinator:
         self.rng = random.Random()
         self.events: deque[dict] = deque(maxlen=200)  # breaker changes, for status and the dashboard
         self._breaker_seen: dict[str, str] = {}
+        self._registered = asyncio.Event()  # set at every registration
         self._loop_task: asyncio.Task | None = None
 
     def attach(self, backend: Backend) -> None:
@@ -66,6 +68,21 @@ class Coordinator:
         backend.on_exit = self.shard_exited
         for controller in self.controllers.values():
             controller.backend = backend
+
+    async def wait_registered(self, shard_ids: set[str], timeout_s: float) -> None:
+        """Return once every shard in ``shard_ids`` has registered (raises TimeoutError)."""
+
+        async def all_in() -> None:
+            while not shard_ids <= set(self.registry.records):
+                self._registered.clear()
+                await self._registered.wait()
+
+        await asyncio.wait_for(all_in(), timeout_s)
+
+    def register(self, info: ShardInfo) -> None:
+        self.registry.register(info, self.clock())
+        self._registered.set()
+        log.info("registered %s (%s %s, zone %s) at %s", info.shard_id, info.model, info.stage, info.zone, info.url)
 
     def shard_exited(self, shard_id: str, code: int) -> None:
         record = self.registry.records.get(shard_id)
@@ -176,8 +193,10 @@ class Coordinator:
             shards = self.registry.shards(model)
             stage0 = [r for r in shards if r.info.stage == "enc_a" and not r.draining]
             p50s = [r.load.final_p50_ms for r in stage0 if r.load.final_p50_ms]
+            p95s = [r.load.final_p95_ms for r in stage0 if r.load.final_p95_ms]
             p99s = [r.load.final_p99_ms for r in stage0 if r.load.final_p99_ms]
             decisions = list(c.decisions)[-20:]
+            wall = time.time() - now  # decision times are on the coordinator's clock; show wall time
             out.append(
                 {
                     "model": model,
@@ -190,14 +209,13 @@ class Coordinator:
                     "sessions": sum(r.load.sessions for r in stage0),
                     "queue_delay_ms": round(max((r.load.queue_delay_s for r in stage0), default=0.0) * 1000, 1),
                     "final_p50_ms": round(sum(p50s) / len(p50s), 1) if p50s else None,
+                    "final_p95_ms": round(max(p95s), 1) if p95s else None,
                     "final_p99_ms": round(max(p99s), 1) if p99s else None,
                     "cold_start_s": round(c.config.cold_start_s, 2),
                     "measured_cold_starts_s": [round(x, 2) for x in c.cold_starts[-10:]],
                     "shards": [r.to_dict(now) for r in shards],
-                    "decisions": [
-                        {"t": round(d.t, 1), "replicas": d.replicas, "reason": d.reason, "panic": d.panic}
-                        for d in decisions
-                    ],
+                    "decisions": [_decision(d, wall) for d in decisions],
+                    "scaling": [_decision(d, wall) for d in list(c.changes)[-20:]],
                 }
             )
         return {"pools": out, "events": list(self.events)[-50:]}
@@ -207,6 +225,10 @@ class Coordinator:
         token = header[7:] if header.startswith("Bearer ") else ""
         if not token or not secrets.compare_digest(token, self.config.admin_token):
             raise web.HTTPUnauthorized(text='{"error": "admin token required"}', content_type="application/json")
+
+
+def _decision(d: Decision, wall_offset: float) -> dict:
+    return {"time": round(d.t + wall_offset, 3), "replicas": d.replicas, "reason": d.reason, "panic": d.panic}
 
 
 COORDINATOR = web.AppKey("coordinator", Coordinator)
@@ -232,8 +254,7 @@ async def register(request: web.Request) -> web.Response:
         info = ShardInfo.from_dict(await _json_body(request))
     except (ConfigError, TypeError) as exc:
         return _error(400, str(exc))
-    c.registry.register(info, c.clock())
-    log.info("registered %s (%s %s, zone %s) at %s", info.shard_id, info.model, info.stage, info.zone, info.url)
+    c.register(info)
     return web.json_response({"ok": True, "heartbeat_s": 1.0})
 
 

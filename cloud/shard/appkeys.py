@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 
 from aiohttp import web
 
@@ -15,6 +16,7 @@ METRICS = web.AppKey("metrics", ShardMetrics)
 WORKER = web.AppKey("worker", StageWorker)
 STAGE0 = web.AppKey("stage0", Stage0)
 READY = web.AppKey("ready", asyncio.Event)
+SOCKETS = web.AppKey("sockets", weakref.WeakSet)  # open websockets, closed on shutdown
 
 
 def is_ready(app: web.Application) -> bool:

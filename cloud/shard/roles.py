@@ -256,6 +256,7 @@ class Stage0:
             "queue_delay_s": self.overload.window.estimate(now),
             "sessions": self.active_sessions,
             "final_p50_ms": pick(0.5),
+            "final_p95_ms": pick(0.95),
             "final_p99_ms": pick(0.99),
             "sessions_started": self.sessions_started,
             "overload_level": self.overload.update(now),

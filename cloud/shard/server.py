@@ -9,13 +9,14 @@ import os
 import signal
 import time
 import uuid
+import weakref
 from pathlib import Path
 
 import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from splitasr.cloud.shard.appkeys import CONFIG, METRICS, READY, STAGE0, WORKER, is_ready
+from splitasr.cloud.shard.appkeys import CONFIG, METRICS, READY, SOCKETS, STAGE0, WORKER, is_ready
 from splitasr.cloud.shard.config import NEXT_ROLE, ShardConfig
 from splitasr.cloud.shard.metrics import ShardMetrics
 from splitasr.cloud.shard.registration import CoordinatorLink
@@ -64,6 +65,7 @@ async def stage_handler(request: web.Request) -> web.WebSocketResponse:
         raise web.HTTPServiceUnavailable(text="shard not ready")
     ws = web.WebSocketResponse(max_msg_size=p.MAX_STAGE_FRAME_BYTES, heartbeat=20)
     await ws.prepare(request)
+    request.app[SOCKETS].add(ws)
     worker, lock, tasks = request.app[WORKER], asyncio.Lock(), set()
     try:
         async for msg in ws:
@@ -121,7 +123,9 @@ def create_app(config: ShardConfig) -> web.Application:
     app[CONFIG] = config
     app[METRICS] = ShardMetrics(config.model, config.role)
     app[READY] = asyncio.Event()
+    app[SOCKETS] = weakref.WeakSet()
     app.cleanup_ctx.append(_load)
+    app.on_shutdown.append(_close_sockets)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
@@ -129,6 +133,12 @@ def create_app(config: ShardConfig) -> web.Application:
     if config.role == "enc_a":
         app.router.add_get("/v1/stream", stream_handler)
     return app
+
+
+async def _close_sockets(app: web.Application) -> None:
+    """On shutdown, close open websockets (edges reconnect elsewhere); otherwise cleanup waits on them."""
+    for ws in list(app[SOCKETS]):
+        await ws.close(code=aiohttp.WSCloseCode.GOING_AWAY, message=b"shard stopping")
 
 
 def _write_ready_file(path: str, payload: dict) -> None:

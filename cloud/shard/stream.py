@@ -10,7 +10,7 @@ import uuid
 import aiohttp
 from aiohttp import web
 
-from splitasr.cloud.shard.appkeys import CONFIG, METRICS, STAGE0, is_ready
+from splitasr.cloud.shard.appkeys import CONFIG, METRICS, SOCKETS, STAGE0, is_ready
 from splitasr.cloud.shard.overload import partial_interval
 from splitasr.cloud.shard.roles import Stage0
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
@@ -251,6 +251,7 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(max_msg_size=4 * p.MAX_FRAME_BYTES, heartbeat=20)
     await ws.prepare(request)
     app = request.app
+    app[SOCKETS].add(ws)
     conn = Connection(ws, app[STAGE0], app[CONFIG], app[METRICS], app[STAGE0].worker.artifacts.version)
     try:
         async for msg in ws:
