@@ -73,9 +73,9 @@ def test_no_scale_in_while_new_replicas_are_still_starting():
     history = [Sample(t, 1, 0.0, 0, 1) for t in range(5)] + [Sample(5, 6, 0.0, 0, 1)]
     first = decide(config, history, 5)
     assert first.replicas == 3 and first.panic
-    # a period later the new replicas are not ready yet (replicas still 1) and the stable window
-    # alone would ask for 2: that is a scale-in from the decided 3 and must be held
-    history.append(Sample(6, 4, 0.0, 0, 1))
+    # a period later the new replicas are not ready yet (replicas still 1) and the load dipped: the
+    # stable window alone asks for 1, which is a scale-in from the decided 3 and must be held
+    history.append(Sample(6, 1, 0.0, 0, 1))
     second = decide(config, history, 6, [first])
     assert second.replicas == 3, second
 
