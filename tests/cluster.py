@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from splitasr.cloud.coordinator import launch
 from splitasr.edge.agent import AgentOptions, AgentReport, EdgeAgent
 from splitasr.edge.audio_in import file_source
 
@@ -36,46 +32,14 @@ def wait_until(check: Callable[[], Any], timeout_s: float, what: str, every_s: f
         time.sleep(every_s)  # polling an external process's state
 
 
-class CoordinatorProcess:
-    """``splitasr up --config`` as a child process, with its shards; stops all of them by pid."""
+class CoordinatorProcess(launch.CoordinatorProcess):
+    """The library's ``splitasr up`` child process, with the admin token the tests use and helpers."""
 
     def __init__(self, workdir: Path, config: dict):
-        self.workdir = workdir
-        self.config = config
-        self.proc: subprocess.Popen | None = None
-        self.url = ""
-        self.shard_pids: set[int] = set()
-
-    def __enter__(self) -> CoordinatorProcess:
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        config_file = self.workdir / "cluster.yaml"
-        config_file.write_text(yaml.safe_dump({"port": 0, "admin_token": ADMIN_TOKEN, **self.config}))
-        ready = self.workdir / "ready.json"
-        cmd = [sys.executable, "-m", "splitasr.cli", "--log-level", "INFO", "up", "--config", str(config_file)]
-        cmd += ["--ready-file", str(ready), "--workdir", str(self.workdir / "shards")]
-        log = (self.workdir / "coordinator.log").open("wb")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        try:
-            wait_until(lambda: ready.exists() or self.proc.poll() is not None, 240, "the cluster to be ready")
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"splitasr up exited: {self.log_tail()}")
-            self.url = json.loads(ready.read_text())["url"]
-        except BaseException:
-            self.__exit__(None, None, None)
-            raise
-        return self
-
-    def log_tail(self, chars: int = 3000) -> str:
-        return (self.workdir / "coordinator.log").read_text(errors="replace")[-chars:]
-
-    def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
-            return json.loads(resp.read())
+        super().__init__(config, workdir, admin_token=ADMIN_TOKEN, ready_timeout_s=240)
 
     def pool(self, model: str = "tiny.en") -> dict:
-        pool = next(p for p in self.get("/v1/pools")["pools"] if p["model"] == model)
-        self.shard_pids |= {s["pid"] for s in pool["shards"] if s.get("pid")}
-        return pool
+        return next(p for p in self.get("/v1/pools")["pools"] if p["model"] == model)
 
     def stage0(self, model: str = "tiny.en") -> list[dict]:
         return [s for s in self.pool(model)["shards"] if s["stage"] == "enc_a"]
@@ -84,27 +48,6 @@ class CoordinatorProcess:
         env = {**os.environ, "SPLITASR_ADMIN_TOKEN": ADMIN_TOKEN}
         cmd = [sys.executable, "-m", "splitasr.cli", *args, "--coordinator", self.url]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
-
-    def __exit__(self, *exc) -> None:
-        if self.proc is None:
-            return
-        if self.url:
-            try:
-                self.pool()
-            except OSError:
-                pass
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        for pid in self.shard_pids:  # the coordinator stops its shards; make sure of it
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
 
 class EdgeStreams:
