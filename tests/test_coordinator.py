@@ -6,6 +6,7 @@ ask its ``/v1/route`` and stream the shipped clips in real time.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -191,3 +192,18 @@ def test_edges_get_their_zone_while_it_has_room_then_spill(tmp_path, tiny_artifa
         reports = finish([*first, spill, local_b])
     zones = [zone_of[stream_base(r.shards[0])] for r in reports]
     assert zones == ["a", "a", "b", "b"], zones
+
+
+def test_demo_runs_through_the_coordinator(tmp_path, tiny_artifacts):
+    manifest = tmp_path / "manifest.jsonl"
+    entries = [json.loads(line) for line in (SAMPLES / "manifest.jsonl").read_text().splitlines()]
+    short = [{**e, "file": str(SAMPLES / e["file"])} for e in entries if e["language"] == "en"][:3]
+    manifest.write_text("".join(json.dumps(e) + "\n" for e in short))
+    cmd = [sys.executable, "-m", "splitasr.cli", "demo", "--models", "tiny.en", "--manifest", str(manifest)]
+    cmd += ["--no-realtime", "--stagger-s", "0.1", "--workdir", str(tmp_path / "cluster")]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dashboard http://127.0.0.1:" in done.stdout
+    assert "pool tiny.en: replicas over time: 1 (" in done.stdout
+    wer = float(done.stdout.split("WER en: ")[1].split("%")[0])
+    assert wer < 10.0, done.stdout
