@@ -1,10 +1,13 @@
-"""Shared fixtures: the shipped samples and cached ONNX stages of the real models."""
+"""Shared fixtures: the shipped samples, cached ONNX stages of the real models, a coordinator server."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 
 from splitasr.models.sources import is_installed
 from splitasr.shared.wer import read_manifest
@@ -48,3 +51,21 @@ def base_recognizer(base_artifacts):
     from splitasr.cloud.shard.runtime import RuntimeOptions
 
     return Recognizer(base_artifacts, RuntimeOptions(threads=2))
+
+
+@pytest.fixture
+def coordinator_url():
+    """A coordinator HTTP server (no backend) on a loopback port, served from a background thread."""
+    from splitasr.cloud.coordinator.config import ClusterConfig
+    from splitasr.cloud.coordinator.service import Coordinator, create_app
+
+    loop = asyncio.new_event_loop()
+    runner = web.AppRunner(create_app(Coordinator(ClusterConfig(admin_token="test-admin-token"), backend=None)))
+    loop.run_until_complete(runner.setup())
+    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(10)

@@ -2,17 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import threading
 import urllib.request
 
-import pytest
-from aiohttp import web
-
-from splitasr.cloud.coordinator.config import ClusterConfig
-from splitasr.cloud.coordinator.service import Coordinator, create_app
 from tests.browser import cells, render
 
 SHARDS = [
@@ -33,20 +26,6 @@ SHARDS = [
         "sessions": 5,
     },
 ]
-
-
-@pytest.fixture
-def coordinator_url():
-    loop = asyncio.new_event_loop()
-    runner = web.AppRunner(create_app(Coordinator(ClusterConfig(admin_token="t"), backend=None)))
-    loop.run_until_complete(runner.setup())
-    loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", 0).start())
-    thread = threading.Thread(target=loop.run_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{runner.addresses[0][1]}"
-    asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
-    loop.call_soon_threadsafe(loop.stop)
-    thread.join(10)
 
 
 def post(url: str, body: dict) -> dict:
