@@ -78,3 +78,44 @@ def test_example_config_loads_and_bad_configs_are_explained(tmp_path, monkeypatc
         path.write_text(text)
         with pytest.raises(ConfigError, match=message):
             load_config(path)
+
+
+def test_late_shard_that_fails_its_health_probe_opens_its_breaker():
+    import asyncio
+    import socket
+
+    import aiohttp
+    from aiohttp import web
+
+    from splitasr.cloud.coordinator.config import ClusterConfig
+    from splitasr.cloud.coordinator.registry import ShardInfo
+    from splitasr.cloud.coordinator.service import Coordinator
+
+    async def main():
+        async def healthz(request: web.Request) -> web.Response:
+            return web.json_response({"status": "ok"})
+
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        alive_port = runner.addresses[0][1]
+        with socket.socket() as s:  # a port nobody listens on
+            s.bind(("127.0.0.1", 0))
+            dead_port = s.getsockname()[1]
+        now = [100.0]
+        c = Coordinator(ClusterConfig(admin_token="t"), backend=None, clock=lambda: now[0])
+        for name, port in (("alive", alive_port), ("dead", dead_port)):
+            c.register(ShardInfo(name, f"ws://127.0.0.1:{port}", "tiny.en", "enc_a"))
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            await c.probe(http)  # heartbeats are fresh: nobody is probed
+            assert all(r.breaker.state.value == "closed" for r in c.registry.records.values())
+            now[0] += 1.6  # heartbeats late, not yet the 2 s silence
+            await c.probe(http)
+        await runner.cleanup()
+        states = {sid: r.breaker.state.value for sid, r in c.registry.records.items()}
+        assert states == {"alive": "closed", "dead": "open"}
+        assert "health probe failed" in c.registry.records["dead"].breaker.reason
+
+    asyncio.run(main())

@@ -92,13 +92,14 @@ class Coordinator:
 
     def _note_breakers(self, now: float) -> None:
         """Record every breaker state change since the last look as an event (wall-clock time)."""
+        seen = {}
         for shard_id, r in self.registry.records.items():
-            state = r.breaker.tick(now).value
+            seen[shard_id] = state = r.breaker.tick(now).value
             if self._breaker_seen.get(shard_id, "closed") != state:
                 event = {"time": time.time(), "shard_id": shard_id, "url": r.info.url, "pool": r.info.model}
                 self.events.append({**event, "breaker": state, "reason": r.breaker.reason})
                 log.warning("shard %s (%s): breaker %s %s", shard_id, r.info.url, state, r.breaker.reason)
-            self._breaker_seen[shard_id] = state
+        self._breaker_seen = seen
 
     # -- control loop ---------------------------------------------------------------------------
     def tick(self) -> None:
@@ -115,7 +116,8 @@ class Coordinator:
             self.metrics.shards.labels(r.info.model, r.info.stage, state).inc()
 
     async def probe(self, http: aiohttp.ClientSession) -> None:
-        """Probe ``/healthz`` of shards whose heartbeat is late; each failed probe counts as a failure."""
+        """Probe ``/healthz`` of shards whose heartbeat is late: late and not answering opens the breaker
+        (before the heartbeat timeout would)."""
         now = self.clock()
         late = [
             r
@@ -131,7 +133,7 @@ class Coordinator:
                         return
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
                 pass
-            record.breaker.failure(self.clock(), "health probe failed")
+            record.breaker.trip(self.clock(), "heartbeat late and health probe failed")
 
         await asyncio.gather(*(one(r) for r in late))
 
