@@ -106,6 +106,7 @@ def test_killed_shard_opens_its_breaker_within_2s_and_new_streams_avoid_it(clust
         return next((e for e in events if e["url"] == victim["url"] and e["breaker"] == "open"), None)
 
     event = wait_until(opened, 10, "the killed shard's breaker to open")
+    print(f"breaker opened {event['time'] - killed_at:.3f} s after SIGKILL ({event['reason']})")  # for -s runs
     assert event["time"] - killed_at <= 2.0, event
     after = finish([edges.start(SHORT, cluster.url, device_id=f"after-kill-{i}") for i in range(3)])
     assert all(stream_base(r.shards[0]) != stream_base(victim["url"]) for r in after)
@@ -161,8 +162,16 @@ def test_cli_status_scale_and_the_admin_token(cluster):
 
 
 def test_dashboard_shows_the_live_cluster(cluster):
+    def snapshot() -> tuple:
+        pool = cluster.pool()
+        return pool["replicas"], sorted(s["shard_id"] for s in pool["shards"]), len(pool["scaling"])
+
+    for _ in range(10):  # the autoscaler may be changing the pool: compare a page rendered while it held still
+        before = snapshot()
+        dom = render(f"{cluster.url}/ui")
+        if snapshot() == before:
+            break
     pool = cluster.pool()
-    dom = render(f"{cluster.url}/ui")
     assert cells(dom, "replicas") == [str(pool["replicas"])]
     assert sorted(cells(dom, "shard")) == sorted(s["shard_id"] for s in pool["shards"])
     assert pool["scaling"] and pool["scaling"][-1]["reason"] in cells(dom, "reason")
