@@ -43,7 +43,9 @@ def test_overload_admits_up_to_capacity_and_refuses_the_rest(tmp_path, manifest,
         async def one(i: int):
             options = AgentOptions(shards=(stage0.url,), language="en", max_reconnects=2, reconnect_max_s=0.2)
             try:
-                return await EdgeAgent(options).run(file_source(clips[i % len(clips)], realtime=False))
+                # real time: admitted sessions stay open (~6 s) while the refused ones use up their retries;
+                # streamed as fast as possible one could end first and free a place for a retry
+                return await EdgeAgent(options).run(file_source(clips[i % len(clips)], realtime=True))
             except SessionRejectedError as exc:
                 return exc
 
