@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -13,13 +12,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitasr.shared.errors import ConfigError, SplitASRError
+from splitasr.cloud.processes import ShardSpec, ready_info, shard_command
+from splitasr.shared.errors import ConfigError, ProcessStartError
 
 log = logging.getLogger(__name__)
-
-
-class ShardStartError(SplitASRError):
-    """A shard process exited or did not become ready in time."""
 
 
 @dataclass
@@ -68,27 +64,15 @@ class LocalCluster:
         name = f"{chain.model}-{role}-{index}"
         ready = self.workdir / f"{name}.ready.json"
         log_path = self.workdir / f"{name}.log"
-        cmd = [
-            sys.executable,
-            "-m",
-            "splitasr.cli",
-            "--log-level",
-            "INFO",
-            "shard",
-            "--model",
+        spec = ShardSpec(
             chain.model,
-            "--stage",
             role,
-            "--threads",
-            str(chain.threads),
-            "--ready-file",
-            str(ready),
-        ]
-        if chain.int8:
-            cmd.append("--int8")
-        cmd += list(chain.shard_args)
-        for url in next_urls:
-            cmd += ["--next", url]
+            threads=chain.threads,
+            int8=chain.int8,
+            next_urls=tuple(next_urls),
+            extra_args=chain.shard_args,
+        )
+        cmd = shard_command(spec, ready)
         with log_path.open("wb") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         shard = ShardProcess(chain.model, role, proc, ready, log_path)
@@ -98,14 +82,12 @@ class LocalCluster:
     def _wait_ready(self, shards: list[ShardProcess]) -> None:
         deadline = time.monotonic() + self.ready_timeout_s
         for shard in shards:
-            while not shard.ready_file.exists():
-                if shard.proc.poll() is not None:
-                    tail = shard.log_file.read_text(errors="replace")[-2000:]
-                    raise ShardStartError(f"{shard.model} {shard.role} shard exited ({shard.proc.returncode}):\n{tail}")
+            what = f"{shard.model} {shard.role} shard"
+            while (info := ready_info(shard.proc, shard.ready_file, shard.log_file, what)) is None:
                 if time.monotonic() > deadline:
-                    raise ShardStartError(f"{shard.model} {shard.role} shard not ready after {self.ready_timeout_s} s")
+                    raise ProcessStartError(f"{what} not ready after {self.ready_timeout_s} s")
                 time.sleep(0.05)  # polling a ready file written by another process
-            shard.info = json.loads(shard.ready_file.read_text())
+            shard.info = info
 
     def start(self) -> LocalCluster:
         """Start decoder, then encoder B, then stage-0 replicas of every chain; wait until all are ready."""

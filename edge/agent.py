@@ -177,7 +177,7 @@ class EdgeAgent:
             return []
         urls = []
         for candidate in body["candidates"]:
-            http_url = candidate["url"].replace("ws://", "http://").replace("wss://", "https://")
+            http_url = p.http_url(candidate["url"])
             started = time.monotonic()
             try:
                 async with http.get(f"{http_url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as resp:

@@ -61,6 +61,10 @@ class StageUnavailableError(SplitASRError):
     """No replica of a downstream stage answered (all failed or timed out)."""
 
 
+class ProcessStartError(SplitASRError):
+    """A local shard or coordinator process exited or was not ready in time (its log tail says why)."""
+
+
 class EdgeError(SplitASRError):
     """The edge agent could not deliver audio (no shard accepted the session, FINALs missing)."""
 

@@ -242,3 +242,11 @@ def error_frame(exc: ProtocolError, utt: int | None = None, req_id: str | None =
         req_id=req_id,
         retry_after_ms=exc.retry_after_ms,
     )
+
+
+def http_url(url: str) -> str:
+    """The http(s) address of a shard's ws(s) url, for its ``/healthz`` and ``/metrics``."""
+    for ws, http in (("ws://", "http://"), ("wss://", "https://")):
+        if url.startswith(ws):
+            return http + url[len(ws) :]
+    return url

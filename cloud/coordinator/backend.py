@@ -3,19 +3,17 @@
 :class:`Backend` is the interface the controller uses; :class:`LocalProcessBackend` (the embedded
 default) runs ``splitasr shard …`` as child processes on this machine, waits for each one's ready
 file, measures its cold start, watches for exits and restarts shards that crashed. A Ray or
-Kubernetes backend implements the same four methods.
+Kubernetes backend implements the same methods.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -23,27 +21,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from splitasr.shared.errors import SplitASRError
+from splitasr.cloud.processes import ShardSpec, ready_info, shard_command
+from splitasr.shared.errors import ProcessStartError
 
 log = logging.getLogger(__name__)
-
-
-class ShardStartError(SplitASRError):
-    """A shard process exited or did not become ready in time."""
-
-
-@dataclass(frozen=True)
-class ShardSpec:
-    """What to run: one stage of one model, where, and how."""
-
-    model: str
-    stage: str
-    zone: str = "local"
-    region: str = "local"
-    threads: int = 1
-    int8: bool = False
-    next_urls: tuple[str, ...] = ()
-    extra_args: tuple[str, ...] = ()  # more ``splitasr shard`` flags
 
 
 @dataclass
@@ -70,7 +51,7 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     async def start(self, spec: ShardSpec) -> ShardHandle:
-        """Start a shard and return once it is ready (raises :class:`ShardStartError`)."""
+        """Start a shard and return once it is ready (raises :class:`ProcessStartError`)."""
 
     @abc.abstractmethod
     async def stop(self, shard_id: str, timeout_s: float = 10.0) -> None:
@@ -84,21 +65,9 @@ class Backend(abc.ABC):
     async def close(self) -> None:
         """Stop every shard."""
 
-
-def shard_command(spec: ShardSpec, ready_file: Path, coordinator_url: str | None, shard_id: str | None) -> list[str]:
-    """The ``splitasr shard`` command line of a spec (shared by every local launcher)."""
-    cmd = [sys.executable, "-m", "splitasr.cli", "--log-level", "INFO", "shard", "--model", spec.model]
-    cmd += ["--stage", spec.stage, "--threads", str(spec.threads), "--ready-file", str(ready_file)]
-    cmd += ["--zone", spec.zone, "--region", spec.region]
-    if spec.int8:
-        cmd.append("--int8")
-    for url in spec.next_urls:
-        cmd += ["--next", url]
-    if coordinator_url:
-        cmd += ["--coordinator", coordinator_url]
-    if shard_id:
-        cmd += ["--shard-id", shard_id]
-    return cmd + list(spec.extra_args)
+    @abc.abstractmethod
+    def expect_exit(self, shard_id: str) -> None:
+        """The shard will exit by itself (it is draining): do not treat that as a crash."""
 
 
 @dataclass
@@ -148,16 +117,19 @@ class LocalProcessBackend(Backend):
         self._procs[handle.shard_id] = _Process(handle, proc, ready, log_file)
         self._ensure_watcher()
         deadline = time.monotonic() + self.ready_timeout_s
-        while not ready.exists():
-            if proc.poll() is not None:
+        while True:
+            try:
+                info = ready_info(proc, ready, log_file, f"shard {handle.shard_id}")
+            except ProcessStartError:
                 self._procs.pop(handle.shard_id, None)
-                tail = log_file.read_text(errors="replace")[-2000:]
-                raise ShardStartError(f"shard {handle.shard_id} exited ({proc.returncode}) while starting:\n{tail}")
+                raise
+            if info is not None:
+                break
             if time.monotonic() > deadline:
                 await self.stop(handle.shard_id)
-                raise ShardStartError(f"shard {handle.shard_id} not ready after {self.ready_timeout_s} s")
+                raise ProcessStartError(f"shard {handle.shard_id} not ready after {self.ready_timeout_s} s")
             await asyncio.sleep(0.02)  # polling a file another process writes
-        handle.info = json.loads(ready.read_text())
+        handle.info = info
         handle.url, handle.ready_at, handle.state = handle.info["url"], time.monotonic(), "ready"
         log.info("shard %s ready at %s in %.2f s", handle.shard_id, handle.url, handle.cold_start_s)
         return handle
@@ -179,7 +151,6 @@ class LocalProcessBackend(Backend):
         self._procs.pop(shard_id, None)
 
     def expect_exit(self, shard_id: str) -> None:
-        """The shard will exit by itself (drained): do not restart it."""
         if shard_id in self._procs:
             self._procs[shard_id].handle.state = "stopping"
 
@@ -209,7 +180,7 @@ class LocalProcessBackend(Backend):
     async def _restart(self, handle: ShardHandle) -> None:
         try:
             await self._launch(handle)
-        except ShardStartError as exc:
+        except ProcessStartError as exc:
             log.error("restart of %s failed: %s", handle.shard_id, exc)
 
     async def close(self) -> None:

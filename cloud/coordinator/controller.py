@@ -15,9 +15,10 @@ import logging
 from collections import deque
 
 from splitasr.cloud.coordinator.autoscaler import Decision, Sample, decide
-from splitasr.cloud.coordinator.backend import Backend, ShardSpec, ShardStartError
+from splitasr.cloud.coordinator.backend import Backend, ShardSpec
 from splitasr.cloud.coordinator.config import PoolConfig
 from splitasr.cloud.coordinator.registry import Registry, ShardRecord
+from splitasr.shared.errors import ProcessStartError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,7 @@ class PoolController:
                 self.cold_starts.append(handle.cold_start_s)
                 recent = self.cold_starts[-5:]
                 self.config = dataclasses.replace(self.config, cold_start_s=sum(recent) / len(recent))
-        except ShardStartError as exc:
+        except ProcessStartError as exc:
             self.start_errors.append(str(exc))
             log.error("pool %s: could not start a shard: %s", self.pool.model, exc)
         finally:
@@ -138,9 +139,7 @@ class PoolController:
         if record is None or record.draining:
             return
         record.draining = True
-        expect = getattr(self.backend, "expect_exit", None)
-        if expect is not None:
-            expect(shard_id)
+        self.backend.expect_exit(shard_id)
         log.info("pool %s: draining %s (%d sessions)", self.pool.model, shard_id, record.load.sessions)
 
     async def close(self) -> None:

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from splitasr.shared.errors import SplitASRError
+from splitasr.cloud.processes import ready_info
+from splitasr.shared.errors import ProcessStartError
 
 log = logging.getLogger(__name__)
 
@@ -55,14 +56,12 @@ class CoordinatorProcess:
         with self.log_file.open("ab") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.ready_timeout_s
-        while not ready.exists():
-            if self.proc.poll() is not None:
-                raise SplitASRError(f"splitasr up exited ({self.proc.returncode}):\n{self.log_tail()}")
+        while (info := ready_info(self.proc, ready, self.log_file, "splitasr up")) is None:
             if time.monotonic() > deadline:
                 self.stop()
-                raise SplitASRError(f"cluster not ready after {self.ready_timeout_s} s:\n{self.log_tail()}")
+                raise ProcessStartError(f"cluster not ready after {self.ready_timeout_s} s:\n{self.log_tail()}")
             time.sleep(0.05)  # polling a file another process writes
-        self.url = json.loads(ready.read_text())["url"]
+        self.url = info["url"]
         return self.url
 
     def log_tail(self, chars: int = 3000) -> str:

@@ -27,6 +27,7 @@ from splitasr.cloud.coordinator.dashboard import DASHBOARD_HTML
 from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad, ShardRecord
 from splitasr.cloud.coordinator.router import RouteRequest, route
 from splitasr.shared.errors import ConfigError
+from splitasr.shared.protocol import http_url
 
 log = logging.getLogger(__name__)
 
@@ -126,7 +127,7 @@ class Coordinator:
         ]
 
         async def one(record: ShardRecord) -> None:
-            url = record.info.url.replace("ws://", "http://", 1).replace("wss://", "https://", 1)
+            url = http_url(record.info.url)
             try:
                 async with http.get(f"{url}/healthz") as resp:
                     if resp.status == 200:

@@ -1,0 +1,59 @@
+"""Local shard processes: the ``splitasr shard`` command line of a spec, and readiness by ready file.
+
+Shared by every local launcher: the static chains of :mod:`.local_cluster`, the coordinator's
+local process backend, and :mod:`.coordinator.launch` (``splitasr up`` as a child process).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from splitasr.shared.errors import ProcessStartError
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """What to run: one stage of one model, where, and how."""
+
+    model: str
+    stage: str
+    zone: str = "local"
+    region: str = "local"
+    threads: int = 1
+    int8: bool = False
+    next_urls: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()  # more ``splitasr shard`` flags
+
+
+def shard_command(
+    spec: ShardSpec, ready_file: Path, coordinator_url: str | None = None, shard_id: str | None = None
+) -> list[str]:
+    """The ``splitasr shard`` command line of a spec."""
+    cmd = [sys.executable, "-m", "splitasr.cli", "--log-level", "INFO", "shard", "--model", spec.model]
+    cmd += ["--stage", spec.stage, "--threads", str(spec.threads), "--ready-file", str(ready_file)]
+    cmd += ["--zone", spec.zone, "--region", spec.region]
+    if spec.int8:
+        cmd.append("--int8")
+    for url in spec.next_urls:
+        cmd += ["--next", url]
+    if coordinator_url:
+        cmd += ["--coordinator", coordinator_url]
+    if shard_id:
+        cmd += ["--shard-id", shard_id]
+    return cmd + list(spec.extra_args)
+
+
+def ready_info(proc: subprocess.Popen, ready_file: Path, log_file: Path, what: str) -> dict | None:
+    """The ready file's content once ``proc`` wrote it; None while it is starting.
+
+    Raises :class:`ProcessStartError` with the tail of its log if the process exited first."""
+    if ready_file.exists():
+        return json.loads(ready_file.read_text())
+    if proc.poll() is not None:
+        tail = log_file.read_text(errors="replace")[-2000:] if log_file.exists() else ""
+        raise ProcessStartError(f"{what} exited ({proc.returncode}) while starting:\n{tail}")
+    return None
