@@ -61,6 +61,17 @@ class WhisperTokenizer:
         return self._id("<|notimestamps|>")
 
     @cached_property
+    def timestamp_begin(self) -> int:
+        """Id of ``<|0.00|>``; timestamps follow in 0.02 s steps (Whisper: the id after ``<|notimestamps|>``)."""
+        return self.no_timestamps + 1
+
+    @cached_property
+    def no_speech(self) -> int:
+        """The token whose probability after start-of-transcript means "no speech" in the window."""
+        token = "<|nospeech|>" if self.tokenizer.token_to_id("<|nospeech|>") is not None else "<|nocaptions|>"
+        return self._id(token)
+
+    @cached_property
     def languages(self) -> dict[str, int]:
         """Language code -> language token id (empty for English-only models)."""
         if not self.multilingual:
@@ -71,8 +82,7 @@ class WhisperTokenizer:
     def suppress(self) -> tuple[int, ...]:
         """Tokens never generated: non-speech symbols from config plus task/control tokens."""
         control = ["<|transcribe|>", "<|translate|>", "<|startoftranscript|>", "<|startofprev|>", "<|startoflm|>"]
-        control.append("<|nospeech|>" if self.tokenizer.token_to_id("<|nospeech|>") is not None else "<|nocaptions|>")
-        ids = set(self.config.suppress_ids) | {self._id(t) for t in control}
+        ids = set(self.config.suppress_ids) | {self._id(t) for t in control} | {self.no_speech}
         return tuple(sorted(ids))
 
     def language_token(self, language: str) -> int:
@@ -93,14 +103,36 @@ class WhisperTokenizer:
             return
         self.language_token(language)
 
-    def prompt(self, language: str | None) -> list[int]:
-        """Start-of-transcript prompt, no timestamps; multilingual models need a language."""
+    def prompt(self, language: str | None, timestamps: bool = False) -> list[int]:
+        """Start-of-transcript prompt (with ``<|notimestamps|>`` unless ``timestamps``); multilingual
+        models need a language."""
+        tail = [] if timestamps else [self.no_timestamps]
         if not self.multilingual:
             self.check_language(language)
-            return [self.sot, self.no_timestamps]
+            return [self.sot, *tail]
         if language is None:
             raise UnknownLanguageError("a multilingual prompt needs a language (detect it first)")
-        return [self.sot, self.language_token(language), self._id("<|transcribe|>"), self.no_timestamps]
+        return [self.sot, self.language_token(language), self._id("<|transcribe|>"), *tail]
 
     def decode(self, tokens: list[int]) -> str:
         return self.tokenizer.decode([t for t in tokens if t < self.eot])
+
+    def segments(self, tokens: list[int]) -> list[tuple[float, float, str]]:
+        """(start_s, end_s, text) of each timestamped segment of a window's tokens; text without
+        timestamps is one segment from 0 to the last timestamp seen (or 0)."""
+        out: list[tuple[float, float, str]] = []
+        begin, start, text = self.timestamp_begin, None, []
+        for t in tokens:
+            if t < begin:
+                if t < self.eot:
+                    text.append(t)
+                continue
+            stamp = (t - begin) * 0.02
+            if start is None:
+                start = stamp
+            else:
+                out.append((start, stamp, self.decode(text).strip()))
+                start, text = None, []
+        if text:
+            out.append((start or 0.0, start or 0.0, self.decode(text).strip()))
+        return [seg for seg in out if seg[2]]

@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from splitasr.cloud.shard.guard import DecodeResult
+
 # dec_step(tokens, offset, past_k, past_v, past_mask, cross_k, cross_v, cross_mask) -> logits, new_k, new_v
 StepFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 MASKED = np.float32(-1e9)
@@ -20,32 +22,76 @@ MASKED = np.float32(-1e9)
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """Greedy decoding settings (timestamps off)."""
+    """Greedy decoding settings.
+
+    ``timestamps`` decodes in Whisper's timestamp mode (segments with start/end, as faster-whisper
+    does by default): on real speech it is both more accurate and less prone to loops than
+    ``<|notimestamps|>`` decoding (see docs/decoding.md)."""
 
     max_tokens_per_second: float = 6.0
     extra_tokens: int = 10
     max_length: int = 448  # Whisper's text context, prompt included
     suppress_blank: bool = True
+    timestamps: bool = True
+    max_initial_timestamp_s: float = 1.0
 
     def token_cap(self, audio_seconds: float, prompt_length: int) -> int:
-        """At most ~6 tokens per second of audio + 10, within the text context."""
+        """At most ~6 tokens per second of audio + 10 (+ room for timestamp pairs), within the text context."""
         cap = int(self.max_tokens_per_second * audio_seconds) + self.extra_tokens
+        if self.timestamps:
+            cap += 2 * (int(audio_seconds / 3) + 1)
         return max(1, min(cap, self.max_length - prompt_length))
 
 
 @dataclass(frozen=True)
 class SuppressRules:
-    """Token ids that are never generated, and those forbidden as the first token."""
+    """Token ids that are never generated, those forbidden as the first token, and Whisper's timestamp rules.
+
+    ``timestamp_begin`` is the id of ``<|0.00|>`` (timestamps are 0.02 s apart); ``no_speech`` the id
+    whose probability at the start-of-transcript position says "no speech in this window"."""
 
     always: tuple[int, ...]
     at_begin: tuple[int, ...]
     eot: int
+    timestamp_begin: int | None = None
+    no_speech: int | None = None
+    max_initial_timestamp: int = 50  # in 0.02 s steps
 
     def apply(self, logits: np.ndarray, first_step: bool) -> np.ndarray:
         logits[:, list(self.always)] = -np.inf
         if first_step and self.at_begin:
             logits[:, list(self.at_begin)] = -np.inf
         return logits
+
+    def apply_timestamps(self, logits: np.ndarray, tokens: list[int]) -> None:
+        """Whisper's ``ApplyTimestampRules`` on one row's logits (in place), given its tokens so far."""
+        begin = self.timestamp_begin
+        if not tokens:  # the first token is a timestamp, no later than max_initial_timestamp
+            logits[:begin] = -np.inf
+            logits[begin + self.max_initial_timestamp + 1 :] = -np.inf
+            return
+        last_ts = tokens[-1] >= begin
+        penultimate_ts = len(tokens) < 2 or tokens[-2] >= begin
+        if last_ts:
+            if penultimate_ts:  # a closed pair: text (or EOT) must follow
+                logits[begin:] = -np.inf
+            else:  # an open segment end: another timestamp or EOT, not text
+                logits[: self.eot] = -np.inf
+        stamps = [t for t in tokens if t >= begin]
+        if stamps:  # timestamps never decrease; a new segment starts after the last one
+            floor = stamps[-1] if last_ts and not penultimate_ts else stamps[-1] + 1
+            logits[begin:floor] = -np.inf
+        text_max = logits[:begin].max()
+        if np.isfinite(text_max):
+            ts = logits[begin:]
+            top = max(text_max, ts.max())
+            if np.isfinite(ts.max()) and np.log(np.exp(ts - top).sum()) + top > text_max:
+                logits[:begin] = -np.inf
+
+
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    top = logits.max(axis=-1, keepdims=True)
+    return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
 
 
 @dataclass(eq=False)
@@ -58,10 +104,21 @@ class Sequence:
     cross_v: np.ndarray
     tokens: list[int] = field(default_factory=list)
     tag: Any = None  # the caller's handle (a request, a window index)
+    timestamps: bool = False  # Whisper's timestamp rules apply to this sequence
+    sum_logprob: float = 0.0  # of the generated tokens, EOT included
+    no_speech_prob: float = 0.0  # P(no speech) at the start-of-transcript position
+    hit_cap: bool = False  # stopped by the token cap, not by EOT
 
     @property
     def length(self) -> int:
         return len(self.prompt) + len(self.tokens)
+
+    @property
+    def avg_logprob(self) -> float:
+        return self.sum_logprob / (len(self.tokens) + 1)
+
+    def result(self) -> DecodeResult:
+        return DecodeResult(tuple(self.tokens), self.avg_logprob, self.no_speech_prob, self.hit_cap)
 
 
 def _pad_axis(array: np.ndarray, axis: int, size: int, value: float = 0.0) -> np.ndarray:
@@ -98,13 +155,32 @@ class _Lane:
 
     def _finish(self, seqs: list[Sequence], logits: np.ndarray, first: bool) -> list[bool]:
         """Pick each row's next token; True where the sequence is done (EOT or its cap)."""
-        best = self.rules.apply(logits.astype(np.float32, copy=True), first).argmax(axis=-1)
+        logits = self.rules.apply(logits.astype(np.float32, copy=True), first)
+        for row, s in enumerate(seqs):
+            if s.timestamps:
+                self.rules.apply_timestamps(logits[row], s.tokens)
+        logprobs = _log_softmax(logits)
+        best = logprobs.argmax(axis=-1)
         done = []
-        for s, token in zip(seqs, best.tolist(), strict=True):
+        for row, (s, token) in enumerate(zip(seqs, best.tolist(), strict=True)):
+            s.sum_logprob += float(logprobs[row, token])
             if token != self.rules.eot:
                 s.tokens.append(token)
-            done.append(token == self.rules.eot or len(s.tokens) >= s.cap)
+            s.hit_cap = token != self.rules.eot and len(s.tokens) >= s.cap
+            done.append(token == self.rules.eot or s.hit_cap)
         return done
+
+    def _no_speech(self, group: list[Sequence], tokens: np.ndarray, ck, cv, cmask):
+        """Prefill the start-of-transcript token alone: its logits give P(no speech) (Whisper's rule)."""
+        layers, batch, _, d = ck.shape
+        empty = np.zeros((layers, batch, 0, d), np.float32)
+        logits, k, v = self._step(
+            tokens[:, :1], np.zeros(batch, np.int64), empty, empty, np.zeros((batch, 0), np.float32), ck, cv, cmask
+        )
+        probs = np.exp(_log_softmax(logits.astype(np.float32)))[:, self.rules.no_speech]
+        for s, prob in zip(group, probs.tolist(), strict=True):
+            s.no_speech_prob = prob
+        return logits, k, v
 
     def join(self, seqs: list[Sequence]) -> list[Sequence]:
         """Prefill the prompts of ``seqs`` (grouped by prompt length) and add the unfinished ones.
@@ -117,18 +193,33 @@ class _Lane:
         for n, group in by_length.items():
             ctx = max(s.cross_k.shape[1] for s in group)
             ck, cv, cmask = _stack_cross(group, ctx)
-            layers, _, _, d = ck.shape
-            empty = np.zeros((layers, len(group), 0, d), np.float32)
-            logits, k, v = self._step(
-                np.asarray([s.prompt for s in group], np.int64),
-                np.zeros(len(group), np.int64),
-                empty,
-                empty,
-                np.zeros((len(group), 0), np.float32),
-                ck,
-                cv,
-                cmask,
-            )
+            tokens = np.asarray([s.prompt for s in group], np.int64)
+            if self.rules.no_speech is not None:
+                logits, k, v = self._no_speech(group, tokens, ck, cv, cmask)
+                if n > 1:  # the rest of the prompt, on top of the start token's cache
+                    logits, k, v = self._step(
+                        tokens[:, 1:],
+                        np.ones(len(group), np.int64),
+                        k,
+                        v,
+                        np.zeros((len(group), 1), np.float32),
+                        ck,
+                        cv,
+                        cmask,
+                    )
+            else:
+                layers, _, _, d = ck.shape
+                empty = np.zeros((layers, len(group), 0, d), np.float32)
+                logits, k, v = self._step(
+                    tokens,
+                    np.zeros(len(group), np.int64),
+                    empty,
+                    empty,
+                    np.zeros((len(group), 0), np.float32),
+                    ck,
+                    cv,
+                    cmask,
+                )
             done = self._finish(group, logits, first=True)
             keep = [row for row, d_ in enumerate(done) if not d_]
             finished += [s for s, d_ in zip(group, done, strict=True) if d_]

@@ -6,31 +6,43 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 
-from splitasr.cloud.shard.decoding import DecodingOptions, SuppressRules, greedy_decode
+from splitasr.cloud.shard.decoding import DecodeBatch, DecodingOptions, Sequence, SuppressRules
+from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, WindowChoice, judge, plan
 from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime
-from splitasr.cloud.shard.windows import split_windows
+from splitasr.cloud.shard.windows import audio_log_mel, next_start, window_end, window_mel
 from splitasr.models.stages import StageArtifacts, ensure_stages
 from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared.audio import load_audio
 from splitasr.shared.errors import AudioError
-from splitasr.shared.features import log_mel, normalize
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TranscribeOptions:
-    """Per-request options. ``window="trimmed"`` encodes only the audio plus ``pad_s`` of silence;
-    ``"full"`` pads every window to 30 s exactly as faster-whisper does (for parity checks)."""
+    """Per-request options. ``window="auto"`` encodes the audio plus ``pad_s`` of silence and decodes
+    a window again on the full 30 s when the guard finds its hypothesis degenerate (see
+    :mod:`splitasr.cloud.shard.guard`); ``"trimmed"`` never retries; ``"full"`` pads every window
+    to 30 s exactly as faster-whisper does."""
 
     language: str | None = None
-    window: Literal["trimmed", "full"] = "trimmed"
+    window: WindowChoice = "auto"
     pad_s: float = 2.0
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
+    guard: GuardOptions = field(default_factory=GuardOptions)
+
+
+@dataclass(frozen=True)
+class Segment:
+    start_s: float
+    end_s: float
+    text: str
+
+    def to_dict(self) -> dict:
+        return {"start_s": round(self.start_s, 2), "end_s": round(self.end_s, 2), "text": self.text}
 
 
 @dataclass
@@ -41,6 +53,8 @@ class Transcript:
     duration_s: float
     model_version: str
     timings_ms: dict[str, float] = field(default_factory=dict)
+    segments: list[Segment] = field(default_factory=list)
+    retried_windows: int = 0
 
     def to_dict(self) -> dict:
         return {
@@ -49,8 +63,19 @@ class Transcript:
             "duration_s": round(self.duration_s, 3),
             "model_version": self.model_version,
             "windows": len(self.tokens),
+            "retried_windows": self.retried_windows,
+            "segments": [s.to_dict() for s in self.segments],
             "timings_ms": {k: round(v, 2) for k, v in self.timings_ms.items()},
         }
+
+
+def window_segments(tokenizer: WhisperTokenizer, tokens: list[int], offset_s: float, length_s: float) -> list[Segment]:
+    """Segments of one window's tokens in stream time; an open last segment ends with the window."""
+    out = []
+    for start, end, text in tokenizer.segments(tokens):
+        end = end if end > start else length_s
+        out.append(Segment(offset_s + min(start, length_s), offset_s + min(end, length_s), text))
+    return out
 
 
 class _Timer:
@@ -69,7 +94,28 @@ class TextDecoder:
         n_vocab = artifacts.manifest["dims"]["n_vocab"]
         self.tokenizer = WhisperTokenizer(artifacts.tokenizer_json, DecoderConfig.load(artifacts.config_json), n_vocab)
         config = self.tokenizer.config
-        self.rules = SuppressRules(self.tokenizer.suppress, config.suppress_ids_begin, self.tokenizer.eot)
+        tok = self.tokenizer
+        self.rules = SuppressRules(
+            tok.suppress,
+            config.suppress_ids_begin,
+            tok.eot,
+            timestamp_begin=tok.timestamp_begin,
+            no_speech=tok.no_speech,
+        )
+
+    def sequence(
+        self,
+        cross_k: np.ndarray,
+        cross_v: np.ndarray,
+        language: str,
+        audio_seconds: float,
+        options: DecodingOptions,
+        tag=None,
+    ) -> Sequence:
+        """One window (cross K/V of batch row 0) ready to join a :class:`DecodeBatch`: prompt, cap, rules."""
+        prompt = self.tokenizer.prompt(language, options.timestamps)
+        cap = options.token_cap(audio_seconds, len(prompt))
+        return Sequence(prompt, cap, cross_k[:, 0], cross_v[:, 0], tag=tag, timestamps=options.timestamps)
 
     def detect_language(self, cross_k: np.ndarray, cross_v: np.ndarray) -> list[str]:
         """Most likely language per batch row, from the first decoder step after <|startoftranscript|>."""
@@ -97,8 +143,8 @@ class TextDecoder:
         audio_seconds: float,
         options: DecodingOptions,
         timer: _Timer | None = None,
-    ) -> tuple[list[int], str]:
-        """Tokens of one window (batch 1) and its language (detected when ``language`` is None)."""
+    ) -> tuple[DecodeResult, str]:
+        """Tokens (and guard statistics) of one window (batch 1) and its language (detected when None)."""
         timer = timer or _Timer()
         t = time.perf_counter()
         cross_k, cross_v = self.runtime.cross_kv(audio_states)
@@ -107,11 +153,13 @@ class TextDecoder:
         if language is None:
             language = self.detect_language(cross_k, cross_v)[0] if self.tokenizer.multilingual else "en"
             log.info("detected language %s", language)
-        prompt = self.tokenizer.prompt(language)
-        cap = options.token_cap(audio_seconds, len(prompt))
-        (tokens,) = greedy_decode(self.runtime.dec_step, cross_k, cross_v, [prompt], [cap], self.rules)
+        seq = self.sequence(cross_k, cross_v, language, audio_seconds, options)
+        batch = DecodeBatch(self.runtime.dec_step, self.rules)
+        batch.join([seq])
+        while len(batch):
+            batch.step()
         timer.add("decode", t)
-        return tokens, language
+        return seq.result(), language
 
 
 class Recognizer:
@@ -142,22 +190,30 @@ class Recognizer:
     def multilingual(self) -> bool:
         return self.tokenizer.multilingual
 
-    def features(self, audio: np.ndarray, options: TranscribeOptions) -> np.ndarray:
-        """Normalised log-mel (1, mels, frames) of one window."""
-        spec = self.spec
-        if options.window == "full":
-            raw = log_mel(np.pad(audio, (0, spec.hop_length)), spec)
-            mel = normalize(raw)[:, :-1]
-            mel = np.pad(mel[:, : spec.n_frames], ((0, 0), (0, max(0, spec.n_frames - mel.shape[1]))))
-        else:
-            pad = np.zeros(int(options.pad_s * spec.sample_rate), np.float32)
-            mel = normalize(log_mel(np.concatenate([audio, pad]), spec))[:, : spec.n_frames]
-            mel = mel[:, : mel.shape[1] - mel.shape[1] % 2]
-        return np.ascontiguousarray(mel[None], dtype=np.float32)
-
     def max_window_s(self, options: TranscribeOptions) -> float:
         chunk = self.spec.chunk_length_s
         return chunk if options.window == "full" else chunk - options.pad_s
+
+    def recognise_window(
+        self, raw: np.ndarray, language: str | None, options: TranscribeOptions, timer: _Timer
+    ) -> tuple[list[int], str, int]:
+        """Tokens of one window of raw log-mel, its language and how many windows it took (guard retries)."""
+        modes = plan(options.window)
+        seconds = raw.shape[1] / self.spec.frames_per_second
+        for attempt, mode in enumerate(modes):
+            t = time.perf_counter()
+            mel = window_mel(raw, mode, self.spec, options.pad_s)
+            timer.add("features", t)
+            t = time.perf_counter()
+            enc = self.runtime.encode(mel)
+            timer.add("encode", t)
+            result, language = self.decoder.decode(enc, language, seconds, options.decoding, timer)
+            kept = judge(
+                result, self.tokenizer.decode(list(result.tokens)), attempt, modes, self.tokenizer.eot, options.guard
+            )
+            if kept is not None:
+                return list(kept), language, attempt + 1
+        raise AssertionError("a plan's last window always yields tokens")
 
     def transcribe(self, audio: np.ndarray, options: TranscribeOptions = TranscribeOptions()) -> Transcript:
         """Transcribe 16 kHz mono float32 audio of any length."""
@@ -168,24 +224,29 @@ class Recognizer:
         timer = _Timer()
         language = options.language or ("en" if not self.multilingual else None)
         all_tokens: list[list[int]] = []
-        texts: list[str] = []
-        for start, end in split_windows(audio, sr, self.max_window_s(options)):
+        segments: list[Segment] = []
+        retried, start = 0, 0
+        while start < len(audio):
+            end = window_end(audio, start, sr, self.max_window_s(options))
             t = time.perf_counter()
-            mel = self.features(audio[start:end], options)
+            raw = audio_log_mel(audio[start:end], self.spec)
             timer.add("features", t)
-            t = time.perf_counter()
-            enc = self.runtime.encode(mel)
-            timer.add("encode", t)
-            tokens, language = self.decoder.decode(enc, language, (end - start) / sr, options.decoding, timer)
+            tokens, language, tries = self.recognise_window(raw, language, options, timer)
+            retried += tries > 1
+            found = window_segments(self.tokenizer, tokens, start / sr, (end - start) / sr)
+            last_end = round(found[-1].end_s * sr) if found else None
+            start = next_start(start, end, len(audio), last_end, sr)
             all_tokens.append(tokens)
-            texts.append(self.tokenizer.decode(tokens).strip())
+            segments += found
         return Transcript(
-            text=" ".join(t for t in texts if t),
+            text=" ".join(s.text for s in segments),
             language=language or "en",
             tokens=all_tokens,
             duration_s=len(audio) / sr,
             model_version=self.artifacts.version,
             timings_ms=timer.ms,
+            segments=segments,
+            retried_windows=retried,
         )
 
     def transcribe_file(self, path: str | Path, options: TranscribeOptions = TranscribeOptions()) -> Transcript:

@@ -4,28 +4,66 @@ from __future__ import annotations
 
 import numpy as np
 
+from splitasr.cloud.shard.guard import WindowMode
+from splitasr.shared.features import FeatureSpec, log_mel, normalize
 
-def split_windows(
-    audio: np.ndarray, sample_rate: int, max_s: float, search_s: float = 3.0, frame_s: float = 0.1
-) -> list[tuple[int, int]]:
-    """Return (start, end) sample ranges of at most ``max_s`` seconds covering ``audio``.
 
-    A cut falls at the lowest-energy ``frame_s`` frame within the last ``search_s`` seconds
-    before the limit, so words are rarely split.
-    """
+def window_end(
+    audio: np.ndarray, start: int, sample_rate: int, max_s: float, search_s: float = 3.0, frame_s: float = 0.1
+) -> int:
+    """End (exclusive) of the window that begins at ``start``: the end of the audio when it fits in
+    ``max_s``, else the lowest-energy ``frame_s`` frame within the last ``search_s`` before the limit."""
     limit = int(max_s * sample_rate)
+    if len(audio) - start <= limit:
+        return len(audio)
     frame = max(1, int(frame_s * sample_rate))
-    search = int(search_s * sample_rate)
-    out: list[tuple[int, int]] = []
-    start = 0
-    while len(audio) - start > limit:
-        lo = start + max(limit - search, frame)
-        hi = start + limit
-        region = audio[lo:hi]
-        n = len(region) // frame
-        energy = (region[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
-        cut = lo + int(np.argmin(energy)) * frame + frame // 2
-        out.append((start, cut))
-        start = cut
-    out.append((start, len(audio)))
+    lo = start + max(limit - int(search_s * sample_rate), frame)
+    region = audio[lo : start + limit]
+    n = len(region) // frame
+    energy = (region[: n * frame].reshape(n, frame) ** 2).mean(axis=1)
+    return lo + int(np.argmin(energy)) * frame + frame // 2
+
+
+def next_start(start: int, end: int, total: int, last_segment_end: int | None, sample_rate: int) -> int:
+    """Where the next window begins (Whisper's seek): at ``end``, unless the window was cut inside the
+    audio and its last finished segment ends more than a second before the cut; then the next window
+    starts at that segment's end, so speech the model left for later near the cut is decoded again."""
+    if end >= total or last_segment_end is None:
+        return end
+    if start + sample_rate <= last_segment_end <= end - sample_rate:
+        return last_segment_end
+    return end
+
+
+def split_windows(audio: np.ndarray, sample_rate: int, max_s: float) -> list[tuple[int, int]]:
+    """(start, end) sample ranges of at most ``max_s`` seconds covering ``audio``, cut at quiet points."""
+    out, start = [], 0
+    while start < len(audio) or not out:
+        end = window_end(audio, start, sample_rate, max_s)
+        out.append((start, end))
+        start = end
     return out
+
+
+SILENCE_LOG_MEL = -10.0  # log10 of the 1e-10 floor: what zero samples give
+
+
+def audio_log_mel(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
+    """Raw log10 mel (mels, len(audio) // hop) of one window of audio, as faster-whisper frames it."""
+    return log_mel(np.pad(audio, (0, spec.hop_length)), spec)[:, :-1]
+
+
+def window_mel(raw: np.ndarray, mode: WindowMode, spec: FeatureSpec, pad_s: float = 2.0) -> np.ndarray:
+    """The encoder input (1, mels, T) for raw log10 mel frames of one window; the only place a window is built.
+
+    ``trimmed``: the frames plus ``pad_s`` of silence, clamped/normalised together, T even (≤ 30 s).
+    ``full``: normalised frames zero-padded to 30 s, exactly faster-whisper's input.
+    """
+    if mode == "full":
+        mel = normalize(raw[:, : spec.n_frames])
+        mel = np.pad(mel, ((0, 0), (0, spec.n_frames - mel.shape[1])))
+    else:
+        pad = np.full((raw.shape[0], int(pad_s * spec.frames_per_second)), SILENCE_LOG_MEL, np.float32)
+        mel = normalize(np.concatenate([raw, pad], axis=1))[:, : spec.n_frames]
+        mel = mel[:, : mel.shape[1] - mel.shape[1] % 2]
+    return np.ascontiguousarray(mel[None], dtype=np.float32)
