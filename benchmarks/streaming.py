@@ -93,7 +93,7 @@ def run_config(name: str, shard_args: tuple[str, ...], args, clips) -> dict:
             speech = [f.latency_s * 1000 for f in finals]
             tally = WERTally()
             for entry, report in results:
-                tally.add(entry.text, " ".join(f.text for f in sorted(report.finals, key=lambda f: f.utt)))
+                tally.add(entry.reference, " ".join(f.text for f in sorted(report.finals, key=lambda f: f.utt)))
             out[n] = {
                 "finals": len(lat),
                 "final_ms_p50": pct(lat, 50),

@@ -121,7 +121,7 @@ def _print_results(entries, pool, reports) -> None:
     for entry, report in zip(entries, reports, strict=True):
         text = " ".join(f.text for f in sorted(report.finals, key=lambda f: f.utt))
         latency = max((f.latency_s for f in report.finals), default=float("nan"))
-        error = wer.add(entry.text, text, entry.language) * 100
+        error = wer.add(entry.reference, text, entry.language) * 100
         print(
             f"{entry.file.name:26} {pool[entry.file]:8} {error:5.1f}% {report.bytes_per_speech_s:7.0f} "
             f"{latency * 1000:12.0f}  {text}"

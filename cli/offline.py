@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from splitasr.cloud.shard.guard import DEFAULT_WINDOW, PLANS
 from splitasr.models.sources import MODELS
 
 
@@ -26,9 +27,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--language", default=None, help="language code (default: en, or detected by base)")
     p.add_argument(
         "--window",
-        default="trimmed",
-        choices=["trimmed", "full"],
-        help="trimmed: encode audio + 2 s silence; full: 30 s windows like faster-whisper",
+        default=DEFAULT_WINDOW,
+        choices=sorted(PLANS),
+        help="auto (default): audio + 2 s of silence, a degenerate hypothesis decoded again on the full "
+        "30 s window; trimmed: never retry; full: 30 s windows like faster-whisper",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per file, with timings")
     p.add_argument(
@@ -172,7 +174,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for entry in usable:
         options = TranscribeOptions(language=None if args.detect else entry.language)
         result = recognizer.transcribe_file(entry.file, options)
-        wer = report.add(entry.text, result.text, entry.language)
+        wer = report.add(entry.reference, result.text, entry.language)
         rows.append(
             {
                 "file": str(entry.file),

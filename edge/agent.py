@@ -56,6 +56,8 @@ class FinalResult:
     latency_s: float  # end of speech (wall clock) to FINAL received; includes the VAD's trailing silence
     audio_s: float
     eou_latency_s: float = 0.0  # EOU sent (the endpoint decision) to FINAL received
+    start_s: float = 0.0  # the utterance in stream time (seconds from the start of the input):
+    end_s: float = 0.0  # first sample sent (pre-roll included) to the end of speech
 
 
 @dataclass
@@ -66,6 +68,7 @@ class AgentReport:
     speech_s: float = 0.0
     reconnects: int = 0
     duplicate_finals: int = 0
+    empty_finals: int = 0  # utterances the recogniser found no speech in (not passed to on_final)
     utterances: int = 0  # ended (EOU sent); run() returns only once each has its FINAL
     shards: list[str] = field(default_factory=list)  # stage-0 urls that accepted the session, in order
 
@@ -248,12 +251,22 @@ class EdgeAgent:
         self._done.add(frame.utt)
         self._pending.pop(frame.utt, None)
         now = time.monotonic()
-        ended_at, eou_at, audio_s = self._ended.get(frame.utt, (now, now, 0.0))
+        ended_at, eou_at, audio_s, start_s, end_s = self._ended.get(frame.utt, (now, now, 0.0, 0.0, 0.0))
         result = FinalResult(
-            frame.utt, frame.text, frame.language, frame.model_version, now - ended_at, audio_s, now - eou_at
+            frame.utt,
+            frame.text,
+            frame.language,
+            frame.model_version,
+            now - ended_at,
+            audio_s,
+            now - eou_at,
+            start_s,
+            end_s,
         )
-        self.report.finals.append(result)
-        if self.on_final:
+        self.report.finals.append(result)  # every utterance's FINAL, for exactly-once accounting
+        if not result.text.strip():  # the VAD opened an utterance, the recogniser found no speech
+            self.report.empty_finals += 1
+        elif self.on_final:
             self.on_final(result)
         if self._source_done and not self._pending:
             self._all_final.set()
@@ -332,7 +345,13 @@ class EdgeAgent:
                 self.report.speech_s += audio_s
                 self.report.utterances += 1
                 eou = p.EndOfUtterance(utt=utt, last_seq=seq - 1, speech_end=speech_end)
-                self._ended[utt] = (now - (consumed - event.speech_end_sample) / rate, time.monotonic(), audio_s)
+                self._ended[utt] = (
+                    now - (consumed - event.speech_end_sample) / rate,
+                    time.monotonic(),
+                    audio_s,
+                    utt_start / rate,
+                    event.speech_end_sample / rate,
+                )
                 await self._send(utt, eou)
 
         async for chunk in source:

@@ -7,11 +7,13 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-import soundfile as sf
+import soxr
 
-from splitasr.shared.audio import load_audio, resample, to_mono
+from splitasr.edge.wav_stream import WavFormat, read_header
+from splitasr.shared.audio import load_audio, to_mono
 from splitasr.shared.errors import AudioError
 
 SAMPLE_RATE = 16000
@@ -32,27 +34,33 @@ async def stdin_source(
     raw_rate: int | None = None, channels: int = 1, chunk_s: float = 0.1
 ) -> AsyncIterator[np.ndarray]:
     """A WAV stream on stdin, or raw s16le PCM when ``raw_rate`` is given."""
-    stream = sys.stdin.buffer
+    async for block in pcm_stream(sys.stdin.buffer, raw_rate, channels, chunk_s):
+        yield block
+
+
+async def pcm_stream(
+    stream: BinaryIO, raw_rate: int | None = None, channels: int = 1, chunk_s: float = 0.1
+) -> AsyncIterator[np.ndarray]:
+    """16 kHz mono blocks of a WAV (header parsed as it arrives) or raw s16le stream, resampled with
+    one streaming resampler so block edges leave no trace."""
     loop = asyncio.get_running_loop()
     if raw_rate is None:
-        try:
-            f = sf.SoundFile(stream)
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            raise AudioError(f"stdin is not a WAV stream ({exc}); for raw PCM pass --raw-rate") from None
-        rate, frames = f.samplerate, int(chunk_s * f.samplerate)
-        while True:
-            block = await loop.run_in_executor(None, f.read, frames, "float32")
-            if len(block) == 0:
-                return
-            yield resample(to_mono(block), rate, SAMPLE_RATE)
+        fmt = await loop.run_in_executor(None, read_header, stream)
     else:
-        nbytes = int(chunk_s * raw_rate) * 2 * channels
-        while True:
-            data = await loop.run_in_executor(None, stream.read, nbytes)
-            if not data:
-                return
-            pcm = np.frombuffer(data[: len(data) - len(data) % (2 * channels)], "<i2").astype(np.float32) / 32768
-            yield resample(to_mono(pcm.reshape(-1, channels)), raw_rate, SAMPLE_RATE)
+        fmt = WavFormat(raw_rate, channels, 16, False)
+    resampler = soxr.ResampleStream(fmt.sample_rate, SAMPLE_RATE, 1, dtype="float32", quality="HQ")
+    nbytes = max(1, int(chunk_s * fmt.sample_rate)) * fmt.frame_bytes
+    pending = b""
+    while True:
+        data = await loop.run_in_executor(None, stream.read, nbytes)
+        pending += data or b""
+        whole = len(pending) - len(pending) % fmt.frame_bytes
+        block, pending = pending[:whole], pending[whole:]
+        out = resampler.resample_chunk(to_mono(fmt.decode(block)), last=not data)
+        if len(out):
+            yield np.ascontiguousarray(out, np.float32)
+        if not data:
+            return
 
 
 async def mic_source(chunk_s: float = 0.02, device: str | int | None = None) -> AsyncIterator[np.ndarray]:

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 
+from splitasr.edge.segmenter import SegmenterOptions
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import EdgeError
 
@@ -32,6 +33,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--raw-rate", type=int, default=None, help="stdin is raw s16le PCM at this rate")
     a.add_argument("--no-realtime", action="store_true", help="send files as fast as possible")
     a.add_argument("--json", action="store_true", help="print one JSON line per FINAL")
+    a.add_argument(
+        "--vad",
+        default=SegmenterOptions.vad,
+        choices=["silero", "energy"],
+        help="speech detector: Silero VAD (default) or energy against a noise floor",
+    )
+    a.add_argument(
+        "--endpoint-silence-s",
+        type=float,
+        default=SegmenterOptions.trailing_silence_s,
+        help="silence that ends an utterance (seconds)",
+    )
     a.set_defaults(func=cmd_edge)
 
 
@@ -65,6 +78,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
                 json.dumps(
                     {
                         "utt": result.utt,
+                        "start_s": round(result.start_s, 2),
+                        "end_s": round(result.end_s, 2),
                         "text": result.text,
                         "language": result.language,
                         "latency_s": round(result.latency_s, 3),
@@ -77,7 +92,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
             )
         else:
             prefix = "\r\033[K" if tty else ""
-            print(f"{prefix}[{result.latency_s * 1000:5.0f} ms] {result.text}", flush=True)
+            span = f"{result.start_s:7.2f}-{result.end_s:7.2f} s"
+            print(f"{prefix}[{span}, {result.latency_s * 1000:5.0f} ms] {result.text}", flush=True)
 
     coordinator = args.coordinator
     if args.discover and not coordinator:
@@ -96,11 +112,13 @@ def cmd_edge(args: argparse.Namespace) -> int:
         device_id=args.device_id,
         language=args.language,
         dtype=args.dtype,
+        segmenter=SegmenterOptions(vad=args.vad, trailing_silence_s=args.endpoint_silence_s),
     )
     for name, source in _sources(args):
         report = asyncio.run(EdgeAgent(options, on_partial, on_final).run(source))
         print(
-            f"{name}: {len(report.finals)} utterances, {report.speech_s:.1f} s of speech, "
+            f"{name}: {len(report.finals) - report.empty_finals} utterances ({report.empty_finals} without speech), "
+            f"{report.speech_s:.1f} s of speech, "
             f"{report.bytes_per_speech_s:.0f} bytes per speech second, {report.reconnects} reconnects",
             file=sys.stderr,
         )

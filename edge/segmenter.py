@@ -1,17 +1,22 @@
-"""Voice activity detection and endpointing as pure logic: audio blocks in, utterance events out.
+"""Endpointing: audio blocks in, utterance events out.
 
-Energy VAD against an adaptive noise floor, with a pre-roll before speech starts, a hangover
-(trailing silence) that ends an utterance, and a maximum length cut at the quietest 100 ms of
-the last seconds (the audio of those seconds is held back until the cut point is known).
+A speech detector (Silero VAD by default, or the energy VAD; see :mod:`splitasr.edge.vad`) labels
+each 10 ms block; speech must last ``min_speech_s`` to open an utterance, which starts with a
+pre-roll, ends after ``trailing_silence_s`` without speech, and is cut at ``max_utterance_s`` at
+the quietest 100 ms of its last seconds (the audio of those seconds is held back until the cut
+point is known).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
+from splitasr.edge.vad import EnergyVAD, SileroVAD
 from splitasr.shared.errors import ConfigError
 
 BLOCK_S = 0.01
@@ -19,19 +24,35 @@ BLOCK_S = 0.01
 
 @dataclass(frozen=True)
 class SegmenterOptions:
-    threshold_db: float = 10.0  # above the noise floor
-    absolute_floor_dbfs: float = -50.0  # never speech below this
-    min_speech_s: float = 0.08
+    vad: Literal["silero", "energy"] = "silero"
+    speech_threshold: float = 0.5  # silero: probability that opens (and keeps) speech ...
+    silence_threshold: float = 0.35  # ... and below which an open utterance counts silence
+    threshold_db: float = 10.0  # energy: above the noise floor
+    absolute_floor_dbfs: float = -50.0  # energy: never speech below this
+    min_speech_s: float = 0.1
     trailing_silence_s: float = 0.8
     max_utterance_s: float = 20.0
     cut_search_s: float = 2.0
     pre_roll_s: float = 0.3
 
     def __post_init__(self) -> None:
+        if self.vad not in ("silero", "energy"):
+            raise ConfigError(f"vad must be 'silero' or 'energy', got {self.vad!r}")
+        if not 0.0 < self.silence_threshold <= self.speech_threshold < 1.0:
+            raise ConfigError(
+                f"need 0 < silence_threshold <= speech_threshold < 1, got {self.silence_threshold}, "
+                f"{self.speech_threshold}"
+            )
         if not 0.1 <= self.trailing_silence_s <= 5.0:
             raise ConfigError(f"trailing_silence_s must be within [0.1, 5], got {self.trailing_silence_s}")
         if self.max_utterance_s <= self.cut_search_s + 1.0:
             raise ConfigError("max_utterance_s must exceed cut_search_s by at least 1 s")
+
+    def detector(self) -> Callable[[np.ndarray, bool], bool]:
+        """A fresh speech detector for one stream: ``detector(block, utterance_open) -> is speech``."""
+        if self.vad == "silero":
+            return SileroVAD(self.speech_threshold, self.silence_threshold)
+        return EnergyVAD(self.threshold_db, self.absolute_floor_dbfs)
 
 
 @dataclass(frozen=True)
@@ -59,7 +80,7 @@ class Segmenter:
         self.rate = sample_rate
         self._carry = np.zeros(0, np.float32)
         self._pos = 0  # samples consumed in whole blocks
-        self._floor_db = -60.0
+        self._is_speech = options.detector()
         self._pre: deque[np.ndarray] = deque(maxlen=max(1, int(options.pre_roll_s / BLOCK_S)))
         self._onset: list[np.ndarray] = []
         self.active = False
@@ -75,9 +96,6 @@ class Segmenter:
 
     def _blocks(self, seconds: float) -> int:
         return max(1, round(seconds / BLOCK_S))
-
-    def _is_speech(self, db: float) -> bool:
-        return db > max(self._floor_db + self.o.threshold_db, self.o.absolute_floor_dbfs)
 
     def push(self, samples: np.ndarray) -> list[Event]:
         data = np.concatenate([self._carry, np.asarray(samples, np.float32)])
@@ -103,12 +121,10 @@ class Segmenter:
 
     def _step(self, block: np.ndarray) -> list[Event]:
         db = 10 * np.log10(float(np.mean(block * block)) + 1e-12)
-        speech = self._is_speech(db)
+        speech = self._is_speech(block, self.active or bool(self._onset))  # hysteresis from the first voiced block
         self._pos += len(block)
         if not self.active:
-            if not speech:  # the noise floor follows quiet stretches quickly, loud ones slowly
-                rate = 0.1 if db < self._floor_db else 0.01
-                self._floor_db += rate * (db - self._floor_db)
+            if not speech:
                 self._pre.append(block)
                 self._onset.clear()
                 return []

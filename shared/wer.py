@@ -73,6 +73,13 @@ class ManifestEntry:
     file: Path
     text: str
     language: str
+    label: str | None = None  # digit clips: the digit string, the reference to score against
+    split: str = "tune"  # "tune" or "holdout" (kept out of tuning)
+    duration_s: float | None = None
+
+    @property
+    def reference(self) -> str:
+        return self.label or self.text
 
 
 def read_manifest(path: str | Path) -> list[ManifestEntry]:
@@ -86,7 +93,16 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
             continue
         try:
             raw = json.loads(line)
-            entries.append(ManifestEntry(path.parent / raw["file"], str(raw["text"]), str(raw.get("language", "en"))))
+            entries.append(
+                ManifestEntry(
+                    path.parent / raw["file"],
+                    str(raw["text"]),
+                    str(raw.get("language", "en")),
+                    raw.get("label"),
+                    str(raw.get("split", "tune")),
+                    raw.get("duration_s"),
+                )
+            )
         except (ValueError, KeyError, TypeError) as exc:
             raise ConfigError(f"{path}:{lineno}: bad manifest line ({exc}); want file, text, language") from exc
     return entries

@@ -22,6 +22,12 @@ def manifest():
 
 
 @pytest.fixture(scope="session")
+def real_manifest():
+    """The real-speech clips (samples/real): what accuracy is judged on."""
+    return read_manifest(SAMPLES / "real" / "manifest.jsonl")
+
+
+@pytest.fixture(scope="session")
 def tiny_artifacts():
     from splitasr.models.stages import ensure_stages
 
@@ -43,6 +49,14 @@ def tiny_recognizer(tiny_artifacts):
     from splitasr.cloud.shard.runtime import RuntimeOptions
 
     return Recognizer(tiny_artifacts, RuntimeOptions(threads=2))
+
+
+@pytest.fixture(scope="session")
+def tiny_int8_recognizer(tiny_artifacts):
+    """tiny.en with int8 stages: the default deployment."""
+    from splitasr.cloud.shard.recognizer import Recognizer
+
+    return Recognizer.load("tiny.en", int8=True, threads=2, show_progress=False)
 
 
 @pytest.fixture(scope="session")

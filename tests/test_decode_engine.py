@@ -8,8 +8,6 @@ import asyncio
 import pytest
 
 from splitasr.cloud.shard.decode_engine import DecodeEngine, EngineOptions
-from splitasr.cloud.shard.decoding import greedy_decode
-from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
 from splitasr.cloud.shard.supersession import FINAL_REV
 from splitasr.shared.audio import load_audio
@@ -24,17 +22,13 @@ def windows(tiny_recognizer, manifest):
     for i, entry in enumerate(english):
         seconds = 3 + (i * 3) % 7
         audio = load_audio(entry.file)[: 16000 * seconds]
-        states = tiny_recognizer.runtime.encode(tiny_recognizer.features(audio, TranscribeOptions()))
+        states = tiny_recognizer.runtime.encode(tiny_recognizer.features(audio))
         out.append((states, len(audio) / 16000))
     return out
 
 
 def _single(tiny_recognizer, states, seconds):
-    rt, tok = tiny_recognizer.runtime, tiny_recognizer.tokenizer
-    prompt = tok.prompt("en")
-    ck, cv = rt.cross_kv(states)
-    cap = EngineOptions().decoding.token_cap(seconds, len(prompt))
-    return greedy_decode(rt.dec_step, ck, cv, [prompt], [cap], tiny_recognizer.rules)[0]
+    return tiny_recognizer.decoder.decode(states, "en", seconds, EngineOptions().decoding)[0].tokens
 
 
 def _engine(tiny_recognizer, **options):
@@ -63,7 +57,7 @@ def test_windows_of_different_lengths_decode_as_they_would_alone(tiny_recognizer
             results = await asyncio.gather(*first, *rest)
         finally:
             engine.close()
-        return [r[0] for r in results], engine.batch_sizes
+        return [r[0].tokens for r in results], engine.batch_sizes
 
     batched, sizes = asyncio.run(main())
     assert batched == singles

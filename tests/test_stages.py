@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from splitasr.cloud.shard.decoding import greedy_decode
-from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.models.stages import ensure_stages
 from splitasr.shared.audio import load_audio
 
@@ -36,7 +35,7 @@ def _torch_step(whisper):
 
 def test_torch_and_onnx_agree(tiny_recognizer, torch_whisper, manifest):
     entry = next(e for e in manifest if e.language == "en")
-    mel = tiny_recognizer.features(load_audio(entry.file), TranscribeOptions())
+    mel = tiny_recognizer.features(load_audio(entry.file))
     with torch.no_grad():
         hidden_t = torch_whisper.enc_a(torch.from_numpy(mel))
         audio_t = torch_whisper.enc_b(hidden_t)
@@ -65,7 +64,7 @@ def test_batched_decoding_equals_single(tiny_recognizer, manifest):
     prompt = tiny_recognizer.tokenizer.prompt("en")
     for entry in english:
         audio = load_audio(entry.file)[: 16000 * 6]
-        ck, cv = runtime.cross_kv(runtime.encode(tiny_recognizer.features(audio, TranscribeOptions(window="full"))))
+        ck, cv = runtime.cross_kv(runtime.encode(tiny_recognizer.features(audio, "full")))
         crosses.append((ck, cv))
         singles += greedy_decode(runtime.dec_step, ck, cv, [prompt], [80], rules)
     ck = np.concatenate([c[0] for c in crosses], axis=1)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -11,8 +14,11 @@ import soundfile as sf
 from splitasr.cloud.local_cluster import ChainSpec, LocalCluster
 from splitasr.edge.agent import AgentOptions, EdgeAgent
 from splitasr.edge.audio_in import file_source
+from splitasr.edge.segmenter import SegmenterOptions
 from splitasr.shared.audio import load_audio
 from splitasr.shared.wer import WERTally
+from tests.longform import build_streams
+from tests.nonspeech import nonspeech_clips
 
 pytestmark = pytest.mark.integration
 
@@ -115,3 +121,61 @@ def test_stage0_killed_mid_utterance_fails_over(tmp_path, manifest):
     tally = WERTally()
     tally.add(entry.text, " ".join(f.text for f in sorted(report.finals, key=lambda f: f.utt)))
     assert tally.wer < 0.15
+
+
+def _text(report) -> str:
+    return " ".join(f.text for f in sorted(report.finals, key=lambda f: f.utt) if f.text)
+
+
+def test_longform_real_speech_one_final_per_turn_with_stream_times(cluster, tiny_recognizer, tmp_path):
+    """Real clips strung together with 0.5-8 s pauses, 8 kHz and 44.1 kHz stereo: FINAL count, WER, times."""
+    streamed, offline = WERTally(), WERTally()
+    for s in build_streams(tmp_path, count=3, per_stream=6)[1:]:
+        report = stream(cluster.stage0_urls("tiny.en"), s.path)
+        spoken = [f for f in report.finals if f.text]
+        print(f"{s.path.name}: {len(spoken)} FINALs for {len(s.utterances)} utterances")
+        assert abs(len(spoken) - len(s.utterances)) <= max(1, round(0.1 * len(s.utterances)))
+        for f in spoken:  # each FINAL lies on a true utterance (pre-roll and endpoint slack allowed)
+            assert any(f.start_s < u.end_s + 0.5 and f.end_s > u.start_s - 0.5 for u in s.utterances), f
+            assert f.start_s < f.end_s
+        streamed.add(s.reference, _text(report))
+        offline.add(s.reference, tiny_recognizer.transcribe(load_audio(s.path)).text)
+    print(f"long-form WER streamed {streamed.wer:.3f} offline {offline.wer:.3f} ({streamed.words} words)")
+    assert streamed.wer <= offline.wer + 0.03
+
+
+def test_nonspeech_streams_no_final_text(cluster, tmp_path):
+    gap = np.zeros(16000, np.float32)
+    audio = np.concatenate([x for clip in nonspeech_clips().values() for x in (clip, gap)])
+    path = tmp_path / "nonspeech.wav"
+    sf.write(path, audio, 16000)
+    for vad in ("silero", "energy"):  # the energy VAD sends utterances; the recogniser must find no speech
+        report = stream(cluster.stage0_urls("tiny.en"), path, segmenter=SegmenterOptions(vad=vad))
+        assert [f.text for f in report.finals if f.text] == [], vad
+        print(f"{vad}: {report.utterances} utterances sent, {report.empty_finals} empty FINALs")
+
+
+def test_wav_on_a_pipe_gives_the_same_text_as_the_file(cluster, real_manifest, tmp_path):
+    entry = next(e for e in real_manifest if e.file.name == "en_ljspeech_LJ001-0011.flac")
+    audio = load_audio(entry.file)
+    wav = tmp_path / "stereo48k.wav"
+    stereo = np.stack([audio, 0.9 * audio], axis=1)
+    import soxr
+
+    sf.write(wav, soxr.resample(stereo, 16000, 48000), 48000, subtype="PCM_16")
+    url = cluster.stage0_urls("tiny.en")[0]
+    base = [sys.executable, "-m", "splitasr.cli", "edge", "--shard", url, "--json", "--no-realtime"]
+    from_file = subprocess.run([*base, str(wav)], capture_output=True, text=True, timeout=120, check=True)
+    with open(wav, "rb") as f:
+        cat = subprocess.Popen(["cat"], stdin=f, stdout=subprocess.PIPE)
+        piped = subprocess.run([*base, "-"], stdin=cat.stdout, capture_output=True, text=True, timeout=120)
+        cat.stdout.close()
+        cat.wait(10)
+    assert piped.returncode == 0, piped.stderr
+
+    def texts(out: str) -> list[str]:
+        return [json.loads(line)["text"] for line in out.splitlines() if line.startswith("{")]
+
+    assert texts(from_file.stdout) and texts(piped.stdout) == texts(from_file.stdout)
+    first = json.loads(piped.stdout.splitlines()[0])
+    assert 0.0 <= first["start_s"] < first["end_s"] <= len(audio) / 16000 + 0.1

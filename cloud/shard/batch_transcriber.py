@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from splitasr.cloud.shard.decoding import DecodeBatch, Sequence
-from splitasr.cloud.shard.recognizer import Recognizer, TranscribeOptions, Transcript
+from splitasr.cloud.shard.guard import DecodeResult, judge, plan
+from splitasr.cloud.shard.recognizer import Recognizer, Segment, TranscribeOptions, Transcript, window_segments
 from splitasr.cloud.shard.result_cache import ResultCache, feature_key
-from splitasr.cloud.shard.windows import split_windows
+from splitasr.cloud.shard.windows import audio_log_mel, next_start, window_end, window_mel
 from splitasr.shared.errors import SplitASRError
 
 log = logging.getLogger(__name__)
@@ -35,17 +36,21 @@ class BatchResult:
 @dataclass
 class _File:
     name: str
-    duration_s: float
-    windows: list[list[int] | None]
+    audio: np.ndarray
     language: str | None
-    remaining: int
+    tokens: list[list[int]] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    retried: int = 0
 
 
 @dataclass
 class _Window:
+    """One window of a file on one attempt of the guard's plan; the file's next window waits for it (seek)."""
+
     file: _File
-    index: int
-    audio: np.ndarray
+    start: int
+    end: int
+    attempt: int = 0
 
 
 @dataclass
@@ -73,6 +78,8 @@ class BatchTranscriber:
         rec = self.recognizer
         rec.tokenizer.check_language(options.language)
         sr = rec.spec.sample_rate
+        modes = plan(options.window)
+        max_s = rec.max_window_s(options)
         default_language = options.language or ("en" if not rec.multilingual else None)
         queue: deque[_Window] = deque()
         inflight: dict[str, list[_Window]] = {}
@@ -80,22 +87,39 @@ class BatchTranscriber:
         batch = DecodeBatch(rec.runtime.dec_step, rec.rules)
         exhausted = False
 
-        def finish(key: str, tokens: list[int]) -> Iterator[BatchResult]:
-            self.cache.put(key, tokens)
+        def finish(key: str, result: DecodeResult) -> Iterator[BatchResult]:
+            self.cache.put(key, result)
             for w in inflight.pop(key):
-                yield from complete(w, tokens)
+                yield from complete(w, result)
 
-        def complete(w: _Window, tokens: list[int]) -> Iterator[BatchResult]:
+        def complete(w: _Window, result: DecodeResult) -> Iterator[BatchResult]:
             f = w.file
-            f.windows[w.index] = tokens
-            f.remaining -= 1
+            text = rec.tokenizer.decode(list(result.tokens))
+            kept = judge(result, text, w.attempt, modes, rec.tokenizer.eot, options.guard)
+            if kept is None:  # degenerate: the same window again on the plan's next mode
+                queue.appendleft(_Window(f, w.start, w.end, w.attempt + 1))
+                return
+            f.retried += w.attempt > 0
+            f.tokens.append(list(kept))
+            found = window_segments(rec.tokenizer, list(kept), w.start / sr, (w.end - w.start) / sr)
+            f.segments += found
+            last_end = round(found[-1].end_s * sr) if found else None
+            start = next_start(w.start, w.end, len(f.audio), last_end, sr)
             if on_audio_done:
-                on_audio_done(len(w.audio) / sr)
-            if f.remaining == 0:
-                texts = [rec.tokenizer.decode(t).strip() for t in f.windows]
-                text = " ".join(t for t in texts if t)
-                transcript = Transcript(text, f.language or "en", f.windows, f.duration_s, rec.artifacts.version)
-                yield BatchResult(f.name, transcript)
+                on_audio_done((start - w.start) / sr)
+            if start < len(f.audio):
+                queue.appendleft(_Window(f, start, window_end(f.audio, start, sr, max_s)))
+                return
+            transcript = Transcript(
+                " ".join(seg.text for seg in f.segments),
+                f.language or "en",
+                f.tokens,
+                len(f.audio) / sr,
+                rec.artifacts.version,
+                segments=f.segments,
+                retried_windows=f.retried,
+            )
+            yield BatchResult(f.name, transcript)
 
         while True:
             joiners: list[Sequence] = []
@@ -115,13 +139,13 @@ class BatchTranscriber:
                     except SplitASRError as exc:
                         yield BatchResult(name, error=exc)
                         continue
-                    spans = split_windows(audio, sr, rec.max_window_s(options))
-                    f = _File(name, len(audio) / sr, [None] * len(spans), default_language, len(spans))
-                    queue.extend(_Window(f, i, audio[s:e]) for i, (s, e) in enumerate(spans))
+                    f = _File(name, audio, default_language)
+                    queue.append(_Window(f, 0, window_end(audio, 0, sr, max_s)))
                     continue
                 w = queue.popleft()
                 self.stats.windows += 1
-                mel = rec.features(w.audio, options)
+                raw = audio_log_mel(w.file.audio[w.start : w.end], rec.spec)
+                mel = window_mel(raw, modes[w.attempt], rec.spec, options.pad_s)
                 key = feature_key(mel, w.file.language, rec.artifacts.version)
                 cached = self.cache.get(key)
                 if cached is not None:
@@ -137,19 +161,18 @@ class BatchTranscriber:
             if not joiners and not len(batch):
                 return
             for seq in batch.join(joiners):
-                yield from finish(seq.tag, seq.tokens)
+                yield from finish(seq.tag, seq.result())
             if len(batch):
                 size = len(batch)
                 self.stats.batch_sizes[size] = self.stats.batch_sizes.get(size, 0) + 1
                 self.stats.steps += 1
                 for seq in batch.step():
-                    yield from finish(seq.tag, seq.tokens)
+                    yield from finish(seq.tag, seq.result())
 
     def _sequence(self, w: _Window, mel: np.ndarray, key: str, options: TranscribeOptions) -> Sequence:
         rec = self.recognizer
         cross_k, cross_v = rec.runtime.cross_kv(rec.runtime.encode(mel))
         if w.file.language is None:
             w.file.language = rec.decoder.detect_language(cross_k, cross_v)[0]
-        prompt = rec.tokenizer.prompt(w.file.language)
-        cap = options.decoding.token_cap(len(w.audio) / rec.spec.sample_rate, len(prompt))
-        return Sequence(prompt, cap, cross_k[:, 0], cross_v[:, 0], tag=key)
+        seconds = (w.end - w.start) / rec.spec.sample_rate
+        return rec.decoder.sequence(cross_k, cross_v, w.file.language, seconds, options.decoding, tag=key)

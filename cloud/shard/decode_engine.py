@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from splitasr.cloud.shard.decoding import DecodeBatch, DecodingOptions, Sequence
+from splitasr.cloud.shard.guard import DecodeResult
 from splitasr.cloud.shard.recognizer import TextDecoder
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
 from splitasr.cloud.shard.supersession import Supersession
@@ -108,8 +109,9 @@ class DecodeEngine:
         priority: int = PRIORITY_FINAL,
         key: str | None = None,
         rev: int = 0,
-    ) -> tuple[list[int], str, float]:
-        """Tokens, language and queue wait (s) of one window of audio states, decoded in the shared batch."""
+    ) -> tuple[DecodeResult, str, float]:
+        """Tokens (with guard statistics), language and queue wait (s) of one window of audio states,
+        decoded in the shared batch."""
         loop = asyncio.get_running_loop()
         self.supersession.note(key, rev)
         request = DecodeRequest(
@@ -176,9 +178,7 @@ class DecodeEngine:
             if language is None:
                 language = self.decoder.detect_language(cross_k, cross_v)[0] if tokenizer.multilingual else "en"
                 r.language = language
-            prompt = tokenizer.prompt(language)
-            cap = self.options.decoding.token_cap(r.audio_s, len(prompt))
-            seqs.append(Sequence(prompt, cap, cross_k[:, 0], cross_v[:, 0], tag=r))
+            seqs.append(self.decoder.sequence(cross_k, cross_v, language, r.audio_s, self.options.decoding, tag=r))
             r.admitted = time.perf_counter()
             if self.metrics is not None:
                 self.metrics.queue_seconds.observe(r.admitted - r.submitted)
@@ -187,7 +187,7 @@ class DecodeEngine:
     def _resolve(self, seqs: list[Sequence]) -> None:
         for s in seqs:
             r: DecodeRequest = s.tag
-            r.loop.call_soon_threadsafe(_settle, r.future, (s.tokens, r.language, r.admitted - r.submitted))
+            r.loop.call_soon_threadsafe(_settle, r.future, (s.result(), r.language, r.admitted - r.submitted))
 
     def _run(self) -> None:
         while True:

@@ -25,6 +25,7 @@ WindowChoice = Literal["auto", "trimmed", "full"]
 
 # the windows tried in turn for each choice; "auto" retries a degenerate trimmed window on a full one
 PLANS: dict[str, tuple[WindowMode, ...]] = {"auto": ("trimmed", "full"), "trimmed": ("trimmed",), "full": ("full",)}
+DEFAULT_WINDOW: WindowChoice = "auto"
 
 
 def plan(choice: str) -> tuple[WindowMode, ...]:

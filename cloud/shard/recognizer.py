@@ -10,7 +10,15 @@ from pathlib import Path
 import numpy as np
 
 from splitasr.cloud.shard.decoding import DecodeBatch, DecodingOptions, Sequence, SuppressRules
-from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, WindowChoice, judge, plan
+from splitasr.cloud.shard.guard import (
+    DEFAULT_WINDOW,
+    DecodeResult,
+    GuardOptions,
+    WindowChoice,
+    WindowMode,
+    judge,
+    plan,
+)
 from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime
 from splitasr.cloud.shard.windows import audio_log_mel, next_start, window_end, window_mel
 from splitasr.models.stages import StageArtifacts, ensure_stages
@@ -29,7 +37,7 @@ class TranscribeOptions:
     to 30 s exactly as faster-whisper does."""
 
     language: str | None = None
-    window: WindowChoice = "auto"
+    window: WindowChoice = DEFAULT_WINDOW
     pad_s: float = 2.0
     decoding: DecodingOptions = field(default_factory=DecodingOptions)
     guard: GuardOptions = field(default_factory=GuardOptions)
@@ -189,6 +197,10 @@ class Recognizer:
     @property
     def multilingual(self) -> bool:
         return self.tokenizer.multilingual
+
+    def features(self, audio: np.ndarray, mode: WindowMode = "trimmed", pad_s: float = 2.0) -> np.ndarray:
+        """Encoder input (1, mels, T) of one window of 16 kHz audio."""
+        return window_mel(audio_log_mel(audio, self.spec), mode, self.spec, pad_s)
 
     def max_window_s(self, options: TranscribeOptions) -> float:
         chunk = self.spec.chunk_length_s

@@ -14,6 +14,7 @@ import numpy as np
 from splitasr.cloud.shard.config import NEXT_ROLE, ShardConfig
 from splitasr.cloud.shard.decode_engine import DecodeEngine, EngineOptions
 from splitasr.cloud.shard.decoding import DecodingOptions
+from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, judge, plan
 from splitasr.cloud.shard.metrics import ShardMetrics
 from splitasr.cloud.shard.microbatch import BatchPolicy, MicroBatcher, default_max_batch
 from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState, QueueDelayWindow
@@ -24,23 +25,15 @@ from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Pri
 from splitasr.cloud.shard.stage_client import StageClient
 from splitasr.cloud.shard.supersession import FINAL_REV, Supersession
 from splitasr.cloud.shard.tensors import pack, unpack
+from splitasr.cloud.shard.windows import SILENCE_LOG_MEL, window_mel
 from splitasr.models.stages import StageArtifacts
 from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import OverloadedError, ProtocolError
-from splitasr.shared.features import normalize
 
 log = logging.getLogger(__name__)
 
 ONNX_STAGES = {"enc_a": ("enc_a",), "enc_b": ("enc_b",), "dec": ("cross_kv", "dec_step")}
-SILENCE_LOG_MEL = -10.0  # log10 of the 1e-10 floor: what zero samples give
-
-
-def utterance_mel(raw: np.ndarray, pad_frames: int, max_frames: int) -> np.ndarray:
-    """Whisper input (1, mels, T) for raw log10 mel of an utterance: silence padding, clamp/normalise, even T."""
-    padded = np.concatenate([raw, np.full((raw.shape[0], pad_frames), SILENCE_LOG_MEL, np.float32)], axis=1)
-    mel = normalize(padded)[:, :max_frames]
-    return np.ascontiguousarray(mel[None, :, : mel.shape[1] - mel.shape[1] % 2])
 
 
 class StageWorker:
@@ -137,7 +130,8 @@ class StageWorker:
         dims = self.artifacts.manifest["dims"]
         d, frames = dims["n_state"], 200
         if self.config.role == "enc_a":
-            self.runtime.run("enc_a", utterance_mel(np.full((dims["n_mels"], 100), -10, np.float32), 100, 3000))
+            silence = np.full((dims["n_mels"], 100), SILENCE_LOG_MEL, np.float32)
+            self.runtime.run("enc_a", window_mel(silence, "trimmed", self.artifacts.feature_spec))
         elif self.config.role == "enc_b":
             self.runtime.run("enc_b", np.zeros((1, frames // 2, d), np.float32))
         else:
@@ -195,14 +189,14 @@ class StageWorker:
         language = request.meta.get("language")
         if language is not None:
             self.decoder.tokenizer.check_language(language)
-        tokens, language, wait = await self.engine.decode(
+        result, language, wait = await self.engine.decode(
             audio, language, float(request.meta.get("audio_s", 30.0)), request.priority, key, rev
         )
         return p.StageResponse(
             req_id=request.req_id,
-            tensors=pack({"tokens": np.asarray(tokens, np.int64)}),
+            tensors=pack({"tokens": np.asarray(result.tokens, np.int64)}),
             timings={"dec_ms": (time.perf_counter() - started) * 1000, "queue_ms": wait * 1000},
-            meta={"language": language},
+            meta={"language": language, **result.to_meta()},
         )
 
 
@@ -317,25 +311,33 @@ class Stage0:
     async def _recognise(
         self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int
     ) -> tuple[str, str, dict]:
+        """The guard's plan over the stage chain: a FINAL whose trimmed window decodes to a degenerate
+        hypothesis is decoded again on the full window; a partial takes one window."""
         started = time.perf_counter()
-        mel = utterance_mel(raw, self.pad_frames, self.spec.n_frames)
-        hidden, wait = await self.worker.encode(mel, priority, 10.0, stale)
-        enc_a_ms = (time.perf_counter() - started) * 1000
-        meta = {"language": language, "audio_s": raw.shape[1] / self.spec.frames_per_second, "key": key, "rev": rev}
-        try:
-            res = await self.worker.forward("hidden", hidden, meta, priority, 10_000.0)
-        except ProtocolError as exc:
-            if exc.code == p.E_SUPERSEDED:
-                raise Superseded(exc.message) from None
-            raise
-        tokens = unpack(res.tensors, "tokens", as_float32=False).tolist()
-        queue_ms = res.timings.get("queue_ms", 0.0) + wait * 1000
+        modes = plan("auto" if priority == PRIORITY_FINAL else "trimmed")
+        timings: dict = {}
+        queue_ms = 0.0
+        for attempt, mode in enumerate(modes):
+            mel = window_mel(raw, mode, self.spec, self.worker.config.pad_s)
+            t = time.perf_counter()
+            hidden, wait = await self.worker.encode(mel, priority, 10.0, stale)
+            enc_a_ms = (time.perf_counter() - t) * 1000
+            meta = {"language": language, "audio_s": raw.shape[1] / self.spec.frames_per_second, "key": key, "rev": rev}
+            try:
+                res = await self.worker.forward("hidden", hidden, meta, priority, 10_000.0)
+            except ProtocolError as exc:
+                if exc.code == p.E_SUPERSEDED:
+                    raise Superseded(exc.message) from None
+                raise
+            result = DecodeResult.from_meta(unpack(res.tensors, "tokens", as_float32=False).tolist(), res.meta)
+            language = res.meta.get("language") or language
+            queue_ms += res.timings.get("queue_ms", 0.0) + wait * 1000
+            timings = {**res.timings, "enc_a_ms": enc_a_ms, "windows": attempt + 1}
+            text = self.tokenizer.decode(list(result.tokens))
+            kept = judge(result, text, attempt, modes, self.tokenizer.eot, GuardOptions())
+            if kept is not None:
+                break
         self.overload.observe(time.perf_counter(), queue_ms / 1000)
         self.worker.metrics.overload_level.set(self.overload.level)
-        timings = {
-            **res.timings,
-            "enc_a_ms": enc_a_ms,
-            "queue_ms": queue_ms,
-            "total_ms": (time.perf_counter() - started) * 1000,
-        }
-        return self.tokenizer.decode(tokens).strip(), res.meta.get("language") or "en", timings
+        timings.update(queue_ms=queue_ms, total_ms=(time.perf_counter() - started) * 1000)
+        return self.tokenizer.decode(list(kept)).strip(), language or "en", timings

@@ -1,0 +1,77 @@
+"""The hypothesis guard (pure): loops, low confidence and no-speech windows; the window plan; seek."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from splitasr.cloud.shard.guard import (
+    DecodeResult,
+    GuardOptions,
+    Verdict,
+    assess,
+    compression_ratio,
+    judge,
+    plan,
+    repetition_start,
+)
+from splitasr.cloud.shard.windows import next_start, split_windows, window_end
+
+EOT = 50256
+TS = 50363  # <|0.00|> of tiny.en
+
+
+def test_repetition_found_in_text_tokens_across_timestamps():
+    loop = [TS, 10, 11, 12, TS + 50, TS + 50, 10, 11, 12, TS + 100, TS + 100, 10, 11, 12, TS + 150]
+    cut = repetition_start(loop, EOT)
+    assert cut == 4  # after the first "10 11 12"
+    assert repetition_start([TS, 10, 11, 12, 13, TS + 50], EOT) is None
+    # "zero zero zero" is " 0" twice after "0": two back-to-back repeats are speech, three are a loop
+    assert repetition_start([15, 657, 657], EOT) is None
+    assert repetition_start([15, 657, 657, 657], EOT) == 2
+
+
+def test_assess_accepts_confident_text_and_flags_loops_cap_and_low_confidence():
+    ok = DecodeResult((TS, 10, 11, TS + 40), avg_logprob=-0.3, no_speech_prob=0.01)
+    assert assess(ok, "hello there", EOT) is Verdict.ACCEPT
+    capped = DecodeResult((TS, 10, 11), avg_logprob=-0.3, hit_cap=True)
+    assert assess(capped, "hello there", EOT) is Verdict.RETRY
+    unsure = DecodeResult((TS, 10, 11, TS + 40), avg_logprob=-1.4)
+    assert assess(unsure, "hello there", EOT) is Verdict.RETRY
+    looped = "go forward ten meters " * 8
+    assert compression_ratio(looped) > GuardOptions().compression_ratio_threshold
+    assert assess(DecodeResult((TS, 10), avg_logprob=-0.2), looped, EOT) is Verdict.RETRY
+
+
+def test_no_speech_needs_both_a_high_probability_and_low_confidence():
+    silent = DecodeResult((TS, 10, TS + 10), avg_logprob=-1.5, no_speech_prob=0.9)
+    assert assess(silent, "you", EOT) is Verdict.SILENCE
+    sure = DecodeResult((TS, 10, TS + 10), avg_logprob=-0.2, no_speech_prob=0.9)
+    assert assess(sure, "yes", EOT) is Verdict.ACCEPT
+
+
+def test_judge_retries_on_the_plan_then_keeps_the_last_window_without_its_loop():
+    modes = plan("auto")
+    assert modes == ("trimmed", "full")
+    looped = DecodeResult((TS, 20, 21, 20, 21, 20, 21, 20, 21), avg_logprob=-0.2, hit_cap=True)
+    assert judge(looped, "a b a b a b a b", 0, modes, EOT, GuardOptions()) is None
+    kept = judge(looped, "a b a b a b a b", 1, modes, EOT, GuardOptions())
+    assert kept == (TS, 20, 21)
+    silent = DecodeResult((TS, 10, TS + 10), avg_logprob=-1.5, no_speech_prob=0.9)
+    assert judge(silent, "you", 0, modes, EOT, GuardOptions()) == ()
+    # a genuine repetition that is not a runaway loop is kept whole on the last window
+    words = DecodeResult((TS, 30, 31, 31, 31, 31, TS + 90), avg_logprob=-0.3)
+    assert judge(words, "word word word word word", 1, modes, EOT, GuardOptions()) == words.tokens
+
+
+def test_windows_cut_at_quiet_points_and_seek_back_to_the_last_finished_segment():
+    sr = 1000
+    audio = np.ones(70 * sr, np.float32)
+    audio[27_000:27_100] = 0  # the quietest 100 ms before the 28 s limit
+    assert window_end(audio, 0, sr, 28.0) == 27_050
+    assert split_windows(audio[: 20 * sr], sr, 28.0) == [(0, 20 * sr)]
+    # the model finished a segment at 20 s of a window cut at 27.05 s: continue from 20 s
+    assert next_start(0, 27_050, len(audio), 20 * sr, sr) == 20 * sr
+    # a segment ending within a second of the cut, or the end of the audio: move on
+    assert next_start(0, 27_050, len(audio), 26_500, sr) == 27_050
+    assert next_start(40 * sr, 70 * sr, len(audio), 50 * sr, sr) == 70 * sr
+    assert next_start(0, 27_050, len(audio), None, sr) == 27_050
