@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 demo: install
-	$(BIN)/splitasr transcribe samples/en_weather.flac
+	$(BIN)/splitasr transcribe --json samples/real/en/en_ljspeech_LJ001-0011.flac
 	$(BIN)/splitasr demo
 
 lint: install

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from splitasr.cli.up import default_models
 
-SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "manifest.jsonl"
+SAMPLES = Path(__file__).resolve().parent.parent / "samples" / "demo.jsonl"  # real speech
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("demo", help="stream the shipped sample clips through an autoscaled local cluster")
+    p = sub.add_parser("demo", help="stream real speech clips through an autoscaled local cluster")
     p.add_argument("--manifest", default=str(SAMPLES))
     p.add_argument("--models", default=None, help="comma-separated (default: tiny.en, plus base when installed)")
     p.add_argument("--no-realtime", action="store_true")

@@ -32,7 +32,9 @@ class ShardSpec:
 def shard_command(
     spec: ShardSpec, ready_file: Path, coordinator_url: str | None = None, shard_id: str | None = None
 ) -> list[str]:
-    """The ``splitasr shard`` command line of a spec."""
+    """The ``splitasr shard`` command line of a spec. A ready file left by an earlier run in the same
+    workdir is removed here, so readiness is never read from a shard that is gone."""
+    ready_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "splitasr.cli", "--log-level", "INFO", "shard", "--model", spec.model]
     cmd += ["--stage", spec.stage, "--threads", str(spec.threads), "--ready-file", str(ready_file)]
     cmd += ["--zone", spec.zone, "--region", spec.region]

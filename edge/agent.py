@@ -58,6 +58,7 @@ class FinalResult:
     eou_latency_s: float = 0.0  # EOU sent (the endpoint decision) to FINAL received
     start_s: float = 0.0  # the utterance in stream time (seconds from the start of the input):
     end_s: float = 0.0  # first sample sent (pre-roll included) to the end of speech
+    received_s: float = 0.0  # when the FINAL arrived, in seconds since the first audio chunk
 
 
 @dataclass
@@ -102,6 +103,7 @@ class EdgeAgent:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._lock = asyncio.Lock()  # orders sends against replay
         self._all_final = asyncio.Event()
+        self._first_chunk_at: float | None = None
         self._source_done = False
 
     # -- connection ---------------------------------------------------------------------------
@@ -262,6 +264,7 @@ class EdgeAgent:
             now - eou_at,
             start_s,
             end_s,
+            now - self._first_chunk_at if self._first_chunk_at is not None else 0.0,
         )
         self.report.finals.append(result)  # every utterance's FINAL, for exactly-once accounting
         if not result.text.strip():  # the VAD opened an utterance, the recogniser found no speech
@@ -355,6 +358,8 @@ class EdgeAgent:
                 await self._send(utt, eou)
 
         async for chunk in source:
+            if self._first_chunk_at is None:
+                self._first_chunk_at = time.monotonic()
             consumed += len(chunk)
             now = time.monotonic()
             for event in segmenter.push(conditioner.process(chunk)):

@@ -13,9 +13,10 @@ from splitasr.models.sources import locate
 
 
 def faster_whisper_greedy(
-    model: str, compute_type: str = "float32", threads: int = 2
+    model: str, compute_type: str = "float32", threads: int = 2, timestamps: bool = True
 ) -> Callable[[np.ndarray, str], tuple[str, list[int]]]:
-    """A function audio, language -> (text, tokens) using faster-whisper with beam size 1, temperature 0."""
+    """A function audio, language -> (text, tokens) using faster-whisper with beam size 1, temperature 0
+    and no fallbacks: what one splitasr decoding pass of a full window must equal token for token."""
     from faster_whisper import WhisperModel
 
     fw = WhisperModel(str(locate(model).directory), device="cpu", compute_type=compute_type, cpu_threads=threads)
@@ -26,7 +27,7 @@ def faster_whisper_greedy(
             language=language,
             beam_size=1,
             temperature=0.0,
-            without_timestamps=True,
+            without_timestamps=not timestamps,
             condition_on_previous_text=False,
             vad_filter=False,
             no_speech_threshold=None,

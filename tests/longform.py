@@ -1,7 +1,9 @@
 """Long-form streams built from the real-speech clips, the way a call or meeting sounds.
 
 Each stream strings clips of one split together with pauses of 0.5–8 s, at its own sample rate
-(8, 16, 22.05, 44.1 stereo, 48 kHz, 16 kHz stereo), some with background noise. A pause shorter
+(8, 16, 22.05, 44.1 stereo, 48 kHz, 16 kHz stereo), some with background noise. The clips' levels
+differ by 50 dB in the dev set, so each is brought to a talker level of -26 dBFS ± 4 dB (speech
+RMS) before mixing, and noise sits about 20 dB below that. A pause shorter
 than a second does not end a turn: clips separated by one form one utterance (a speaker going on),
 so the reference utterance count is the number of such groups. Deterministic (seeded).
 """
@@ -21,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "samples" / "real"
 PAUSES_S = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 FORMATS = ((16000, 1, 0.0), (8000, 1, 0.0), (44100, 2, 0.004), (48000, 1, 0.0), (22050, 1, 0.006), (16000, 2, 0.0))
+TALKER_DBFS = -26.0
 TURN_GAP_S = 1.0
 
 
@@ -75,6 +78,8 @@ def build_streams(
         for n, row in enumerate(picks):
             audio = load_audio(REAL / row["file"])
             lo, hi = _voiced(audio)
+            rms = float(np.sqrt(np.mean(audio[lo:hi] ** 2))) + 1e-9
+            audio = audio * (10 ** ((TALKER_DBFS + rng.uniform(-4, 4)) / 20) / rms)
             clips.append(Utterance(row.get("label") or row["text"], t + lo / 16000, t + hi / 16000))
             pause = float(rng.choice(PAUSES_S)) if n + 1 < len(picks) else 2.0
             parts += [audio, np.zeros(int(pause * 16000), np.float32)]

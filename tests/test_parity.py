@@ -1,4 +1,5 @@
-"""The ONNX stage chain decodes the same greedy tokens as faster-whisper on the same weights."""
+"""The ONNX stage chain decodes the same greedy tokens as faster-whisper on the same weights (fp32,
+timestamp mode, full windows), on real speech; the guarded default is at least as accurate."""
 
 from __future__ import annotations
 
@@ -35,27 +36,31 @@ def _check(recognizer, model_name, entries):
         trimmed = recognizer.transcribe(audio, TranscribeOptions(language=entry.language))
         if [t for w in trimmed.tokens for t in w] != expected:
             mismatched_trimmed.append(entry.file.name)
-        tally_full.add(entry.text, full.text, entry.language)
-        tally_trim.add(entry.text, trimmed.text, entry.language)
+        tally_full.add(entry.reference, full.text, entry.language)
+        tally_trim.add(entry.reference, trimmed.text, entry.language)
     print(
         f"{model_name}: {len(entries)} clips, tokens equal (30 s windows); trimmed windows differ on "
         f"{mismatched_trimmed or 'none'}; WER full {tally_full.wer:.3f} trimmed {tally_trim.wer:.3f}"
     )
-    # trimmed windows (the serving default) may pick other tokens, but must not be less accurate
+    # the default (trimmed windows, guarded) may pick other tokens, but must not be less accurate
     assert tally_trim.wer <= tally_full.wer + 0.01
 
 
-def _short(entries, languages):
-    return [e for e in entries if e.language in languages and load_audio(e.file).size <= 30 * 16000]
+def _short(entries, languages, per_language: int):
+    out = []
+    for language in sorted(languages):
+        # every third clip under 30 s: digits, words, commands and sentences alike
+        out += [e for e in entries if e.language == language and e.duration_s < 30][::3][:per_language]
+    return out
 
 
-def test_tiny_en_tokens_equal_faster_whisper(tiny_recognizer, manifest):
-    _check(tiny_recognizer, "tiny.en", _short(manifest, {"en"}))
+def test_tiny_en_tokens_equal_faster_whisper(tiny_recognizer, real_manifest):
+    _check(tiny_recognizer, "tiny.en", _short(real_manifest, {"en"}, 20))
 
 
 @pytest.mark.multilingual
-def test_base_tokens_equal_faster_whisper(base_recognizer, manifest):
-    _check(base_recognizer, "base", _short(manifest, {"en", "de", "es", "fr"}))
+def test_base_tokens_equal_faster_whisper(base_recognizer, real_manifest):
+    _check(base_recognizer, "base", _short(real_manifest, {"de", "es", "fr", "pt"}, 2))
 
 
 def test_suppressed_tokens_match_faster_whisper(tiny_recognizer):

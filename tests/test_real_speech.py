@@ -35,7 +35,7 @@ def test_real_english_clips_default_settings_no_loops(tiny_int8_recognizer, real
         if entry.split == "holdout":
             held.add(entry.reference, result.text)
         retried += result.retried_windows
-        if looped(result.text) and entry.file.name != "en_mfa_mfa_words.flac":  # "word word word" is spoken
+        if looped(result.text) and not looped(entry.reference):  # "word word word word" is said in two clips
             loops.append((entry.file.name, result.text))
     print(f"WER {tally.wer:.3f} on {len(english)} clips, holdout {held.wer:.3f}, {retried} windows retried")
     assert not loops, loops
@@ -44,14 +44,16 @@ def test_real_english_clips_default_settings_no_loops(tiny_int8_recognizer, real
     assert retried > 0, "the guard never retried: trimmed windows loop on these clips"
 
 
-def test_trimmed_windows_alone_loop_on_real_short_clips(tiny_int8_recognizer, real_manifest):
-    """Why the guard exists: without retries, trimmed windows loop on real single words."""
+def test_degenerate_trimmed_windows_of_real_digits_are_decoded_again(tiny_int8_recognizer, real_manifest):
+    """Why the guard exists: trimmed windows of real single digits loop (``5, 5, 5, …``); the guard
+    sees it and decodes those windows again on the full window, which gives the digit."""
     digits = [e for e in real_manifest if e.language == "en" and e.file.name.startswith("en_audiomnist")]
-    texts = [
-        tiny_int8_recognizer.transcribe(load_audio(e.file), TranscribeOptions(language="en", window="trimmed")).text
-        for e in digits
-    ]
-    assert sum(looped(t) for t in texts) >= 2, texts
+    results = [tiny_int8_recognizer.transcribe(load_audio(e.file), TranscribeOptions(language="en")) for e in digits]
+    assert sum(r.retried_windows for r in results) >= len(digits) // 2
+    tally = WERTally()
+    for e, r in zip(digits, results, strict=True):
+        tally.add(e.reference, r.text)
+    assert tally.wer <= 0.2, [r.text for r in results]
 
 
 def test_nonspeech_gives_no_text_offline(tiny_int8_recognizer):
