@@ -43,16 +43,26 @@ class LongStream:
 
     @property
     def reference(self) -> str:
-        return " ".join(u.text for u in self.utterances)
+        return " ".join(u.text for u in self.utterances if u.text)
+
+    def expected_finals(self, max_utterance_s: float = 20.0) -> int:
+        """FINALs an endpointer should give: one per turn, more where a turn exceeds the maximum length."""
+        return sum(max(1, int(np.ceil((u.end_s - u.start_s) / max_utterance_s))) for u in self.utterances)
 
 
-def _voiced(audio: np.ndarray, rate: int = 16000) -> tuple[int, int]:
-    """First and last sample of the 20 ms blocks within 35 dB of the clip's loudest block."""
+def _voiced(audio: np.ndarray, rate: int = 16000) -> list[tuple[int, int]]:
+    """Runs (first, end sample) of 20 ms blocks within 35 dB of the clip's loudest block; runs less
+    than a turn gap apart are one run (a speaker pausing inside a clip for longer starts a new one)."""
     block = rate // 50
     n = max(1, len(audio) // block)
     db = 10 * np.log10(np.mean(audio[: n * block].reshape(n, block) ** 2, axis=1) + 1e-12)
     voiced = np.flatnonzero(db > db.max() - 35)
-    return int(voiced[0]) * block, int(voiced[-1] + 1) * block
+    runs = [[int(voiced[0]), int(voiced[0]) + 1]]
+    for b in voiced[1:]:
+        if (b - runs[-1][1]) * block >= TURN_GAP_S * rate:
+            runs.append([int(b), int(b) + 1])
+        runs[-1][1] = int(b) + 1
+    return [(lo * block, hi * block) for lo, hi in runs]
 
 
 def _entries(split: str | None, min_s: float) -> list[dict]:
@@ -77,10 +87,13 @@ def build_streams(
         parts, clips, t = [np.zeros(8000, np.float32)], [], 0.5
         for n, row in enumerate(picks):
             audio = load_audio(REAL / row["file"])
-            lo, hi = _voiced(audio)
-            rms = float(np.sqrt(np.mean(audio[lo:hi] ** 2))) + 1e-9
+            runs = _voiced(audio)
+            rms = float(np.sqrt(np.mean(audio[runs[0][0] : runs[-1][1]] ** 2))) + 1e-9
             audio = audio * (10 ** ((TALKER_DBFS + rng.uniform(-4, 4)) / 20) / rms)
-            clips.append(Utterance(row.get("label") or row["text"], t + lo / 16000, t + hi / 16000))
+            text = row.get("label") or row["text"]
+            clips += [
+                Utterance(text if i == 0 else "", t + lo / 16000, t + hi / 16000) for i, (lo, hi) in enumerate(runs)
+            ]
             pause = float(rng.choice(PAUSES_S)) if n + 1 < len(picks) else 2.0
             parts += [audio, np.zeros(int(pause * 16000), np.float32)]
             t += len(audio) / 16000 + pause
@@ -101,7 +114,7 @@ def _turns(clips: list[Utterance]) -> list[Utterance]:
     for u in clips[1:]:
         last = turns[-1]
         if u.start_s - last.end_s < TURN_GAP_S:
-            turns[-1] = Utterance(f"{last.text} {u.text}", last.start_s, u.end_s)
+            turns[-1] = Utterance(f"{last.text} {u.text}".strip(), last.start_s, u.end_s)
         else:
             turns.append(u)
     return turns

@@ -25,7 +25,7 @@ from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Pri
 from splitasr.cloud.shard.stage_client import StageClient
 from splitasr.cloud.shard.supersession import FINAL_REV, Supersession
 from splitasr.cloud.shard.tensors import pack, unpack
-from splitasr.cloud.shard.windows import SILENCE_LOG_MEL, window_mel
+from splitasr.cloud.shard.windows import SILENCE_LOG_MEL, next_start, window_mel
 from splitasr.models.stages import StageArtifacts
 from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared import protocol as p
@@ -33,6 +33,7 @@ from splitasr.shared.errors import OverloadedError, ProtocolError
 
 log = logging.getLogger(__name__)
 
+MAX_FINAL_WINDOWS = 6  # decoding passes of one FINAL (guard retries and continuations after a stop)
 ONNX_STAGES = {"enc_a": ("enc_a",), "enc_b": ("enc_b",), "dec": ("cross_kv", "dec_step")}
 
 
@@ -312,11 +313,33 @@ class Stage0:
         self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int
     ) -> tuple[str, str, dict]:
         """The guard's plan over the stage chain: a FINAL whose trimmed window decodes to a degenerate
-        hypothesis is decoded again on the full window; a partial takes one window."""
+        hypothesis is decoded again on the full window, and, as offline, decoding goes on after the
+        last finished segment when the model stopped more than a second before the utterance's end
+        (it ends at the speech end, so that is untranscribed speech); a partial takes one window."""
         started = time.perf_counter()
+        final = priority == PRIORITY_FINAL
+        fps = self.spec.frames_per_second
+        timings: dict = {"queue_ms": 0.0, "windows": 0}
+        texts, start, n = [], 0, raw.shape[1]
+        while start < n:
+            tokens, language = await self._window(raw[:, start:], language, priority, stale, key, rev, timings)
+            found = self.tokenizer.segments(list(tokens))
+            texts += [text for _, _, text in found]
+            last_end = start + round(found[-1][1] * fps) if found and found[-1][1] > found[-1][0] else None
+            following = next_start(start, n, n + 1 if final else n, last_end, fps)
+            if following >= n or timings["windows"] >= MAX_FINAL_WINDOWS:
+                break
+            start = following
+        self.overload.observe(time.perf_counter(), timings["queue_ms"] / 1000)
+        self.worker.metrics.overload_level.set(self.overload.level)
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        return " ".join(texts).strip(), language or "en", timings
+
+    async def _window(
+        self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int, timings: dict
+    ) -> tuple[tuple[int, ...], str | None]:
+        """Tokens kept for one window of raw log-mel (the guard's plan: FINALs may retry on the full window)."""
         modes = plan("auto" if priority == PRIORITY_FINAL else "trimmed")
-        timings: dict = {}
-        queue_ms = 0.0
         for attempt, mode in enumerate(modes):
             mel = window_mel(raw, mode, self.spec, self.worker.config.pad_s)
             t = time.perf_counter()
@@ -331,13 +354,11 @@ class Stage0:
                 raise
             result = DecodeResult.from_meta(unpack(res.tensors, "tokens", as_float32=False).tolist(), res.meta)
             language = res.meta.get("language") or language
-            queue_ms += res.timings.get("queue_ms", 0.0) + wait * 1000
-            timings = {**res.timings, "enc_a_ms": enc_a_ms, "windows": attempt + 1}
-            text = self.tokenizer.decode(list(result.tokens))
-            kept = judge(result, text, attempt, modes, self.tokenizer.eot, GuardOptions())
+            queue_ms = timings["queue_ms"] + res.timings.get("queue_ms", 0.0) + wait * 1000
+            timings.update(res.timings, enc_a_ms=enc_a_ms, queue_ms=queue_ms, windows=timings["windows"] + 1)
+            kept = judge(
+                result, self.tokenizer.decode(list(result.tokens)), attempt, modes, self.tokenizer.eot, GuardOptions()
+            )
             if kept is not None:
-                break
-        self.overload.observe(time.perf_counter(), queue_ms / 1000)
-        self.worker.metrics.overload_level.set(self.overload.level)
-        timings.update(queue_ms=queue_ms, total_ms=(time.perf_counter() - started) * 1000)
-        return self.tokenizer.decode(list(kept)).strip(), language or "en", timings
+                return kept, language
+        raise AssertionError("a plan's last window always yields tokens")
