@@ -51,7 +51,7 @@ def test_no_speech_needs_both_a_high_probability_and_low_confidence():
 
 def test_judge_retries_on_the_plan_then_keeps_the_last_window_without_its_loop():
     modes = plan("auto")
-    assert modes == ("trimmed", "full")
+    assert modes == ("trimmed", "long")
     looped = DecodeResult((TS, 20, 21, 20, 21, 20, 21, 20, 21), avg_logprob=-0.2, hit_cap=True)
     assert judge(looped, "a b a b a b a b", 0, modes, EOT, GuardOptions()) is None
     kept = judge(looped, "a b a b a b a b", 1, modes, EOT, GuardOptions())
@@ -75,3 +75,20 @@ def test_windows_cut_at_quiet_points_and_seek_back_to_the_last_finished_segment(
     assert next_start(0, 27_050, len(audio), 26_500, sr) == 27_050
     assert next_start(40 * sr, 70 * sr, len(audio), 50 * sr, sr) == 70 * sr
     assert next_start(0, 27_050, len(audio), None, sr) == 27_050
+
+
+def test_window_modes_share_one_builder():
+    from splitasr.cloud.shard.windows import LONG_WINDOW_S, SILENCE_LOG_MEL, window_mel
+    from splitasr.shared.features import DEFAULT_SPEC
+
+    raw = np.full((80, 137), -3.0, np.float32)
+    raw[:, 50] = -1.0
+    trimmed = window_mel(raw, "trimmed", DEFAULT_SPEC)
+    long = window_mel(raw, "long", DEFAULT_SPEC)
+    full = window_mel(raw, "full", DEFAULT_SPEC)
+    assert trimmed.shape == (1, 80, 336)  # 137 frames + 2 s, even
+    assert long.shape == (1, 80, int(LONG_WINDOW_S * 100))
+    assert full.shape == (1, 80, 3000)
+    np.testing.assert_array_equal(trimmed[0, :, :336], long[0, :, :336])  # the same frames, more silence
+    assert long[0, 0, -1] == (max(SILENCE_LOG_MEL, -1.0 - 8.0) + 4) / 4
+    assert full[0, 0, -1] == 0.0  # faster-whisper pads the normalised features with zeros

@@ -33,7 +33,6 @@ class DecodingOptions:
     max_length: int = 448  # Whisper's text context, prompt included
     suppress_blank: bool = True
     timestamps: bool = True
-    max_initial_timestamp_s: float = 1.0
 
     def token_cap(self, audio_seconds: float, prompt_length: int) -> int:
         """At most ~6 tokens per second of audio + 10 (+ room for timestamp pairs), within the text context."""

@@ -46,6 +46,7 @@ def split_windows(audio: np.ndarray, sample_rate: int, max_s: float) -> list[tup
 
 
 SILENCE_LOG_MEL = -10.0  # log10 of the 1e-10 floor: what zero samples give
+LONG_WINDOW_S = 15.0  # the retry window: long enough that short speech no longer loops (docs/decoding.md)
 
 
 def audio_log_mel(audio: np.ndarray, spec: FeatureSpec) -> np.ndarray:
@@ -57,13 +58,18 @@ def window_mel(raw: np.ndarray, mode: WindowMode, spec: FeatureSpec, pad_s: floa
     """The encoder input (1, mels, T) for raw log10 mel frames of one window; the only place a window is built.
 
     ``trimmed``: the frames plus ``pad_s`` of silence, clamped/normalised together, T even (≤ 30 s).
+    ``long``: the same, with silence up to at least ``LONG_WINDOW_S`` (the guard's retry window).
     ``full``: normalised frames zero-padded to 30 s, exactly faster-whisper's input.
     """
     if mode == "full":
         mel = normalize(raw[:, : spec.n_frames])
         mel = np.pad(mel, ((0, 0), (0, spec.n_frames - mel.shape[1])))
     else:
-        pad = np.full((raw.shape[0], int(pad_s * spec.frames_per_second)), SILENCE_LOG_MEL, np.float32)
+        fps = spec.frames_per_second
+        frames = raw.shape[1] + int(pad_s * fps)
+        if mode == "long":
+            frames = max(frames, int(LONG_WINDOW_S * fps))
+        pad = np.full((raw.shape[0], frames - raw.shape[1]), SILENCE_LOG_MEL, np.float32)
         mel = normalize(np.concatenate([raw, pad], axis=1))[:, : spec.n_frames]
         mel = mel[:, : mel.shape[1] - mel.shape[1] % 2]
     return np.ascontiguousarray(mel[None], dtype=np.float32)
