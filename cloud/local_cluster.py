@@ -57,6 +57,7 @@ class LocalCluster:
             raise ConfigError("a cluster needs at least one model chain")
         self.chains = chains
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="splitasr-cluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_timeout_s = ready_timeout_s
         self.shards: list[ShardProcess] = []
 

@@ -18,9 +18,9 @@ import numpy as np
 
 from splitasr.cloud.shard.decoding import DecodeBatch, Sequence
 from splitasr.cloud.shard.guard import DecodeResult, judge, plan
-from splitasr.cloud.shard.recognizer import Recognizer, Segment, TranscribeOptions, Transcript, window_segments
+from splitasr.cloud.shard.recognizer import Recognizer, Segment, TranscribeOptions, Transcript, consume_window
 from splitasr.cloud.shard.result_cache import ResultCache, feature_key
-from splitasr.cloud.shard.windows import audio_log_mel, next_start, window_end, window_mel
+from splitasr.cloud.shard.windows import audio_log_mel, window_end, window_mel
 from splitasr.shared.errors import SplitASRError
 
 log = logging.getLogger(__name__)
@@ -101,10 +101,8 @@ class BatchTranscriber:
                 return
             f.retried += w.attempt > 0
             f.tokens.append(list(kept))
-            found = window_segments(rec.tokenizer, list(kept), w.start / sr, (w.end - w.start) / sr)
+            found, start = consume_window(rec.tokenizer, list(kept), w.start, w.end, len(f.audio), sr)
             f.segments += found
-            last_end = round(found[-1].end_s * sr) if found else None
-            start = next_start(w.start, w.end, len(f.audio), last_end, sr)
             if on_audio_done:
                 on_audio_done((start - w.start) / sr)
             if start < len(f.audio):

@@ -86,6 +86,16 @@ def window_segments(tokenizer: WhisperTokenizer, tokens: list[int], offset_s: fl
     return out
 
 
+def consume_window(
+    tokenizer: WhisperTokenizer, tokens: list[int], start: int, end: int, total: int, sample_rate: int
+) -> tuple[list[Segment], int]:
+    """The segments of a decoded window ``[start, end)`` of ``total`` samples, and where the next
+    window starts (after the last finished segment: :func:`windows.next_start`)."""
+    found = window_segments(tokenizer, tokens, start / sample_rate, (end - start) / sample_rate)
+    last_end = round(found[-1].end_s * sample_rate) if found else None
+    return found, next_start(start, end, total, last_end, sample_rate)
+
+
 class _Timer:
     def __init__(self) -> None:
         self.ms: dict[str, float] = {}
@@ -245,9 +255,7 @@ class Recognizer:
             timer.add("features", t)
             tokens, language, tries = self.recognise_window(raw, language, options, timer)
             retried += tries > 1
-            found = window_segments(self.tokenizer, tokens, start / sr, (end - start) / sr)
-            last_end = round(found[-1].end_s * sr) if found else None
-            start = next_start(start, end, len(audio), last_end, sr)
+            found, start = consume_window(self.tokenizer, tokens, start, end, len(audio), sr)
             all_tokens.append(tokens)
             segments += found
         return Transcript(
