@@ -33,6 +33,8 @@ test: install lint
 
 bench: install
 	$(PY) benchmarks/offline.py
+	$(PY) benchmarks/offline.py --model base --quick
+	$(PY) benchmarks/processes.py
 	$(PY) benchmarks/batching.py
 	$(PY) benchmarks/streaming.py
 
