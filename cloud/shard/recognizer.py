@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class TranscribeOptions:
     """Per-request options. ``window="auto"`` encodes the audio plus ``pad_s`` of silence and decodes
-    a window again on the full 30 s when the guard finds its hypothesis degenerate (see
-    :mod:`splitasr.cloud.shard.guard`); ``"trimmed"`` never retries; ``"full"`` pads every window
-    to 30 s exactly as faster-whisper does."""
+    a window again on a 15 s window when the guard finds its hypothesis degenerate (see
+    :mod:`splitasr.cloud.shard.guard`; ``"auto-full"`` retries on 30 s); ``"trimmed"`` never
+    retries; ``"full"`` pads every window to 30 s exactly as faster-whisper does."""
 
     language: str | None = None
     window: WindowChoice = DEFAULT_WINDOW

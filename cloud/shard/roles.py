@@ -18,14 +18,14 @@ from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, judge, plan
 from splitasr.cloud.shard.metrics import ShardMetrics
 from splitasr.cloud.shard.microbatch import BatchPolicy, MicroBatcher, default_max_batch
 from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState, QueueDelayWindow
-from splitasr.cloud.shard.recognizer import TextDecoder
+from splitasr.cloud.shard.recognizer import TextDecoder, consume_window
 from splitasr.cloud.shard.result_cache import ResultCache, feature_key
 from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime, providers
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, PriorityRunner, Superseded
 from splitasr.cloud.shard.stage_client import StageClient
 from splitasr.cloud.shard.supersession import FINAL_REV, Supersession
 from splitasr.cloud.shard.tensors import pack, unpack
-from splitasr.cloud.shard.windows import SILENCE_LOG_MEL, next_start, window_mel
+from splitasr.cloud.shard.windows import SILENCE_LOG_MEL, window_mel
 from splitasr.models.stages import StageArtifacts
 from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared import protocol as p
@@ -313,7 +313,7 @@ class Stage0:
         self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int
     ) -> tuple[str, str, dict]:
         """The guard's plan over the stage chain: a FINAL whose trimmed window decodes to a degenerate
-        hypothesis is decoded again on the full window, and, as offline, decoding goes on after the
+        hypothesis is decoded again on the longer window, and, as offline, decoding goes on after the
         last finished segment when the model stopped more than a second before the utterance's end
         (it ends at the speech end, so that is untranscribed speech); a partial takes one window."""
         started = time.perf_counter()
@@ -323,10 +323,9 @@ class Stage0:
         texts, start, n = [], 0, raw.shape[1]
         while start < n:
             tokens, language = await self._window(raw[:, start:], language, priority, stale, key, rev, timings)
-            found = self.tokenizer.segments(list(tokens))
-            texts += [text for _, _, text in found]
-            last_end = start + round(found[-1][1] * fps) if found and found[-1][1] > found[-1][0] else None
-            following = next_start(start, n, n + 1 if final else n, last_end, fps)
+            # frames as the unit; a FINAL's utterance counts as cut (its end is the speech end)
+            found, following = consume_window(self.tokenizer, list(tokens), start, n, n + 1 if final else n, fps)
+            texts += [seg.text for seg in found]
             if following >= n or timings["windows"] >= MAX_FINAL_WINDOWS:
                 break
             start = following
@@ -338,7 +337,7 @@ class Stage0:
     async def _window(
         self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int, timings: dict
     ) -> tuple[tuple[int, ...], str | None]:
-        """Tokens kept for one window of raw log-mel (the guard's plan: FINALs may retry on the full window)."""
+        """Tokens kept for one window of raw log-mel (the guard's plan: FINALs may retry on a longer window)."""
         modes = plan("auto" if priority == PRIORITY_FINAL else "trimmed")
         for attempt, mode in enumerate(modes):
             mel = window_mel(raw, mode, self.spec, self.worker.config.pad_s)
