@@ -5,7 +5,8 @@ Streams: ``tests/longform.py`` strings real clips of ``samples/real`` together w
 0.5–8 s at 8, 16, 22.05, 44.1 (stereo) and 48 kHz, some with noise; clips less than a second apart
 count as one utterance. Each stream runs through ``splitasr edge``'s agent (Silero VAD) against a
 local cluster (tiny.en int8: stage-0 replicas + enc_b + dec, one thread each) in real time; N
-streams run at once (stream i plays long-form stream i mod 6). Latency runs from the utterance's
+streams run at once (stream i plays long-form stream i mod ``--count``; 12 streams of 8 clips cover
+the English clips). Latency runs from the utterance's
 true end (its last voiced sample in the stream) to the FINAL's arrival. The offline WER is
 ``Recognizer.transcribe`` (default settings) on the same stream files. Writes
 benchmarks/results/streaming.json + streaming.png.
@@ -70,12 +71,13 @@ def main() -> int:
     parser.add_argument("--streams", default="1,16")
     parser.add_argument("--silences", default="0.5,0.8,1.2", help="endpoint trailing silences (s)")
     parser.add_argument("--stage0-replicas", type=int, default=2)
-    parser.add_argument("--per-stream", type=int, default=6, help="clips per long-form stream")
+    parser.add_argument("--count", type=int, default=12, help="long-form streams (12 x 8 clips: the English set)")
+    parser.add_argument("--per-stream", type=int, default=8, help="clips per long-form stream")
     args = parser.parse_args()
     from splitasr.cloud.shard.recognizer import Recognizer
 
     workdir = Path(tempfile.mkdtemp(prefix="splitasr-longform-"))
-    streams = build_streams(workdir, count=6, per_stream=args.per_stream)
+    streams = build_streams(workdir, count=args.count, per_stream=args.per_stream)
     rec = Recognizer.load("tiny.en", int8=True, threads=2, show_progress=False)
     offline = WERTally()
     for s in streams:
