@@ -1,4 +1,4 @@
-"""Cut long audio into windows that fit Whisper's 30 s context, at the quietest point near each limit."""
+"""Windows for the encoder: where long audio is cut (quiet points, Whisper's seek) and how a window is built."""
 
 from __future__ import annotations
 
@@ -33,16 +33,6 @@ def next_start(start: int, end: int, total: int, last_segment_end: int | None, s
     if start + sample_rate <= last_segment_end <= end - sample_rate:
         return last_segment_end
     return end
-
-
-def split_windows(audio: np.ndarray, sample_rate: int, max_s: float) -> list[tuple[int, int]]:
-    """(start, end) sample ranges of at most ``max_s`` seconds covering ``audio``, cut at quiet points."""
-    out, start = [], 0
-    while start < len(audio) or not out:
-        end = window_end(audio, start, sample_rate, max_s)
-        out.append((start, end))
-        start = end
-    return out
 
 
 SILENCE_LOG_MEL = -10.0  # log10 of the 1e-10 floor: what zero samples give
