@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import bar_plot, median, print_table, write_json  # noqa: E402
 
 from splitasr.shared.audio import load_audio  # noqa: E402
-from splitasr.shared.wer import WERTally, read_manifest  # noqa: E402
+from splitasr.shared.wer import WERTally, read_manifest, repeats_phrase  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 REAL = ROOT / "samples" / "real" / "manifest.jsonl"
@@ -32,12 +32,7 @@ def looped(text: str) -> bool:
     """A hypothesis that repeats a phrase (1–4 words) three times back to back, or compresses like a loop."""
     from splitasr.cloud.shard.guard import compression_ratio
 
-    words = text.lower().split()
-    for n in range(1, 5):
-        for i in range(len(words) - 3 * n + 1):
-            if words[i : i + n] == words[i + n : i + 2 * n] == words[i + 2 * n : i + 3 * n]:
-                return True
-    return compression_ratio(text) > 2.4
+    return repeats_phrase(text) or compression_ratio(text) > 2.4
 
 
 def one_at_a_time(transcribe):

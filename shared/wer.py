@@ -108,6 +108,17 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     return entries
 
 
+def repeats_phrase(text: str, max_words: int = 4, times: int = 3) -> bool:
+    """Does a phrase of 1..``max_words`` words occur ``times`` times back to back (a decoding loop,
+    or speech that really repeats: compare with the reference)?"""
+    words = text.lower().split()
+    return any(
+        all(words[i : i + n] == words[i + k * n : i + (k + 1) * n] for k in range(1, times))
+        for n in range(1, max_words + 1)
+        for i in range(len(words) - times * n + 1)
+    )
+
+
 def corpus_wer(pairs: Iterable[tuple[str, str]], language: str = "en") -> float:
     tally = WERTally()
     for ref, hyp in pairs:

@@ -10,20 +10,11 @@ from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.edge.conditioning import Conditioner
 from splitasr.edge.segmenter import Segmenter, SegmenterOptions, Start
 from splitasr.shared.audio import load_audio
-from splitasr.shared.wer import WERTally
+from splitasr.shared.wer import WERTally, repeats_phrase
 from tests.longform import build_streams
 from tests.nonspeech import nonspeech_clips
 
 pytestmark = pytest.mark.integration
-
-
-def looped(text: str) -> bool:
-    words = text.lower().split()
-    return any(
-        words[i : i + n] == words[i + n : i + 2 * n] == words[i + 2 * n : i + 3 * n]
-        for n in range(1, 5)
-        for i in range(len(words) - 3 * n + 1)
-    )
 
 
 def test_real_english_clips_default_settings_no_loops(tiny_int8_recognizer, real_manifest):
@@ -35,7 +26,9 @@ def test_real_english_clips_default_settings_no_loops(tiny_int8_recognizer, real
         if entry.split == "holdout":
             held.add(entry.reference, result.text)
         retried += result.retried_windows
-        if looped(result.text) and not looped(entry.reference):  # "word word word word" is said in two clips
+        if repeats_phrase(result.text) and not repeats_phrase(
+            entry.reference
+        ):  # "word word word word" is said in two clips
             loops.append((entry.file.name, result.text))
     print(f"WER {tally.wer:.3f} on {len(english)} clips, holdout {held.wer:.3f}, {retried} windows retried")
     assert not loops, loops
