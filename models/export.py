@@ -24,10 +24,20 @@ STAGE_IO: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "enc_b": (("hidden",), ("audio",)),
     "cross_kv": (("audio",), ("cross_k", "cross_v")),
     "dec_step": (
-        ("tokens", "offset", "past_k", "past_v", "past_mask", "cross_k", "cross_v", "cross_mask"),
+        ("tokens", "offset", "past_k", "past_v", "past_mask", "cross_mask"),
         ("logits", "new_k", "new_v"),
     ),
 }
+# dec_step also takes each decoder layer's cross keys and values as inputs of their own
+# (``cross_k_0`` … ``cross_v_{L-1}``): one stacked input is split, i.e. copied, at every step, and
+# on CPU that copy took a third to a half of the step.
+LAYER_INPUTS = {"dec_step": ("cross_k", "cross_v")}
+
+
+def input_names(stage: str, layers: int) -> list[str]:
+    """The ONNX input names of ``stage`` for a model with ``layers`` decoder layers, in order."""
+    per_layer = [f"{name}_{i}" for name in LAYER_INPUTS.get(stage, ()) for i in range(layers)]
+    return [*STAGE_IO[stage][0], *per_layer]
 
 
 def _import_torch():
@@ -53,7 +63,7 @@ def export_stages(
 
     whisper = Whisper.from_ct2(ct2, split_layer)
     dims = whisper.dims
-    L, d = dims.n_text_layer, dims.n_state
+    L, d, h = dims.n_text_layer, dims.n_state, dims.n_text_head
     batch = torch.export.Dim("batch", min=1, max=256)
     frames = torch.export.Dim("frames_half", min=2, max=dims.n_audio_ctx)
     ctx = torch.export.Dim("ctx", min=2, max=dims.n_audio_ctx)
@@ -71,9 +81,8 @@ def export_stages(
                 torch.randn(L, B, 4, d),
                 torch.randn(L, B, 4, d),
                 torch.zeros(B, 4),
-                torch.randn(L, B, T, d),
-                torch.randn(L, B, T, d),
                 torch.zeros(B, T),
+                *(torch.randn(B, h, T, d // h) for _ in range(2 * L)),
             ),
             (
                 {0: batch, 1: ntok},
@@ -81,9 +90,8 @@ def export_stages(
                 {1: batch, 2: past},
                 {1: batch, 2: past},
                 {0: batch, 1: past},
-                {1: batch, 2: ctx},
-                {1: batch, 2: ctx},
                 {0: batch, 1: ctx},
+                *({0: batch, 2: ctx} for _ in range(2 * L)),
             ),
         ),
     }
@@ -93,7 +101,7 @@ def export_stages(
         if progress:
             progress(stage)
         args, shapes = examples[stage]
-        inputs, outputs = STAGE_IO[stage]
+        inputs, outputs = input_names(stage, L), STAGE_IO[stage][1]
         path = out_dir / f"{stage}.onnx"
         try:
             with warnings.catch_warnings(), torch.no_grad():

@@ -22,7 +22,7 @@ from splitasr.shared.features import DEFAULT_SPEC, FeatureSpec
 log = logging.getLogger(__name__)
 
 # Bump when the stage graphs' inputs/outputs change, so old caches are not reused.
-STAGE_FORMAT = 3
+STAGE_FORMAT = 4  # 4: cross keys/values split into heads
 MANIFEST = "manifest.json"
 
 
@@ -41,6 +41,10 @@ class StageArtifacts:
     def version(self) -> str:
         """Model version string: model name, weights hash prefix, split and stage format."""
         return f"{self.model}@{self.manifest['weights_sha256'][:8]}-s{self.manifest['split_layer']}"
+
+    @property
+    def decoder_layers(self) -> int:
+        return self.manifest["dims"]["n_text_layer"]
 
     @property
     def feature_spec(self) -> FeatureSpec:

@@ -14,17 +14,20 @@ from splitasr.models.ct2 import CT2Model
 from splitasr.models.dims import WhisperDims
 
 
+def _heads(x: Tensor, n_head: int) -> Tensor:
+    """(batch, time, state) -> (batch, heads, time, state // heads)."""
+    b, t, d = x.shape
+    return x.view(b, t, n_head, d // n_head).transpose(1, 2)
+
+
 def _attention(q: Tensor, k: Tensor, v: Tensor, n_head: int, mask: Tensor | None = None) -> Tensor:
-    """Scaled dot-product attention over (batch, time, state) tensors, heads split inside.
+    """Scaled dot-product attention of (batch, time, state) queries over keys/values already split
+    into heads (batch, heads, tk, state // heads); returns (batch, time, state).
 
     ``mask`` is additive, broadcast to (batch, heads, tq, tk): 0 where a key is visible, -1e9 where not."""
     b, tq, d = q.shape
-    tk = k.shape[1]
-    q = q.view(b, tq, n_head, d // n_head).transpose(1, 2)
-    k = k.view(b, tk, n_head, d // n_head).transpose(1, 2)
-    v = v.view(b, tk, n_head, d // n_head).transpose(1, 2)
     scale = (d // n_head) ** -0.5
-    scores = (q @ k.transpose(-1, -2)) * scale
+    scores = (_heads(q, n_head) @ k.transpose(-1, -2)) * scale
     w = torch.softmax(scores if mask is None else scores + mask, dim=-1)
     return (w @ v).transpose(1, 2).reshape(b, tq, d)
 
@@ -50,7 +53,7 @@ class EncoderBlock(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.attn_ln(x)
         a = self.attn
-        x = x + a.out(_attention(a.query(h), a.key(h), a.value(h), a.n_head))
+        x = x + a.out(_attention(a.query(h), _heads(a.key(h), a.n_head), _heads(a.value(h), a.n_head), a.n_head))
         return x + self.mlp(self.mlp_ln(x))
 
 
@@ -82,12 +85,7 @@ class DecoderBlock(nn.Module):
         a = self.attn
         k = torch.cat([past_k, a.key(h)], dim=1)
         v = torch.cat([past_v, a.value(h)], dim=1)
-        b, tq, d = h.shape
-        q = a.query(h).view(b, tq, self.n_head, d // self.n_head).transpose(1, 2)
-        kh = k.view(b, -1, self.n_head, d // self.n_head).transpose(1, 2)
-        vh = v.view(b, -1, self.n_head, d // self.n_head).transpose(1, 2)
-        w = torch.softmax((q @ kh.transpose(-1, -2)) * (d // self.n_head) ** -0.5 + mask, dim=-1)
-        x = x + a.out((w @ vh).transpose(1, 2).reshape(b, tq, d))
+        x = x + a.out(_attention(a.query(h), _heads(k, self.n_head), _heads(v, self.n_head), self.n_head, mask))
         q = self.cross_query(self.cross_ln(x))
         x = x + self.cross_out(_attention(q, cross_k, cross_v, self.n_head, cross_mask))
         x = x + self.mlp(self.mlp_ln(x))
@@ -127,8 +125,11 @@ class Whisper(nn.Module):
         return self.ln_post(x)
 
     def cross_kv(self, audio: Tensor) -> tuple[Tensor, Tensor]:
-        ks = [b.cross_key(audio) for b in self.dec_blocks]
-        vs = [b.cross_value(audio) for b in self.dec_blocks]
+        """Cross-attention keys/values (layers, batch, heads, ctx, state // heads), split into heads
+        once here so that no decoder step copies them (on CPU that copy cost more than the attention)."""
+        n = self.dims.n_text_head
+        ks = [_heads(b.cross_key(audio), n) for b in self.dec_blocks]
+        vs = [_heads(b.cross_value(audio), n) for b in self.dec_blocks]
         return torch.stack(ks), torch.stack(vs)
 
     def dec_step(
@@ -144,10 +145,12 @@ class Whisper(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Decode ``tokens`` (batch, n) for sequences of different lengths in one batch.
 
-        Row b's new tokens sit at text positions ``offset[b] + i``. ``past_mask`` (batch, past) and
-        ``cross_mask`` (batch, ctx) are additive (0 visible, -1e9 padding), so caches and audio
-        states of different lengths can be padded into one batch. Returns last-position logits and
-        the caches extended by the new tokens (``past`` + n entries per row).
+        Row b's new tokens sit at text positions ``offset[b] + i``. ``cross_k``/``cross_v`` hold one
+        (batch, heads, ctx, state // heads) tensor per layer (a stacked tensor or a sequence of them).
+        ``past_mask`` (batch, past) and ``cross_mask`` (batch, ctx) are additive (0 visible, -1e9
+        padding), so caches and audio states of different lengths can be padded into one batch.
+        Returns last-position logits and the caches extended by the new tokens (``past`` + n entries
+        per row).
         """
         n = tokens.shape[1]
         idx = torch.arange(n, device=tokens.device)
@@ -242,6 +245,11 @@ class _Stage(nn.Module):
         self.stage = stage
 
     def forward(self, *args: Tensor):
+        if self.stage == "dec_step":  # ONNX inputs: (tokens, …, past_mask, cross_mask, *cross_k, *cross_v)
+            *head, cross_mask = args[:6]
+            layers = self.whisper.dims.n_text_layer
+            cross = args[6:]
+            return self.whisper.dec_step(*head, cross[:layers], cross[layers:], cross_mask)
         return getattr(self.whisper, self.stage)(*args)
 
 

@@ -56,6 +56,17 @@ def test_torch_and_onnx_agree(tiny_recognizer, torch_whisper, manifest):
     assert len(onnx_tokens[0]) > 3
 
 
+def test_stage_inputs_match_the_contract(tiny_recognizer):
+    """dec_step takes each layer's cross keys/values as inputs of their own (no per-step split)."""
+    from splitasr.models.export import STAGES, input_names
+
+    runtime = tiny_recognizer.runtime
+    layers = runtime.artifacts.decoder_layers
+    for stage in STAGES:
+        assert [i.name for i in runtime.sessions[stage].get_inputs()] == input_names(stage, layers)
+    assert input_names("dec_step", layers)[-1] == f"cross_v_{layers - 1}"
+
+
 def test_batched_decoding_equals_single(tiny_recognizer, manifest):
     """Sequences leaving a batch early must not change the others' tokens."""
     runtime, rules = tiny_recognizer.runtime, tiny_recognizer.rules

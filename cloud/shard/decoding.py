@@ -18,6 +18,14 @@ from splitasr.cloud.shard.guard import DecodeResult
 # dec_step(tokens, offset, past_k, past_v, past_mask, cross_k, cross_v, cross_mask) -> logits, new_k, new_v
 StepFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
 MASKED = np.float32(-1e9)
+FRAMES = -2  # the audio-frame axis of cross keys/values: (layers, [batch,] heads, frames, state // heads)
+
+
+def prefill(step: StepFn, tokens: np.ndarray, ck: np.ndarray, cv: np.ndarray, cmask: np.ndarray):
+    """dec_step on ``tokens`` (batch, n) at position 0 with an empty self-attention cache."""
+    layers, batch, heads, _, head_dim = ck.shape
+    empty = np.zeros((layers, batch, 0, heads * head_dim), np.float32)
+    return step(tokens, np.zeros(batch, np.int64), empty, empty, np.zeros((batch, 0), np.float32), ck, cv, cmask)
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,10 @@ class Sequence:
         return len(self.prompt) + len(self.tokens)
 
     @property
+    def frames(self) -> int:
+        return self.cross_k.shape[FRAMES]
+
+    @property
     def avg_logprob(self) -> float:
         return self.sum_logprob / (len(self.tokens) + 1)
 
@@ -130,12 +142,13 @@ def _pad_axis(array: np.ndarray, axis: int, size: int, value: float = 0.0) -> np
 
 
 def _stack_cross(seqs: list[Sequence], ctx: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Cross keys/values (L, B, ctx, d) padded to ``ctx`` frames, with the additive frame mask (B, ctx)."""
-    ks = np.stack([_pad_axis(s.cross_k, 1, ctx) for s in seqs], axis=1)
-    vs = np.stack([_pad_axis(s.cross_v, 1, ctx) for s in seqs], axis=1)
+    """Cross keys/values (L, B, heads, ctx, d / heads) padded to ``ctx`` frames, with the additive
+    frame mask (B, ctx)."""
+    ks = np.stack([_pad_axis(s.cross_k, FRAMES, ctx) for s in seqs], axis=1)
+    vs = np.stack([_pad_axis(s.cross_v, FRAMES, ctx) for s in seqs], axis=1)
     mask = np.zeros((len(seqs), ctx), np.float32)
     for row, s in enumerate(seqs):
-        mask[row, s.cross_k.shape[1] :] = MASKED
+        mask[row, s.frames :] = MASKED
     return ks, vs, mask
 
 
@@ -171,11 +184,7 @@ class _Lane:
 
     def _no_speech(self, group: list[Sequence], tokens: np.ndarray, ck, cv, cmask):
         """Prefill the start-of-transcript token alone: its logits give P(no speech) (Whisper's rule)."""
-        layers, batch, _, d = ck.shape
-        empty = np.zeros((layers, batch, 0, d), np.float32)
-        logits, k, v = self._step(
-            tokens[:, :1], np.zeros(batch, np.int64), empty, empty, np.zeros((batch, 0), np.float32), ck, cv, cmask
-        )
+        logits, k, v = prefill(self._step, tokens[:, :1], ck, cv, cmask)
         probs = np.exp(_log_softmax(logits.astype(np.float32)))[:, self.rules.no_speech]
         for s, prob in zip(group, probs.tolist(), strict=True):
             s.no_speech_prob = prob
@@ -190,7 +199,7 @@ class _Lane:
         for s in seqs:
             by_length.setdefault(len(s.prompt), []).append(s)
         for n, group in by_length.items():
-            ctx = max(s.cross_k.shape[1] for s in group)
+            ctx = max(s.frames for s in group)
             ck, cv, cmask = _stack_cross(group, ctx)
             tokens = np.asarray([s.prompt for s in group], np.int64)
             if self.rules.no_speech is not None:
@@ -207,18 +216,7 @@ class _Lane:
                         cmask,
                     )
             else:
-                layers, _, _, d = ck.shape
-                empty = np.zeros((layers, len(group), 0, d), np.float32)
-                logits, k, v = self._step(
-                    tokens,
-                    np.zeros(len(group), np.int64),
-                    empty,
-                    empty,
-                    np.zeros((len(group), 0), np.float32),
-                    ck,
-                    cv,
-                    cmask,
-                )
+                logits, k, v = prefill(self._step, tokens, ck, cv, cmask)
             done = self._finish(group, logits, first=True)
             keep = [row for row, d_ in enumerate(done) if not d_]
             finished += [s for s, d_ in zip(group, done, strict=True) if d_]
@@ -229,20 +227,20 @@ class _Lane:
     def _merge(self, seqs: list[Sequence], k: np.ndarray, v: np.ndarray, mask: np.ndarray) -> None:
         last = np.asarray([s.tokens[-1] for s in seqs], np.int64)
         if not self.seqs:
-            ctx = max(s.cross_k.shape[1] for s in seqs)
+            ctx = max(s.frames for s in seqs)
             ck, cv, cmask = _stack_cross(seqs, ctx)
             self._state = {"k": k, "v": v, "mask": mask, "ck": ck, "cv": cv, "cmask": cmask, "last": last}
             self.seqs = list(seqs)
             return
         st = self._state
         past = max(st["k"].shape[2], k.shape[2])
-        ctx = max(st["ck"].shape[2], *(s.cross_k.shape[1] for s in seqs))
+        ctx = max(st["ck"].shape[FRAMES], *(s.frames for s in seqs))
         ck, cv, cmask = _stack_cross(seqs, ctx)
         st["k"] = np.concatenate([_pad_axis(st["k"], 2, past), _pad_axis(k, 2, past)], axis=1)
         st["v"] = np.concatenate([_pad_axis(st["v"], 2, past), _pad_axis(v, 2, past)], axis=1)
         st["mask"] = np.concatenate([_pad_axis(st["mask"], 1, past, MASKED), _pad_axis(mask, 1, past, MASKED)])
-        st["ck"] = np.concatenate([_pad_axis(st["ck"], 2, ctx), ck], axis=1)
-        st["cv"] = np.concatenate([_pad_axis(st["cv"], 2, ctx), cv], axis=1)
+        st["ck"] = np.concatenate([_pad_axis(st["ck"], FRAMES, ctx), ck], axis=1)
+        st["cv"] = np.concatenate([_pad_axis(st["cv"], FRAMES, ctx), cv], axis=1)
         st["cmask"] = np.concatenate([_pad_axis(st["cmask"], 1, ctx, MASKED), cmask])
         st["last"] = np.concatenate([st["last"], last])
         self.seqs += seqs
@@ -263,12 +261,12 @@ class _Lane:
         for key in ("mask", "cmask", "last"):
             st[key] = st[key][keep]
         # drop cache columns and audio frames nobody in the batch can see any more
-        for mask_key, arrays in (("mask", ("k", "v")), ("cmask", ("ck", "cv"))):
+        for mask_key, arrays, axis in (("mask", ("k", "v"), 2), ("cmask", ("ck", "cv"), FRAMES)):
             visible = (st[mask_key] == 0).any(axis=0)
             if not visible.all():
                 st[mask_key] = st[mask_key][:, visible]
                 for key in arrays:
-                    st[key] = st[key][:, :, visible]
+                    st[key] = np.compress(visible, st[key], axis=axis)
 
     def step(self) -> list[Sequence]:
         """Decode one token for every sequence in the batch; returns (and removes) those that finished."""
@@ -305,7 +303,7 @@ class DecodeBatch:
         self.steps = 0
 
     def _lane(self, s: Sequence) -> int:
-        return -(-s.cross_k.shape[1] // self.lane_frames)
+        return -(-s.frames // self.lane_frames)
 
     @property
     def seqs(self) -> list[Sequence]:
@@ -348,7 +346,8 @@ def greedy_decode(
     caps: list[int],
     rules: SuppressRules,
 ) -> list[list[int]]:
-    """Decode a batch of windows (cross keys/values (L, B, T, d)) to the end; prompts may differ in length."""
+    """Decode a batch of windows (cross keys/values (L, B, heads, T, d / heads)) to the end; prompts may
+    differ in length."""
     seqs = [
         Sequence(pr, cap, cross_k[:, i], cross_v[:, i]) for i, (pr, cap) in enumerate(zip(prompts, caps, strict=True))
     ]

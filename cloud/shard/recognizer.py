@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from splitasr.cloud.shard.decoding import DecodeBatch, DecodingOptions, Sequence, SuppressRules
+from splitasr.cloud.shard.decoding import FRAMES, DecodeBatch, DecodingOptions, Sequence, SuppressRules, prefill
 from splitasr.cloud.shard.guard import (
     DEFAULT_WINDOW,
     DecodeResult,
@@ -137,19 +137,9 @@ class TextDecoder:
 
     def detect_language(self, cross_k: np.ndarray, cross_v: np.ndarray) -> list[str]:
         """Most likely language per batch row, from the first decoder step after <|startoftranscript|>."""
-        layers, batch, ctx, d = cross_k.shape
+        batch, ctx = cross_k.shape[1], cross_k.shape[FRAMES]
         tokens = np.full((batch, 1), self.tokenizer.sot, np.int64)
-        empty = np.zeros((layers, batch, 0, d), np.float32)
-        logits, _, _ = self.runtime.dec_step(
-            tokens,
-            np.zeros(batch, np.int64),
-            empty,
-            empty,
-            np.zeros((batch, 0), np.float32),
-            cross_k,
-            cross_v,
-            np.zeros((batch, ctx), np.float32),
-        )
+        logits, _, _ = prefill(self.runtime.dec_step, tokens, cross_k, cross_v, np.zeros((batch, ctx), np.float32))
         codes = list(self.tokenizer.languages)
         ids = [self.tokenizer.languages[c] for c in codes]
         return [codes[i] for i in logits[:, ids].argmax(axis=-1)]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from splitasr.models.export import STAGE_IO, STAGES
+from splitasr.models.export import STAGE_IO, STAGES, input_names
 from splitasr.models.stages import StageArtifacts
 from splitasr.shared.errors import ConfigError
 
@@ -80,7 +80,7 @@ class StageRuntime:
         log.info("loaded stages %s of %s on %s", list(self.sessions), artifacts.version, provider_list[0])
 
     def run(self, stage: str, *inputs: np.ndarray) -> list[np.ndarray]:
-        names, _ = STAGE_IO[stage]
+        names = input_names(stage, self.artifacts.decoder_layers)
         return self.sessions[stage].run(None, dict(zip(names, inputs, strict=True)))
 
     def encode(self, mel: np.ndarray) -> np.ndarray:
@@ -95,5 +95,7 @@ class StageRuntime:
 
     def dec_step(self, *inputs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """One decoder step; inputs as in ``STAGE_IO["dec_step"]`` (see :mod:`splitasr.cloud.shard.decoding`)."""
-        logits, k, v = self.run("dec_step", *inputs)
+        tokens, offset, past_k, past_v, past_mask, cross_k, cross_v, cross_mask = inputs
+        # per-layer views of the stacked cross keys/values (no copy): the stage's own inputs
+        logits, k, v = self.run("dec_step", tokens, offset, past_k, past_v, past_mask, cross_mask, *cross_k, *cross_v)
         return logits, k, v
