@@ -37,6 +37,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("shard_id")
     p.set_defaults(func=cmd_drain)
+    p = sub.add_parser(
+        "token", help="mint a device token for an edge (needs the cluster secret: $SPLITASR_CLUSTER_SECRET[_FILE])"
+    )
+    p.add_argument("device_id")
+    p.add_argument("--ttl-hours", type=float, default=24 * 30, help="lifetime (default 30 days)")
+    p.set_defaults(func=cmd_token)
 
 
 def call(base: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
@@ -67,7 +73,7 @@ def _token(args: argparse.Namespace) -> str:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    status = call(args.coordinator, "/v1/pools")
+    status = call(args.coordinator, "/v1/pools", token=args.token or os.environ.get("SPLITASR_ADMIN_TOKEN"))
     if args.json:
         print(json.dumps(status, indent=2))
         return 0
@@ -83,7 +89,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             state = "draining" if s["draining"] else "spare" if s["spare"] else s["breaker"]
             print(
                 f"  {s['shard_id']:28} {s['stage']:5} zone {s['zone']:8} {state:9} sessions {s['sessions']:3}  "
-                f"p50 {s['final_p50_ms']:6.0f} ms  p99 {s['final_p99_ms']:6.0f} ms  {s['url']}"
+                f"p50 {s['final_p50_ms']:6.0f} ms  p99 {s['final_p99_ms']:6.0f} ms  {s.get('url', '')}"
             )
         if pool["decisions"]:
             d = pool["decisions"][-1]
@@ -106,4 +112,14 @@ def cmd_scale(args: argparse.Namespace) -> int:
 def cmd_drain(args: argparse.Namespace) -> int:
     answer = call(args.coordinator, "/v1/drain", {"shard_id": args.shard_id}, _token(args))
     print(f"draining {answer['shard_id']} ({answer['sessions']} sessions to move)", file=sys.stdout)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from splitasr.shared.auth import SECRET_ENV, ClusterAuth, secret_from_env
+
+    secret = secret_from_env()
+    if secret is None:
+        raise ConfigError(f"minting a device token needs the cluster secret: set ${SECRET_ENV} (or its _FILE form)")
+    print(ClusterAuth(secret).device_token(args.device_id, ttl_s=args.ttl_hours * 3600))
     return 0

@@ -52,6 +52,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard-id", default=None, help="name in the coordinator's registry (default: generated)")
     p.add_argument("--zone", default="local", help="locality label used by the router")
     p.add_argument("--region", default="local", help="locality label used by the router")
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="serve without credentials when no cluster secret is set (development on a closed host only)",
+    )
+    p.add_argument("--idle-timeout-s", type=float, default=60.0, help="stage 0: close sessions silent this long")
+    p.add_argument("--hello-timeout-s", type=float, default=10.0, help="stage 0: close connections without HELLO")
     p.set_defaults(func=cmd_shard)
 
     from splitasr.cli import admin, up
@@ -63,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_shard(args: argparse.Namespace) -> int:
     from splitasr.cloud.shard.config import ShardConfig
     from splitasr.cloud.shard.server import serve
+    from splitasr.shared.auth import secret_from_env
 
     config = ShardConfig(
         model=args.model,
@@ -84,6 +92,10 @@ def cmd_shard(args: argparse.Namespace) -> int:
         shard_id=args.shard_id,
         zone=args.zone,
         region=args.region,
+        secret=secret_from_env(),
+        insecure=args.insecure,
+        idle_timeout_s=args.idle_timeout_s,
+        hello_timeout_s=args.hello_timeout_s,
     )
     asyncio.run(serve(config))
     return 0

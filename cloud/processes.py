@@ -12,6 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from splitasr.shared.auth import ensure_cluster_secret
 from splitasr.shared.errors import ProcessStartError
 
 
@@ -33,7 +34,9 @@ def shard_command(
     spec: ShardSpec, ready_file: Path, coordinator_url: str | None = None, shard_id: str | None = None
 ) -> list[str]:
     """The ``splitasr shard`` command line of a spec. A ready file left by an earlier run in the same
-    workdir is removed here, so readiness is never read from a shard that is gone."""
+    workdir is removed here, so readiness is never read from a shard that is gone. The shard gets
+    the cluster secret through its inherited environment (generated here if this process has none)."""
+    ensure_cluster_secret()
     ready_file.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "splitasr.cli", "--log-level", "INFO", "shard", "--model", spec.model]
     cmd += ["--stage", spec.stage, "--threads", str(spec.threads), "--ready-file", str(ready_file)]

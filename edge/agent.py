@@ -17,13 +17,16 @@ import numpy as np
 from splitasr.edge.conditioning import Conditioner, ConditionerOptions
 from splitasr.edge.segmenter import Audio, End, Segmenter, SegmenterOptions, Start
 from splitasr.shared import protocol as p
-from splitasr.shared.errors import EdgeError, SessionRejectedError
+from splitasr.shared.auth import edge_token
+from splitasr.shared.control import RouteAnswer, parse
+from splitasr.shared.errors import ConfigError, EdgeError, SessionRejectedError
 from splitasr.shared.features import DEFAULT_SPEC, LogMelStream
 from splitasr.shared.quant import features_frame
 
 log = logging.getLogger(__name__)
 
 STREAM_PATH = "/v1/stream"
+CONNECT_TIMEOUT_S = 5.0
 
 
 def stream_url(url: str) -> str:
@@ -37,6 +40,7 @@ class AgentOptions:
     zone: str | None = None
     region: str | None = None
     device_id: str = "edge"
+    token: str = ""  # device token (shared/auth.py); default: $SPLITASR_DEVICE_TOKEN
     language: str | None = None
     dtype: str = "int8"
     frames_per_message: int = 20  # 200 ms of features per FEATURES frame
@@ -121,6 +125,7 @@ class EdgeAgent:
                 ws = await http.ws_connect(url, max_msg_size=4 * p.MAX_FRAME_BYTES, heartbeat=15)
                 hello = p.Hello(
                     device_id=self.o.device_id,
+                    token=edge_token(self.o.device_id, self.o.token),
                     session_id=self.session_id,
                     language=self.o.language,
                     feature_spec=DEFAULT_SPEC.to_dict(),
@@ -180,8 +185,13 @@ class EdgeAgent:
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
             log.warning("coordinator %s unreachable (%r)", base, exc)
             return []
+        try:
+            candidates = parse(RouteAnswer, body, "route answer").candidates
+        except ConfigError as exc:
+            log.warning("coordinator %s sent a bad route answer (%s)", base, exc)
+            return []
         urls = []
-        for candidate in body["candidates"]:
+        for candidate in (c.model_dump() for c in candidates):
             http_url = p.http_url(candidate["url"])
             started = time.monotonic()
             try:
@@ -277,7 +287,9 @@ class EdgeAgent:
     # -- audio ------------------------------------------------------------------------------
     async def run(self, source: AsyncIterator[np.ndarray]) -> AgentReport:
         """Stream ``source`` to the end, wait for every FINAL, return the report."""
-        async with aiohttp.ClientSession() as http:
+        # connecting is bounded, so a dead or hung listener costs seconds, not forever
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
+        async with aiohttp.ClientSession(timeout=timeout) as http:
             async with self._lock:
                 await self._connect(http)
             reader = asyncio.create_task(self._reader(http))

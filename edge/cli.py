@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--zone", default=None, help="this device's zone (the router prefers shards there)")
     a.add_argument("--region", default=None, help="this device's region")
     a.add_argument("--device-id", default="edge")
+    a.add_argument(
+        "--token",
+        default="",
+        help="device token from `splitasr token DEVICE_ID` (default $SPLITASR_DEVICE_TOKEN)",
+    )
     a.add_argument("--language", default=None)
     a.add_argument("--dtype", default="int8", choices=["int8", "float16", "float32"])
     a.add_argument("--mic", action="store_true", help="stream the default microphone (extra 'mic')")
@@ -110,6 +115,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         zone=args.zone,
         region=args.region,
         device_id=args.device_id,
+        token=args.token,
         language=args.language,
         dtype=args.dtype,
         segmenter=SegmenterOptions(vad=args.vad, trailing_silence_s=args.endpoint_silence_s),

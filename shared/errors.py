@@ -76,3 +76,7 @@ class SessionRejectedError(EdgeError):
         super().__init__(message)
         self.code = code
         self.retry_after_ms = retry_after_ms
+
+
+class AuthError(SplitASRError):
+    """A missing, forged or expired credential (shard, stage, device or admin)."""

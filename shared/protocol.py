@@ -32,6 +32,11 @@ E_STATE = "bad_state"
 E_OVERLOAD = "overloaded"
 E_SUPERSEDED = "superseded"  # a partial overtaken by a newer partial or its FINAL (stage-to-stage only)
 E_INTERNAL = "internal"
+E_AUTH = "unauthorized"  # missing, forged or expired device token; a session id owned by another device
+E_TIMEOUT = "timeout"  # no HELLO in time, or a session idle too long
+MAX_FRAMES_PER_MESSAGE = 3000  # 30 s of log-mel in one FEATURES frame: bounds decoding before any inflating
+MAX_ID_CHARS = 128  # device and session ids
+IDLE_CONNECTION_S = 10.0  # servers close an HTTP connection with no request in flight after this
 
 
 @dataclass(frozen=True)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import zlib
 
 import numpy as np
 
 from splitasr.shared.errors import ProtocolError
-from splitasr.shared.protocol import E_FIELD, Features
+from splitasr.shared.protocol import E_FIELD, E_TOO_LARGE, MAX_FRAMES_PER_MESSAGE, Features
 
 # Raw log10 mel spans about [-10, 3]; Whisper clamps everything below (max - 8) anyway, and the edge
 # normalises loudness, so [-8.35, 4.4] in steps of 0.05 (~0.6 % in power) loses nothing that matters.
@@ -66,6 +67,12 @@ def decode_frames(frame: Features, n_mels: int) -> np.ndarray:
         raise ProtocolError(E_FIELD, f"FEATURES.dtype {frame.dtype!r} not one of {DTYPES}")
     if len(frame.shape) != 2 or frame.shape[0] != n_mels or not all(isinstance(d, int) and d >= 0 for d in frame.shape):
         raise ProtocolError(E_FIELD, f"FEATURES.shape {frame.shape!r} must be [{n_mels}, frames]")
+    if frame.shape[1] > MAX_FRAMES_PER_MESSAGE:  # checked before inflating: no decompression bombs
+        raise ProtocolError(E_TOO_LARGE, f"FEATURES of {frame.shape[1]} frames; at most {MAX_FRAMES_PER_MESSAGE}")
+    if not (math.isfinite(frame.scale) and math.isfinite(frame.offset) and frame.scale > 0):
+        raise ProtocolError(
+            E_FIELD, f"FEATURES scale {frame.scale!r} / offset {frame.offset!r} must be finite, scale > 0"
+        )
     expected = frame.shape[0] * frame.shape[1] * np.dtype(frame.dtype).itemsize
     payload = _payload(frame, expected)
     if len(payload) != expected:

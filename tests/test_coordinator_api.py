@@ -10,9 +10,11 @@ from pathlib import Path
 import pytest
 
 from splitasr.cloud.coordinator.config import load_config
+from splitasr.shared.auth import ClusterAuth, ensure_cluster_secret
 from splitasr.shared.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+AUTH = ClusterAuth(ensure_cluster_secret())  # the coordinator under test runs in this process
 SHARD = {"shard_id": "s1", "url": "ws://127.0.0.1:9", "model": "tiny.en", "stage": "enc_a", "zone": "a"}
 
 
@@ -30,18 +32,19 @@ def call(url: str, body=None, token: str | None = None, raw: bytes | None = None
 
 
 def test_registration_heartbeat_and_route_errors(coordinator_url):
+    token = AUTH.shard_token("s1")
     assert call(f"{coordinator_url}/v1/register", raw=b"not json")[0] == 400
-    status, body = call(f"{coordinator_url}/v1/register", {"shard_id": "x"})
-    assert status == 400 and "url, model, stage" in body["error"]
-    status, body = call(f"{coordinator_url}/v1/register", {**SHARD, "stage": "enc_c"})
-    assert status == 400 and "unknown stage" in body["error"]
-    status, body = call(f"{coordinator_url}/v1/heartbeat", {"shard_id": "nobody"})
+    status, body = call(f"{coordinator_url}/v1/register", {"shard_id": "x"}, token=AUTH.shard_token("x"))
+    assert status == 400 and all(f"{k}: Field required" in body["error"] for k in ("url", "model", "stage"))
+    status, body = call(f"{coordinator_url}/v1/register", {**SHARD, "stage": "enc_c"}, token=token)
+    assert status == 400 and "stage: Input should be 'enc_a', 'enc_b' or 'dec'" in body["error"]
+    status, body = call(f"{coordinator_url}/v1/heartbeat", {"shard_id": "nobody"}, token=AUTH.shard_token("nobody"))
     assert status == 404 and "register again" in body["error"]
     status, body = call(f"{coordinator_url}/v1/route?language=en")
     assert status == 503 and body["retry_after_ms"] > 0  # no shard yet: retry later
-    assert call(f"{coordinator_url}/v1/register", SHARD)[0] == 200
-    status, body = call(f"{coordinator_url}/v1/heartbeat", {"shard_id": "s1", "sessions": "many"})
-    assert status == 400 and "sessions must be a number" in body["error"]
+    assert call(f"{coordinator_url}/v1/register", SHARD, token=token)[0] == 200
+    status, body = call(f"{coordinator_url}/v1/heartbeat", {"shard_id": "s1", "sessions": "many"}, token=token)
+    assert status == 400 and "sessions: Input should be a valid integer" in body["error"]
     status, body = call(f"{coordinator_url}/v1/route?language=de")
     assert status == 400 and "no pool serves language 'de'" in body["error"] and "served: en" in body["error"]
     status, body = call(f"{coordinator_url}/v1/route?language=en&zone=a")
@@ -107,7 +110,7 @@ def test_late_shard_that_fails_its_health_probe_opens_its_breaker():
         now = [100.0]
         c = Coordinator(ClusterConfig(admin_token="t"), backend=None, clock=lambda: now[0])
         for name, port in (("alive", alive_port), ("dead", dead_port)):
-            c.register(ShardInfo(name, f"ws://127.0.0.1:{port}", "tiny.en", "enc_a"))
+            c.register(ShardInfo(shard_id=name, url=f"ws://127.0.0.1:{port}", model="tiny.en", stage="enc_a"))
         async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
             await c.probe(http)  # heartbeats are fresh: nobody is probed
             assert all(r.breaker.state.value == "closed" for r in c.registry.records.values())

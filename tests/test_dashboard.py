@@ -7,6 +7,7 @@ import re
 import urllib.request
 
 from tests.browser import cells, render
+from tests.test_coordinator_api import AUTH
 
 SHARDS = [
     {
@@ -29,7 +30,8 @@ SHARDS = [
 
 
 def post(url: str, body: dict) -> dict:
-    request = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {AUTH.shard_token(body['shard_id'])}"}
+    request = urllib.request.Request(url, json.dumps(body).encode(), headers)
     with urllib.request.urlopen(request, timeout=10) as resp:
         return json.loads(resp.read())
 

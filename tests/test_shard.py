@@ -14,6 +14,7 @@ import pytest
 from splitasr.cloud.local_cluster import ChainSpec, LocalCluster
 from splitasr.shared import protocol as p
 from splitasr.shared.audio import load_audio
+from splitasr.shared.auth import edge_token
 from splitasr.shared.features import DEFAULT_SPEC, log_mel
 from splitasr.shared.quant import features_frame
 
@@ -66,7 +67,8 @@ class Client:
             seen.append(frame)
 
     async def hello(self, **kw) -> p.Welcome:
-        await self.send(p.Hello(device_id="test", language="en", feature_spec=DEFAULT_SPEC.to_dict(), **kw))
+        kw = {"device_id": "test", "token": edge_token(kw.get("device_id", "test")), **kw}
+        await self.send(p.Hello(language="en", feature_spec=DEFAULT_SPEC.to_dict(), **kw))
         welcome = await self.recv()
         assert isinstance(welcome, p.Welcome), welcome
         return welcome
@@ -141,7 +143,7 @@ def test_protocol_errors_keep_the_connection(cluster, manifest):
 
 def test_unknown_language_is_refused(cluster):
     async def body(c: Client):
-        await c.send(p.Hello(device_id="t", language="de"))
+        await c.send(p.Hello(device_id="t", token=edge_token("t"), language="de"))
         return await c.recv()
 
     error = asyncio.run(_with_client(cluster.stage0_urls("tiny.en")[0], body))

@@ -6,10 +6,13 @@ YAML (``--config cluster.yaml``) or the embedded default: one English pool on ti
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pydantic import TypeAdapter, ValidationError
 
 from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig
 from splitasr.models.sources import MODELS
@@ -80,15 +83,16 @@ def _build(cls, raw: dict, where: str):
     unknown = sorted(set(raw) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(names))}")
-    out = {}
-    for key, value in raw.items():
-        if isinstance(value, list):
-            value = tuple(value)
-        out[key] = value
-    try:
-        return cls(**out)
-    except TypeError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+    try:  # types and values checked field by field ("east" is not a list of zones, "seventy" not a port)
+        not_finite = sorted(k for k, v in raw.items() if isinstance(v, float) and not math.isfinite(v))
+        if not_finite:
+            raise ConfigError(f"{where}: {', '.join(not_finite)} must be finite numbers")
+        return TypeAdapter(cls).validate_python(raw)
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False, include_input=False)
+        raise ConfigError(
+            "; ".join(f"{where}.{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5])
+        ) from None
 
 
 def load_config(path: str | Path | None = None, **overrides) -> ClusterConfig:

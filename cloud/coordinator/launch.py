@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from splitasr.cloud.processes import ready_info
+from splitasr.shared.auth import ensure_cluster_secret
 from splitasr.shared.errors import ProcessStartError
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class CoordinatorProcess:
         cmd = [sys.executable, "-m", "splitasr.cli", "--log-level", "INFO", "up", "--config", str(config_file)]
         cmd += ["--ready-file", str(ready), "--workdir", str(self.workdir / "shards")]
         with self.log_file.open("ab") as out:
+            ensure_cluster_secret()  # inherited by the coordinator and its shards; edges here mint tokens
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         deadline = time.monotonic() + self.ready_timeout_s
         while (info := ready_info(self.proc, ready, self.log_file, "splitasr up")) is None:
@@ -68,7 +70,8 @@ class CoordinatorProcess:
         return self.log_file.read_text(errors="replace")[-chars:] if self.log_file.exists() else ""
 
     def get(self, path: str) -> dict:
-        with urllib.request.urlopen(self.url + path, timeout=10) as resp:
+        request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.admin_token}"})
+        with urllib.request.urlopen(request, timeout=10) as resp:  # as admin: shard pids and urls
             answer = json.loads(resp.read())
         if path.startswith("/v1/pools"):
             self.shard_pids |= {s["pid"] for p in answer["pools"] for s in p["shards"] if s.get("pid")}

@@ -6,65 +6,13 @@ every second with their load; silence opens the shard's breaker (see :mod:`.brea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from splitasr.cloud.coordinator.breaker import Breaker, BreakerConfig, BreakerState
 from splitasr.cloud.coordinator.router import ShardView
-from splitasr.shared.errors import ConfigError
+from splitasr.shared.control import STAGES, ShardInfo, ShardLoad
 
-STAGES = ("enc_a", "enc_b", "dec")
-
-
-@dataclass(frozen=True)
-class ShardInfo:
-    """What a shard says about itself when it registers."""
-
-    shard_id: str
-    url: str
-    model: str  # the pool: one model, e.g. "tiny.en" (English) or "base" (multilingual)
-    stage: str  # enc_a (stage 0), enc_b or dec
-    version: str = ""
-    zone: str = "local"
-    region: str = "local"
-    capacity: int = 64  # sessions (stage 0)
-    pid: int | None = None
-
-    @classmethod
-    def from_dict(cls, body: dict) -> ShardInfo:
-        known = {f for f in cls.__dataclass_fields__}
-        missing = [k for k in ("shard_id", "url", "model", "stage") if not body.get(k)]
-        if missing:
-            raise ConfigError(f"registration lacks {', '.join(missing)}")
-        info = cls(**{k: v for k, v in body.items() if k in known})
-        if info.stage not in STAGES:
-            raise ConfigError(f"unknown stage {info.stage!r}; stages are {', '.join(STAGES)}")
-        if not isinstance(info.capacity, int) or info.capacity < 1:
-            raise ConfigError(f"capacity must be a positive integer, got {info.capacity!r}")
-        return info
-
-
-@dataclass
-class ShardLoad:
-    """What a shard reports in each heartbeat."""
-
-    queue_delay_s: float = 0.0
-    sessions: int = 0
-    final_p50_ms: float = 0.0
-    final_p95_ms: float = 0.0
-    final_p99_ms: float = 0.0
-    sessions_started: int = 0  # cumulative, for arrival rates
-    overload_level: int = 0
-
-    @classmethod
-    def from_dict(cls, body: dict) -> ShardLoad:
-        out = cls()
-        for name in cls.__dataclass_fields__:
-            if name in body:
-                value = body[name]
-                if not isinstance(value, int | float) or isinstance(value, bool):
-                    raise ConfigError(f"heartbeat field {name} must be a number, got {value!r}")
-                setattr(out, name, type(getattr(out, name))(value))
-        return out
+__all__ = ["STAGES", "Registry", "ShardInfo", "ShardLoad", "ShardRecord"]
 
 
 @dataclass
@@ -84,8 +32,8 @@ class ShardRecord:
 
     def to_dict(self, now: float) -> dict:
         return {
-            **asdict(self.info),
-            **asdict(self.load),
+            **self.info.model_dump(),
+            **self.load.model_dump(),
             "breaker": self.breaker.tick(now).value,
             "breaker_reason": self.breaker.reason,
             "draining": self.draining,

@@ -14,6 +14,7 @@ from aiohttp import web
 from splitasr.cloud.coordinator.backend import LocalProcessBackend
 from splitasr.cloud.coordinator.config import ClusterConfig
 from splitasr.cloud.coordinator.service import Coordinator, create_app
+from splitasr.shared.protocol import IDLE_CONNECTION_S
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ async def run_coordinator(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     coordinator = Coordinator(config, backend=None)
-    runner = web.AppRunner(create_app(coordinator), handle_signals=False, access_log=None)
+    runner = web.AppRunner(
+        create_app(coordinator), handle_signals=False, access_log=None, keepalive_timeout=IDLE_CONNECTION_S
+    )
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -26,7 +26,9 @@ from splitasr.cloud.coordinator.controller import PoolController
 from splitasr.cloud.coordinator.dashboard import DASHBOARD_HTML
 from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad, ShardRecord
 from splitasr.cloud.coordinator.router import RouteRequest, route
-from splitasr.shared.errors import ConfigError
+from splitasr.shared.auth import ClusterAuth, bearer, ensure_cluster_secret
+from splitasr.shared.control import Heartbeat, RouteQuery, parse, parse_query
+from splitasr.shared.errors import AuthError, ConfigError
 from splitasr.shared.protocol import http_url
 
 log = logging.getLogger(__name__)
@@ -47,9 +49,15 @@ class CoordinatorMetrics:
 
 class Coordinator:
     def __init__(
-        self, config: ClusterConfig, backend: Backend | None, clock=time.monotonic, breaker: BreakerConfig | None = None
+        self,
+        config: ClusterConfig,
+        backend: Backend | None,
+        clock=time.monotonic,
+        breaker: BreakerConfig | None = None,
+        auth: ClusterAuth | None = None,
     ):
         self.config = config
+        self.auth = auth or ClusterAuth(ensure_cluster_secret())
         self.backend = backend
         self.clock = clock
         self.registry = Registry(breaker or BreakerConfig())
@@ -162,20 +170,20 @@ class Coordinator:
             await self.backend.close()
 
     # -- queries --------------------------------------------------------------------------------
-    def route(self, params: dict) -> dict:
+    def route(self, query: RouteQuery) -> dict:
         """Ordered candidates for a new stream (language, zone, region) or a next stage (model, stage)."""
         now = self.clock()
-        if params.get("stage"):
-            model, stage = params.get("model", ""), params["stage"]
+        if query.stage:
+            model, stage = query.model or "", query.stage
             if model not in self.controllers:
                 raise ConfigError(f"no pool {model!r}")
         else:
-            pool = self.config.pool_for(params.get("language"))
+            pool = self.config.pool_for(query.language)
             if pool is None:
                 served = sorted({lang for p in self.config.pools for lang in p.languages})
-                raise ConfigError(f"no pool serves language {params.get('language')!r}; served: {', '.join(served)}")
+                raise ConfigError(f"no pool serves language {query.language!r}; served: {', '.join(served)}")
             model, stage = pool.model, "enc_a"
-        request = RouteRequest(pool=model, zone=params.get("zone"), region=params.get("region"))
+        request = RouteRequest(pool=model, zone=query.zone, region=query.region)
         ordered = route(self.registry.views(model, stage, now), request, self.rng)
         self.metrics.routes.labels(model, "ok" if ordered else "none").inc()
         if ordered and stage == "enc_a":  # the stream will most likely land on the first candidate
@@ -189,7 +197,8 @@ class Coordinator:
             ],
         }
 
-    def pools(self) -> dict:
+    def pools(self, admin: bool = False) -> dict:
+        """Pool status; shard addresses and pids only for ``admin`` callers."""
         now = self.clock()
         out = []
         for model, c in self.controllers.items():
@@ -216,18 +225,27 @@ class Coordinator:
                     "final_p99_ms": round(max(p99s), 1) if p99s else None,
                     "cold_start_s": round(c.config.cold_start_s, 2),
                     "measured_cold_starts_s": [round(x, 2) for x in c.cold_starts[-10:]],
-                    "shards": [r.to_dict(now) for r in shards],
+                    "shards": [_public(r.to_dict(now), admin) for r in shards],
                     "decisions": [_decision(d, wall) for d in decisions],
                     "scaling": [_decision(d, wall) for d in list(c.changes)[-20:]],
                 }
             )
-        return {"pools": out, "events": list(self.events)[-50:]}
+        return {"pools": out, "events": [_public(e, admin) for e in list(self.events)[-50:]]}
+
+    def is_admin(self, request: web.Request) -> bool:
+        token = bearer(request.headers).encode("utf-8", "replace")
+        return bool(token) and secrets.compare_digest(token, self.config.admin_token.encode())
 
     def check_admin(self, request: web.Request) -> None:
-        header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else ""
-        if not token or not secrets.compare_digest(token, self.config.admin_token):
+        if not self.is_admin(request):
             raise web.HTTPUnauthorized(text='{"error": "admin token required"}', content_type="application/json")
+
+
+ADMIN_ONLY = ("url", "pid")  # where a shard can be reached and which process it is
+
+
+def _public(shard: dict, admin: bool) -> dict:
+    return shard if admin else {k: v for k, v in shard.items() if k not in ADMIN_ONLY}
 
 
 def _decision(d: Decision, wall_offset: float) -> dict:
@@ -254,21 +272,28 @@ async def _json_body(request: web.Request) -> dict:
 async def register(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR]
     try:
-        info = ShardInfo.from_dict(await _json_body(request))
-    except (ConfigError, TypeError) as exc:
+        info = parse(ShardInfo, await _json_body(request), "register")
+        c.auth.check_shard(info.shard_id, bearer(request.headers))
+    except ConfigError as exc:
         return _error(400, str(exc))
+    except AuthError as exc:
+        log.warning("refused registration of %r from %s: %s", info.shard_id, request.remote, exc)
+        return _error(401, str(exc))
     c.register(info)
     return web.json_response({"ok": True, "heartbeat_s": 1.0})
 
 
 async def heartbeat(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR]
-    body = await _json_body(request)
     try:
-        load = ShardLoad.from_dict(body)
+        beat = parse(Heartbeat, await _json_body(request), "heartbeat")
+        c.auth.check_shard(beat.shard_id, bearer(request.headers))
     except ConfigError as exc:
         return _error(400, str(exc))
-    record = c.registry.heartbeat(str(body.get("shard_id")), load, c.clock())
+    except AuthError as exc:
+        return _error(401, str(exc))
+    load = ShardLoad.model_validate(beat.model_dump(exclude={"shard_id"}))
+    record = c.registry.heartbeat(beat.shard_id, load, c.clock())
     if record is None:
         return _error(404, "unknown shard; register again")
     return web.json_response({"ok": True, "drain": record.draining})
@@ -277,7 +302,7 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def route_handler(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR]
     try:
-        answer = c.route(dict(request.query))
+        answer = c.route(parse_query(RouteQuery, request.query, "route"))
     except ConfigError as exc:
         return _error(400, str(exc))
     if not answer["candidates"]:
@@ -286,7 +311,8 @@ async def route_handler(request: web.Request) -> web.Response:
 
 
 async def pools_handler(request: web.Request) -> web.Response:
-    return web.json_response(request.app[COORDINATOR].pools())
+    c = request.app[COORDINATOR]
+    return web.json_response(c.pools(admin=c.is_admin(request)))
 
 
 async def scale_handler(request: web.Request) -> web.Response:
@@ -294,7 +320,7 @@ async def scale_handler(request: web.Request) -> web.Response:
     c.check_admin(request)
     body = await _json_body(request)
     pool, replicas = body.get("pool"), body.get("replicas")
-    if pool not in c.controllers:
+    if not isinstance(pool, str) or pool not in c.controllers:
         return _error(404, f"no pool {pool!r}; pools are {', '.join(c.controllers)}")
     controller = c.controllers[pool]
     if replicas == "auto":
@@ -311,7 +337,7 @@ async def drain_handler(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR]
     c.check_admin(request)
     shard_id = (await _json_body(request)).get("shard_id")
-    record = c.registry.records.get(shard_id)
+    record = c.registry.records.get(shard_id) if isinstance(shard_id, str) else None
     if record is None:
         return _error(404, f"no shard {shard_id!r}")
     c.controllers[record.info.model].drain(shard_id)

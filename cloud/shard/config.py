@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from splitasr.shared.auth import ClusterAuth
 from splitasr.shared.errors import ConfigError
 
 ROLES = ("enc_a", "enc_b", "dec")  # stage-0 (session owner, encoder A), encoder B, decoder (cross-KV + steps)
@@ -37,8 +38,28 @@ class ShardConfig:
     zone: str = "local"
     region: str = "local"
     heartbeat_s: float = 1.0
+    secret: str | None = field(default=None, repr=False)  # the cluster secret (shared/auth.py)
+    insecure: bool = False  # serve without credentials (development on a closed host only)
+    hello_timeout_s: float = 10.0  # a connection must say HELLO within this
+    idle_timeout_s: float = 60.0  # a session with no frame for this long is closed
+    max_open_utterances: int = 4  # per session: utterances with frames and no EOU yet
+    max_sessions_per_device: int = 8
+
+    @property
+    def auth(self) -> ClusterAuth | None:
+        return ClusterAuth(self.secret) if self.secret else None
 
     def __post_init__(self) -> None:
+        if not self.secret and not self.insecure:
+            raise ConfigError(
+                "no cluster secret: set $SPLITASR_CLUSTER_SECRET (or $SPLITASR_CLUSTER_SECRET_FILE), "
+                "or pass --insecure to serve without credentials"
+            )
+        for name in ("hello_timeout_s", "idle_timeout_s"):
+            if not 0 < getattr(self, name) <= 3600:
+                raise ConfigError(f"{name} must be in (0, 3600], got {getattr(self, name)}")
+        if not 1 <= self.max_open_utterances <= 64 or self.max_sessions_per_device < 1:
+            raise ConfigError("max_open_utterances must be in [1, 64] and max_sessions_per_device >= 1")
         if self.role not in ROLES:
             raise ConfigError(f"unknown stage role {self.role!r}; roles are {', '.join(ROLES)}")
         if self.role in NEXT_ROLE and not self.next_urls and not self.coordinator_url:

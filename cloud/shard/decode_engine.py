@@ -170,15 +170,22 @@ class DecodeEngine:
         return admit, dropped, preempt
 
     def _prepare(self, requests: list[DecodeRequest]) -> list[Sequence]:
+        """Cross keys/values and a sequence per request; a request that fails here fails alone."""
         seqs = []
         tokenizer = self.decoder.tokenizer
         for r in requests:
-            cross_k, cross_v = self.decoder.runtime.cross_kv(r.audio)
-            language = r.language
-            if language is None:
-                language = self.decoder.detect_language(cross_k, cross_v)[0] if tokenizer.multilingual else "en"
-                r.language = language
-            seqs.append(self.decoder.sequence(cross_k, cross_v, language, r.audio_s, self.options.decoding, tag=r))
+            try:
+                cross_k, cross_v = self.decoder.runtime.cross_kv(r.audio)
+                language = r.language
+                if language is None:
+                    language = self.decoder.detect_language(cross_k, cross_v)[0] if tokenizer.multilingual else "en"
+                    r.language = language
+                seq = self.decoder.sequence(cross_k, cross_v, language, r.audio_s, self.options.decoding, tag=r)
+            except Exception as exc:  # bad input (shape, values): its own error, the batch goes on
+                log.debug("decode request failed before joining the batch: %r", exc)
+                r.loop.call_soon_threadsafe(_settle, r.future, None, exc)
+                continue
+            seqs.append(seq)
             r.admitted = time.perf_counter()
             if self.metrics is not None:
                 self.metrics.queue_seconds.observe(r.admitted - r.submitted)

@@ -13,6 +13,9 @@ from collections.abc import Callable
 
 import aiohttp
 
+from splitasr.shared.control import RouteAnswer, parse
+from splitasr.shared.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 
@@ -21,6 +24,7 @@ class CoordinatorLink:
         self,
         coordinator_url: str,
         info: dict,
+        token: str,  # this shard's credential (shared/auth.py)
         load: Callable[[], dict],
         on_drain: Callable[[], None],
         next_stage: tuple[str, str] | None = None,  # (model, stage) to resolve
@@ -29,6 +33,7 @@ class CoordinatorLink:
     ):
         self.base = coordinator_url.rstrip("/")
         self.info = info
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.load = load
         self.on_drain = on_drain
         self.next_stage = next_stage
@@ -37,7 +42,7 @@ class CoordinatorLink:
         self.registered = asyncio.Event()
 
     async def _register(self, http: aiohttp.ClientSession) -> None:
-        async with http.post(f"{self.base}/v1/register", json=self.info) as resp:
+        async with http.post(f"{self.base}/v1/register", json=self.info, headers=self.headers) as resp:
             if resp.status != 200:
                 raise aiohttp.ClientResponseError(resp.request_info, (), status=resp.status, message=await resp.text())
         log.info("registered with %s as %s", self.base, self.info["shard_id"])
@@ -45,7 +50,7 @@ class CoordinatorLink:
 
     async def _heartbeat(self, http: aiohttp.ClientSession) -> None:
         body = {"shard_id": self.info["shard_id"], **self.load()}
-        async with http.post(f"{self.base}/v1/heartbeat", json=body) as resp:
+        async with http.post(f"{self.base}/v1/heartbeat", json=body, headers=self.headers) as resp:
             if resp.status == 404:  # the coordinator restarted or dropped us
                 await self._register(http)
                 return
@@ -57,7 +62,8 @@ class CoordinatorLink:
         model, stage = self.next_stage
         async with http.get(f"{self.base}/v1/route", params={"model": model, "stage": stage}) as resp:
             if resp.status == 200:
-                urls = [c["url"] for c in (await resp.json())["candidates"]]
+                answer = parse(RouteAnswer, await resp.json(), "route answer")
+                urls = [c.url for c in answer.candidates]
                 if urls:
                     self.on_next_urls(urls)
 
@@ -72,6 +78,6 @@ class CoordinatorLink:
                         await self._heartbeat(http)
                     if self.next_stage is not None:
                         await self._resolve(http)
-                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
-                    log.warning("coordinator %s unreachable (%r); retrying", self.base, exc)
+                except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, ConfigError) as exc:
+                    log.warning("coordinator %s unreachable or answering nonsense (%r); retrying", self.base, exc)
                 await asyncio.sleep(self.interval_s)  # the heartbeat period

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +29,8 @@ from splitasr.cloud.shard.windows import SILENCE_LOG_MEL, window_mel
 from splitasr.models.stages import StageArtifacts
 from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared import protocol as p
-from splitasr.shared.errors import OverloadedError, ProtocolError
+from splitasr.shared.control import StageMeta, parse
+from splitasr.shared.errors import ConfigError, OverloadedError, ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,8 @@ class StageWorker:
         )
         self.client = None
         if config.role in NEXT_ROLE:
-            self.client = StageClient(list(config.next_urls), config.stage_timeout_s, dynamic=True)
+            token = config.auth.stage_token() if config.auth else ""
+            self.client = StageClient(list(config.next_urls), config.stage_timeout_s, dynamic=True, token=token)
         self.recent_waits = QueueDelayWindow(5.0)
 
     async def start(self) -> None:
@@ -159,20 +161,24 @@ class StageWorker:
                 p.E_FIELD,
                 f"this shard serves {self.config.model}/{self.config.role}, not {request.model}/{request.stage}",
             )
-        meta = request.meta
-        key, rev = meta.get("key"), int(meta.get("rev", FINAL_REV))
+        try:
+            meta = parse(StageMeta, request.meta, "STAGE_REQ.meta")
+        except ConfigError as exc:
+            raise ProtocolError(p.E_FIELD, str(exc)) from None
+        key, rev = meta.key, meta.rev
         self.supersession.note(key, rev)
         try:
             if self.config.role == "enc_b":
                 return await self._serve_enc_b(request, key, rev, started)
             if self.config.role == "dec":
-                return await self._serve_dec(request, key, rev, started)
+                return await self._serve_dec(request, meta, started)
         except Superseded as exc:
             raise ProtocolError(p.E_SUPERSEDED, str(exc)) from None
         raise ProtocolError(p.E_STATE, "stage-0 shards take edge sessions at /v1/stream, not STAGE_REQ")
 
     async def _serve_enc_b(self, request: p.StageRequest, key: str | None, rev: int, started: float):
-        hidden = unpack(request.tensors, "hidden")
+        d, ctx = self.artifacts.manifest["dims"]["n_state"], self.artifacts.manifest["dims"]["n_audio_ctx"]
+        hidden = unpack(request.tensors, "hidden", expect=(1, (1, ctx), d))
         stale = None
         if request.priority >= PRIORITY_PARTIAL:
             stale = lambda: self.supersession.stale(key, rev)  # noqa: E731
@@ -185,13 +191,13 @@ class StageWorker:
         }
         return p.StageResponse(req_id=request.req_id, tensors=res.tensors, timings=timings, meta=res.meta)
 
-    async def _serve_dec(self, request: p.StageRequest, key: str | None, rev: int, started: float):
-        audio = unpack(request.tensors, "audio")
-        language = request.meta.get("language")
-        if language is not None:
-            self.decoder.tokenizer.check_language(language)
+    async def _serve_dec(self, request: p.StageRequest, meta: StageMeta, started: float):
+        d, ctx = self.artifacts.manifest["dims"]["n_state"], self.artifacts.manifest["dims"]["n_audio_ctx"]
+        audio = unpack(request.tensors, "audio", expect=(1, (1, ctx), d))
+        if meta.language is not None:
+            self.decoder.tokenizer.check_language(meta.language)
         result, language, wait = await self.engine.decode(
-            audio, language, float(request.meta.get("audio_s", 30.0)), request.priority, key, rev
+            audio, meta.language, meta.audio_s, request.priority, meta.key, meta.rev
         )
         return p.StageResponse(
             req_id=request.req_id,
@@ -226,6 +232,9 @@ class Stage0:
         self.draining = False
         self.drained = asyncio.Event()  # set when draining and the last session left
         self.connections: set = set()  # stream Connections, to send DRAIN to
+        self.live_sessions: dict[str, Any] = {}  # session id -> its Connection
+        self.session_owners: OrderedDict[str, str] = OrderedDict()  # session id -> device (recent ones)
+        self.device_sessions: Counter[str] = Counter()  # device -> live sessions
         self.final_ms: deque[float] = deque(maxlen=256)
 
     def start_drain(self) -> None:

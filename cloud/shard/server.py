@@ -24,7 +24,8 @@ from splitasr.cloud.shard.roles import Stage0, StageWorker
 from splitasr.cloud.shard.stream import stream_handler
 from splitasr.models.stages import ensure_stages
 from splitasr.shared import protocol as p
-from splitasr.shared.errors import ProtocolError, SplitASRError, StageUnavailableError
+from splitasr.shared.auth import bearer
+from splitasr.shared.errors import AuthError, ProtocolError, SplitASRError, StageUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ async def _answer(ws: web.WebSocketResponse, worker: StageWorker, request: p.Sta
         frame = p.Error(code=p.E_INTERNAL, message=str(exc), retryable=True, req_id=request.req_id)
     except SplitASRError as exc:
         frame = p.Error(code=p.E_FIELD, message=str(exc), retryable=False, req_id=request.req_id)
+    except Exception as exc:  # every request gets an answer, whatever went wrong
+        log.warning("stage request %s failed: %r", request.req_id[:64], exc)
+        frame = p.Error(code=p.E_INTERNAL, message=type(exc).__name__, retryable=True, req_id=request.req_id)
     if not ws.closed:
         async with lock:
             await ws.send_bytes(p.encode(frame))
@@ -63,6 +67,13 @@ async def stage_handler(request: web.Request) -> web.WebSocketResponse:
     """STAGE_REQ in, STAGE_RES out; requests on one connection run concurrently."""
     if not is_ready(request.app):
         raise web.HTTPServiceUnavailable(text="shard not ready")
+    auth = request.app[CONFIG].auth
+    if auth is not None:
+        try:
+            auth.check_stage(bearer(request.headers))
+        except AuthError as exc:
+            log.warning("refused a stage connection from %s: %s", request.remote, exc)
+            raise web.HTTPUnauthorized(text=str(exc)) from None
     ws = web.WebSocketResponse(max_msg_size=p.MAX_STAGE_FRAME_BYTES, heartbeat=20)
     await ws.prepare(request)
     request.app[SOCKETS].add(ws)
@@ -150,7 +161,8 @@ def _write_ready_file(path: str, payload: dict) -> None:
 async def serve(config: ShardConfig) -> None:
     """Run a shard until SIGTERM/SIGINT; writes ``config.ready_file`` once ready (with the bound port)."""
     app = create_app(config)
-    runner = web.AppRunner(app, handle_signals=False)
+    # keepalive_timeout also closes connections that never send a request (half-open, slow headers)
+    runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=p.IDLE_CONNECTION_S)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()
@@ -210,6 +222,7 @@ def _coordinator_link(app: web.Application, url: str) -> CoordinatorLink:
     return CoordinatorLink(
         config.coordinator_url,
         info,
+        token=config.auth.shard_token(info["shard_id"]) if config.auth else "",
         load=stage0.load if stage0 is not None else worker.load,
         on_drain=stage0.start_drain if stage0 is not None else (lambda: None),
         next_stage=next_stage,

@@ -50,12 +50,18 @@ def stable_prefix(previous: str, current: str) -> int:
 class Session:
     """Utterances of one edge session; frames are applied in order and replays are idempotent."""
 
-    def __init__(self, session_id: str, device_id: str, language: str | None, max_frames: int):
+    def __init__(
+        self, session_id: str, device_id: str, language: str | None, max_frames: int, max_open_utterances: int = 4
+    ):
         self.session_id = session_id
         self.device_id = device_id
         self.language = language
         self.max_frames = max_frames
+        self.max_open_utterances = max_open_utterances
         self.utterances: dict[int, Utterance] = {}
+
+    def open_utterances(self) -> int:
+        return sum(1 for u in self.utterances.values() if not u.ended)
 
     def utterance(self, utt: int) -> Utterance:
         return self.utterances.setdefault(utt, Utterance(utt))
@@ -64,6 +70,10 @@ class Session:
         self, utt: int, seq: int, start: int, raw: np.ndarray, speech_end: int | None = None
     ) -> Utterance | None:
         """Append frames; returns None for a duplicate (already applied) frame."""
+        if utt not in self.utterances and self.open_utterances() >= self.max_open_utterances:
+            raise ProtocolError(
+                E_STATE, f"utterance {utt}: {self.max_open_utterances} utterances are open; end one with EOU first"
+            )
         u = self.utterance(utt)
         if u.ended or seq < u.next_seq:
             return None  # replayed frame we already have
@@ -82,6 +92,8 @@ class Session:
 
     def end(self, utt: int, last_seq: int) -> Utterance | None:
         """Mark the end of an utterance; None if already ended (replayed EOU)."""
+        if utt not in self.utterances and self.open_utterances() >= self.max_open_utterances:
+            raise ProtocolError(E_STATE, f"utterance {utt}: {self.max_open_utterances} utterances are open")
         u = self.utterance(utt)
         if u.ended:
             return None

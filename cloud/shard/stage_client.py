@@ -15,6 +15,7 @@ from splitasr.shared.errors import ProtocolError, StageUnavailableError
 log = logging.getLogger(__name__)
 
 STAGE_PATH = "/v1/stage"
+CONNECT_TIMEOUT_S = 3.0
 
 
 def stage_url(url: str) -> str:
@@ -79,9 +80,10 @@ class _Replica:
 class StageClient:
     """Round-robin over replicas of the next stage; a failed call is retried on the next replica."""
 
-    def __init__(self, urls: list[str], timeout_s: float = 30.0, dynamic: bool = False):
+    def __init__(self, urls: list[str], timeout_s: float = 30.0, dynamic: bool = False, token: str = ""):
         if not urls and not dynamic:
             raise ValueError("StageClient needs at least one replica url")
+        self._token = token  # the cluster's stage credential
         self._urls = [stage_url(u) for u in urls]
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
@@ -89,7 +91,10 @@ class StageClient:
         self._rr = itertools.count()
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession()
+        headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
+        # connecting is bounded (a dead or hung replica must not hold a call); calls have their own timeout
+        timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
+        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
         self._replicas = [_Replica(u, self._session) for u in self._urls]
 
     def set_urls(self, urls: list[str]) -> None:

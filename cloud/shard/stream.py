@@ -17,10 +17,12 @@ from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Sup
 from splitasr.cloud.shard.session import Session, Utterance, stable_prefix
 from splitasr.cloud.shard.supersession import FINAL_REV
 from splitasr.shared import protocol as p
-from splitasr.shared.errors import ProtocolError, SplitASRError, StageUnavailableError, UnknownLanguageError
+from splitasr.shared.errors import AuthError, ProtocolError, SplitASRError, StageUnavailableError, UnknownLanguageError
 from splitasr.shared.quant import decode_frames
 
 log = logging.getLogger(__name__)
+
+SESSION_OWNERS_KEPT = 10_000  # recent session ids remembered with their device (resume binding)
 
 
 class Connection:
@@ -45,8 +47,8 @@ class Connection:
             await self.ws.send_bytes(p.encode(frame))
 
     async def send_error(self, exc: ProtocolError, utt: int | None = None) -> None:
-        self.metrics.errors.labels(exc.code).inc()
-        log.info("session %s: error %s", self.session.session_id if self.session else "-", exc)
+        self.metrics.errors.labels(exc.code).inc()  # rejected input is counted; logged at DEBUG only
+        log.debug("session %s: error %s", self.session.session_id if self.session else "-", exc)
         await self.send(p.error_frame(exc, utt))
 
     def spawn(self, coro) -> None:
@@ -55,7 +57,44 @@ class Connection:
         task.add_done_callback(self.tasks.discard)
 
     # -- frames -----------------------------------------------------------------------------
+    def check_identity(self, hello: p.Hello) -> None:
+        """The device token, the session's owner and the device's session count; ProtocolError if not."""
+        if not 0 < len(hello.device_id) <= p.MAX_ID_CHARS:
+            raise ProtocolError(p.E_FIELD, f"HELLO.device_id must have 1..{p.MAX_ID_CHARS} characters")
+        if hello.session_id is not None and not 0 < len(hello.session_id) <= p.MAX_ID_CHARS:
+            raise ProtocolError(p.E_FIELD, f"HELLO.session_id must have 1..{p.MAX_ID_CHARS} characters")
+        if self.config.auth is not None:
+            try:
+                self.config.auth.check_device(hello.device_id, hello.token)
+            except AuthError as exc:
+                raise ProtocolError(p.E_AUTH, str(exc)) from None
+        owner = self.stage0.session_owners.get(hello.session_id or "")
+        if owner is not None and owner != hello.device_id:
+            raise ProtocolError(p.E_AUTH, f"session {hello.session_id} belongs to another device")
+        if self.stage0.device_sessions[hello.device_id] >= self.config.max_sessions_per_device:
+            raise ProtocolError(
+                p.E_OVERLOAD,
+                f"device {hello.device_id} has {self.config.max_sessions_per_device} sessions open here",
+                retryable=True,
+                retry_after_ms=1000,
+            )
+
+    def own_session(self, session_id: str, device_id: str) -> None:
+        """Bind ``session_id`` to ``device_id``; a connection of the same session still open is closed
+        (the device reconnected; the old connection is dead or half-open)."""
+        stage0 = self.stage0
+        stage0.session_owners[session_id] = device_id
+        stage0.session_owners.move_to_end(session_id)
+        while len(stage0.session_owners) > SESSION_OWNERS_KEPT:
+            stage0.session_owners.popitem(last=False)
+        old = stage0.live_sessions.get(session_id)
+        if old is not None and old is not self:
+            self.spawn(old.ws.close(code=aiohttp.WSCloseCode.POLICY_VIOLATION, message=b"session resumed elsewhere"))
+        stage0.live_sessions[session_id] = self
+        stage0.device_sessions[device_id] += 1
+
     async def on_hello(self, hello: p.Hello) -> None:
+        self.check_identity(hello)
         spec = self.stage0.spec
         if hello.feature_spec and hello.feature_spec != spec.to_dict():
             raise ProtocolError(
@@ -73,7 +112,10 @@ class Connection:
             self.metrics.rejected_sessions.inc()
             raise
         session_id = hello.session_id or uuid.uuid4().hex
-        self.session = Session(session_id, hello.device_id, hello.language, self.stage0.max_frames)
+        self.own_session(session_id, hello.device_id)
+        self.session = Session(
+            session_id, hello.device_id, hello.language, self.stage0.max_frames, self.config.max_open_utterances
+        )
         self.metrics.active_sessions.inc()
         self.stage0.active_sessions += 1
         self.stage0.sessions_started += 1
@@ -118,6 +160,12 @@ class Connection:
                 await self.send(u.final)
             return
         self.session.end(frame.utt, frame.last_seq)
+        if u.n_frames == 0:  # nothing to recognise: the answer is an empty FINAL, at once
+            u.final = p.Final(
+                utt=u.utt, text="", language=self.session.language or "", model_version=self.model_version
+            )
+            await self.send(u.final)
+            return
         self.spawn(self.run_final(u, time.perf_counter(), frame.speech_end))
 
     # -- recognition ------------------------------------------------------------------------
@@ -241,6 +289,11 @@ class Connection:
             self.metrics.active_sessions.dec()
             self.stage0.active_sessions -= 1
             self.stage0.connections.discard(self)
+            self.stage0.device_sessions[self.session.device_id] -= 1
+            if self.stage0.device_sessions[self.session.device_id] <= 0:
+                del self.stage0.device_sessions[self.session.device_id]
+            if self.stage0.live_sessions.get(self.session.session_id) is self:
+                del self.stage0.live_sessions[self.session.session_id]
             self.stage0.session_closed()
 
 
@@ -252,18 +305,32 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     await ws.prepare(request)
     app = request.app
     app[SOCKETS].add(ws)
-    conn = Connection(ws, app[STAGE0], app[CONFIG], app[METRICS], app[STAGE0].worker.artifacts.version)
+    config = app[CONFIG]
+    conn = Connection(ws, app[STAGE0], config, app[METRICS], app[STAGE0].worker.artifacts.version)
     try:
-        async for msg in ws:
+        while not ws.closed:
+            # a connection must say HELLO soon, and a session must not sit silent forever
+            timeout = config.hello_timeout_s if conn.session is None else config.idle_timeout_s
+            try:
+                msg = await ws.receive(timeout=timeout)
+            except asyncio.TimeoutError:
+                what = "no HELLO" if conn.session is None else "session idle"
+                await conn.send_error(ProtocolError(p.E_TIMEOUT, f"{what} for {timeout:g} s; closing"))
+                break
             if msg.type == aiohttp.WSMsgType.BINARY:
                 try:
                     await conn.dispatch(msg.data)
                 except ProtocolError as exc:
                     await conn.send_error(exc, getattr(exc, "utt", None))
+                    if exc.code == p.E_AUTH:
+                        break
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 await conn.send_error(ProtocolError(p.E_MALFORMED, "text messages are not frames; send binary msgpack"))
             elif msg.type == aiohttp.WSMsgType.ERROR:
-                log.info("websocket error: %s", ws.exception())
+                log.debug("websocket error: %s", ws.exception())
+            else:  # CLOSE, CLOSING, CLOSED
+                break
     finally:
+        await ws.close()
         await conn.close()
     return ws
