@@ -372,3 +372,41 @@ def aiohttp_get(url: str) -> str:
 
     with urllib.request.urlopen(url, timeout=10) as r:
         return r.read().decode()
+
+
+def test_running_out_of_file_descriptors_does_not_flood_the_log(tmp_path, tiny_artifacts):
+    """A shard at its open-file limit reports failed accepts at a bounded rate and serves again once
+    connections go away (before: ~50 000 log lines in 5 s)."""
+    import resource
+    import subprocess
+
+    from splitasr.cloud.processes import ShardSpec, ready_info, shard_command
+    from tests.cluster import wait_until
+
+    ready, log_file = tmp_path / "ready.json", tmp_path / "shard.log"
+    cmd = shard_command(ShardSpec("tiny.en", "dec", int8=True), ready)
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (200, 200))
+
+    with open(log_file, "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=low_limit)
+    try:
+        port = wait_until(lambda: ready_info(proc, ready, log_file, "dec shard"), 120, "shard ready")["port"]
+        sockets = []
+        for _ in range(400):
+            try:
+                sockets.append(socket.create_connection(("127.0.0.1", port), timeout=1))
+            except OSError:
+                break
+        assert len(sockets) > 120  # past the limit: the kernel queues what the shard cannot accept
+        wait_until(lambda: "Too many open files" in log_file.read_text(), 30, log_file.read_text()[-3000:])
+        for s in sockets:
+            s.close()
+        health = wait_until(lambda: aiohttp_get(f"http://127.0.0.1:{port}/healthz"), 30, "healthz again")
+        assert json.loads(health)["status"] == "ok"
+        exhausted = [line for line in log_file.read_text().splitlines() if "Too many open files" in line]
+        assert 1 <= len(exhausted) <= 5, len(exhausted)
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -14,6 +14,7 @@ from aiohttp import web
 from splitasr.cloud.coordinator.backend import LocalProcessBackend
 from splitasr.cloud.coordinator.config import ClusterConfig
 from splitasr.cloud.coordinator.service import Coordinator, create_app
+from splitasr.shared.limits import guard_server_loop
 from splitasr.shared.protocol import IDLE_CONNECTION_S
 
 log = logging.getLogger(__name__)
@@ -29,6 +30,7 @@ async def run_coordinator(
         await asyncio.to_thread(ensure_stages, pool.model, int8=pool.int8, show_progress=False)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
+    guard_server_loop(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     coordinator = Coordinator(config, backend=None)

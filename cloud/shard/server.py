@@ -26,6 +26,7 @@ from splitasr.models.stages import ensure_stages
 from splitasr.shared import protocol as p
 from splitasr.shared.auth import bearer
 from splitasr.shared.errors import AuthError, ProtocolError, SplitASRError, StageUnavailableError
+from splitasr.shared.limits import guard_server_loop
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +161,7 @@ def _write_ready_file(path: str, payload: dict) -> None:
 
 async def serve(config: ShardConfig) -> None:
     """Run a shard until SIGTERM/SIGINT; writes ``config.ready_file`` once ready (with the bound port)."""
+    guard_server_loop(asyncio.get_running_loop())
     app = create_app(config)
     # keepalive_timeout also closes connections that never send a request (half-open, slow headers)
     runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=p.IDLE_CONNECTION_S)
