@@ -1,4 +1,5 @@
-"""Process-level guards for servers: the open-file limit, and accept errors logged at a bounded rate."""
+"""Process-level guards for servers: the open-file limit, and accept errors and malformed requests
+logged at a bounded rate."""
 
 from __future__ import annotations
 
@@ -22,35 +23,75 @@ def raise_open_file_limit() -> int:
     return soft
 
 
-class AcceptErrorLimiter:
-    """An event-loop exception handler that reports accept failures (out of file descriptors) once
-    per ``interval_s`` with a count, instead of a traceback per failed accept. asyncio retries the
-    accept itself; at the limit it otherwise logs hundreds of tracebacks a second. Everything else
-    goes to the loop's default handler."""
+class Throttle:
+    """At most one report per ``interval_s``; counts what it holds back in between."""
 
     def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
         self.interval_s = interval_s
         self.clock = clock
-        self.suppressed = 0
+        self.suppressed = 0  # events since the last report
         self.reported = 0
         self._last: float | None = None
+
+    def allow(self) -> int | None:
+        """Count one event; the number of events since the last report when this one may be reported."""
+        self.suppressed += 1
+        now = self.clock()
+        if self._last is not None and now - self._last < self.interval_s:
+            return None
+        count, self._last, self.suppressed = self.suppressed, now, 0
+        self.reported += 1
+        return count
+
+
+class AcceptErrorLimiter:
+    """An event-loop exception handler that reports accept failures (out of file descriptors) once
+    per interval with a count, instead of a traceback per failed accept. asyncio retries the accept
+    itself; at the limit it otherwise logs hundreds of tracebacks a second. Everything else goes to
+    the loop's default handler."""
+
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        self.throttle = Throttle(interval_s, clock)
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
         if context.get("message") != ACCEPT_EXHAUSTED:
             loop.default_exception_handler(context)
             return
-        self.suppressed += 1
-        now = self.clock()
-        if self._last is None or now - self._last >= self.interval_s:
+        count = self.throttle.allow()
+        if count is not None:
             log.warning(
                 "cannot accept connections: %s (%d times since the last report); too many open connections",
                 context.get("exception"),
-                self.suppressed,
+                count,
             )
-            self._last, self.suppressed = now, 0
-            self.reported += 1
+
+
+class BadRequestLogLimiter(logging.Filter):
+    """aiohttp logs every request its HTTP parser refuses (over-long lines, bad headers) with a
+    traceback at ERROR: a hostile peer could fill the disk. This filter on ``aiohttp.server`` lets one
+    such record through per interval, as a one-line WARNING with the count, and drops the rest."""
+
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.throttle = Throttle(interval_s, clock)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith("Error handling request"):
+            return True
+        count = self.throttle.allow()
+        if count is None:
+            return False
+        exc = record.exc_info[1] if record.exc_info else None
+        record.msg = "refused a malformed HTTP request from %s: %s (%d since the last report)"
+        record.args = (*(record.args or ("?",))[:1], str(exc).splitlines()[0][:200] if exc else "?", count)
+        record.exc_info = record.exc_text = None
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
 
 
 def guard_server_loop(loop: asyncio.AbstractEventLoop) -> None:
     raise_open_file_limit()
     loop.set_exception_handler(AcceptErrorLimiter())
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, BadRequestLogLimiter) for f in server_log.filters):
+        server_log.addFilter(BadRequestLogLimiter())

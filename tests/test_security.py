@@ -14,6 +14,7 @@ import json
 import socket
 import time
 import zlib
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -410,3 +411,45 @@ def test_running_out_of_file_descriptors_does_not_flood_the_log(tmp_path, tiny_a
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_malformed_http_requests_are_logged_at_a_bounded_rate(shards):
+    """aiohttp logs each request its parser refuses with a traceback at ERROR; a shard logs them
+    once per interval with a count instead (300 over-long request lines: at most one line)."""
+    shard = next(s for s in shards.describe() if s["role"] == "enc_a")
+    host, port = shard["url"].removeprefix("ws://").split(":")
+    log_file = Path(shard["log"])
+    before = log_file.read_text()
+    for _ in range(300):
+        with socket.create_connection((host, int(port)), timeout=5) as s:
+            s.sendall(b"GET /" + b"x" * 9000 + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert b" 400 " in s.recv(100)
+    health = aiohttp_get(shard["url"].replace("ws://", "http://") + "/healthz")
+    assert json.loads(health)["status"] == "ok"
+    new = log_file.read_text()[len(before) :]
+    assert "Traceback" not in new
+    reports = [line for line in new.splitlines() if "malformed HTTP request" in line]
+    assert 1 <= len(reports) <= 2, new[-2000:]
+
+
+def test_bad_request_log_limiter_reports_once_per_interval_with_a_count():
+    import logging
+
+    from splitasr.shared.limits import BadRequestLogLimiter
+
+    now = [0.0]
+    limiter = BadRequestLogLimiter(interval_s=10, clock=lambda: now[0])
+
+    def record(msg: str) -> logging.LogRecord:
+        return logging.LogRecord("aiohttp.server", logging.ERROR, __file__, 1, msg, ("127.0.0.1",), None)
+
+    passed = [limiter.filter(record("Error handling request from %s")) for _ in range(50)]
+    assert passed == [True] + [False] * 49
+    now[0] = 10.5
+    first = record("Error handling request from %s")
+    assert (
+        limiter.filter(first)
+        and first.levelname == "WARNING"
+        and first.getMessage().endswith("(50 since the last report)")
+    )
+    assert limiter.filter(record("something else"))  # other records pass untouched

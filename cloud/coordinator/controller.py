@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 
 class PoolController:
-    def __init__(self, pool: PoolConfig, registry: Registry, backend: Backend, period_s: float = 1.0):
+    def __init__(self, pool: PoolConfig, registry: Registry, backend: Backend | None, period_s: float = 1.0):
         self.pool = pool
         self.config = dataclasses.replace(pool.autoscaler, decision_period_s=period_s)
         self.registry = registry
@@ -139,7 +139,8 @@ class PoolController:
         if record is None or record.draining:
             return
         record.draining = True
-        self.backend.expect_exit(shard_id)
+        if self.backend is not None:  # shards started by hand (no backend) exit on their own
+            self.backend.expect_exit(shard_id)
         log.info("pool %s: draining %s (%d sessions)", self.pool.model, shard_id, record.load.sessions)
 
     async def close(self) -> None:

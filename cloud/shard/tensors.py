@@ -37,6 +37,8 @@ def unpack(
             raise ValueError(f"shape {shape!r} is not a list of sizes")
         if not isinstance(data, bytes | bytearray):
             raise TypeError("data is not binary")
+        if not isinstance(dtype, str):
+            raise TypeError(f"dtype {dtype!r} is not a name")
     except (KeyError, TypeError, ValueError) as exc:
         raise ProtocolError(E_FIELD, f"tensor {name!r} missing or malformed ({exc})") from None
     if dtype not in WIRE_DTYPES:
