@@ -83,3 +83,14 @@ def coordinator_url():
     asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, tiny_artifacts):
+    """A tiny.en int8 chain (stage 0, enc_b, dec) with short HELLO and idle timeouts, per test module."""
+    from splitasr.cloud.local_cluster import ChainSpec, LocalCluster
+
+    args = ("--hello-timeout-s", "2", "--idle-timeout-s", "4")
+    chain = ChainSpec("tiny.en", enc_a=1, int8=True, shard_args=args)
+    with LocalCluster([chain], workdir=tmp_path_factory.mktemp("shards")) as cluster:
+        yield cluster

@@ -20,7 +20,6 @@ import aiohttp
 import numpy as np
 import pytest
 
-from splitasr.cloud.local_cluster import ChainSpec, LocalCluster
 from splitasr.cloud.shard.tensors import pack
 from splitasr.shared import protocol as p
 from splitasr.shared.audio import load_audio
@@ -105,14 +104,6 @@ def test_pools_show_addresses_and_pids_only_to_admins(coordinator_url):
 
 
 # -- shards -------------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def shards(tmp_path_factory, tiny_artifacts):
-    args = ("--hello-timeout-s", "2", "--idle-timeout-s", "4")
-    chain = ChainSpec("tiny.en", enc_a=1, int8=True, shard_args=args)
-    with LocalCluster([chain], workdir=tmp_path_factory.mktemp("security")) as cluster:
-        yield cluster
 
 
 def _stage_url(cluster, stage: str) -> str:
