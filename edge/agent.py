@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import itertools
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -47,8 +48,16 @@ class AgentOptions:
     final_timeout_s: float = 60.0
     reconnect_max_s: float = 2.0
     max_reconnects: int = 20
+    heartbeat_s: float = p.HEARTBEAT_S  # a shard silent for 1.5x this is hung: reconnect elsewhere, replay
+    handshake_timeout_s: float = p.HANDSHAKE_TIMEOUT_S  # websocket upgrade, and HELLO -> WELCOME
     segmenter: SegmenterOptions = field(default_factory=SegmenterOptions)
     conditioner: ConditionerOptions = field(default_factory=ConditionerOptions)
+
+    def __post_init__(self) -> None:
+        for name in ("heartbeat_s", "handshake_timeout_s", "final_timeout_s", "reconnect_max_s"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and 0.05 <= value <= 3600):
+                raise ConfigError(f"{name} must be a number of seconds in [0.05, 3600], got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -98,13 +107,16 @@ class EdgeAgent:
         self.on_partial = on_partial
         self.on_final = on_final
         self.report = AgentReport()
-        self._urls = itertools.cycle([stream_url(u) for u in options.shards]) if options.shards else None
+        self._ring = [stream_url(u) for u in options.shards]  # static shards, taken in turn
+        self._turn = itertools.count()
         self._routed: list[str] = []  # candidates from the coordinator, best first
         self.rtt_ms: dict[str, float] = {}
         self._pending: dict[int, list[bytes]] = {}  # utt -> encoded frames, kept until its FINAL
         self._ended: dict[int, tuple[float, float, float]] = {}  # utt -> (speech end, EOU sent, audio seconds)
         self._done: set[int] = set()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._url = ""  # the shard of the current session
+        self._suspect: dict[str, float] = {}  # url -> monotonic time until which it is tried last
         self._lock = asyncio.Lock()  # orders sends against replay
         self._all_final = asyncio.Event()
         self._first_chunk_at: float | None = None
@@ -121,8 +133,11 @@ class EdgeAgent:
                 await asyncio.sleep(delay)  # no shard known right now; ask again after a back-off
                 delay = min(delay * 2, self.o.reconnect_max_s)
                 continue
+            ws = None
             try:
-                ws = await http.ws_connect(url, max_msg_size=4 * p.MAX_FRAME_BYTES, heartbeat=15)
+                # a hung shard still accepts TCP from its kernel backlog: bound the upgrade and the HELLO
+                connect = http.ws_connect(url, max_msg_size=4 * p.MAX_FRAME_BYTES, heartbeat=self.o.heartbeat_s)
+                ws = await asyncio.wait_for(connect, self.o.handshake_timeout_s)
                 hello = p.Hello(
                     device_id=self.o.device_id,
                     token=edge_token(self.o.device_id, self.o.token),
@@ -132,9 +147,12 @@ class EdgeAgent:
                     resume=sorted(self._pending),
                 )
                 await ws.send_bytes(p.encode(hello))
-                reply = p.decode((await ws.receive(timeout=30)).data)
+                reply = p.decode((await ws.receive(timeout=self.o.handshake_timeout_s)).data)
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError, TypeError, p.ProtocolError) as exc:
                 log.warning("cannot open a session on %s (%r); trying the next shard", url, exc)
+                self._suspect[url] = time.monotonic() + p.SUSPECT_S
+                if ws is not None:
+                    await ws.close()
                 await asyncio.sleep(delay)  # back-off between attempts
                 delay = min(delay * 2, self.o.reconnect_max_s)
                 continue
@@ -147,7 +165,7 @@ class EdgeAgent:
                 await asyncio.sleep(min(max(delay, (reply.retry_after_ms or 0) / 1000), self.o.reconnect_max_s))
                 delay = min(delay * 2, self.o.reconnect_max_s)
                 continue
-            self._ws = ws
+            self._ws, self._url = ws, url
             self.report.shards.append(url)
             for utt in sorted(self._pending):
                 for data in self._pending[utt]:
@@ -191,7 +209,10 @@ class EdgeAgent:
             log.warning("coordinator %s sent a bad route answer (%s)", base, exc)
             return []
         urls = []
+        now = time.monotonic()
         for candidate in (c.model_dump() for c in candidates):
+            if self._suspect.get(stream_url(candidate["url"]), 0.0) > now:
+                continue  # failed us lately: not worth a probe while the coordinator has not noticed
             http_url = p.http_url(candidate["url"])
             started = time.monotonic()
             try:
@@ -204,13 +225,22 @@ class EdgeAgent:
             urls.append(stream_url(candidate["url"]))
         return urls
 
+    def _trusted(self, urls: list[str]) -> list[str]:
+        """``urls`` with those that failed lately moved to the end (kept: they may be all there is)."""
+        now = time.monotonic()
+        return sorted(urls, key=lambda u: self._suspect.get(u, 0.0) > now)
+
     async def _next_url(self, http: aiohttp.ClientSession) -> str | None:
         if self.o.coordinator:
             if not self._routed:
                 self._routed = await self._route(http)
             if self._routed:
+                self._routed = self._trusted(self._routed)
                 return self._routed.pop(0)
-        return next(self._urls) if self._urls is not None else None
+        if not self._ring:
+            return None
+        first = next(self._turn) % len(self._ring)
+        return self._trusted(self._ring[first:] + self._ring[:first])[0]
 
     async def _send_raw(self, data: bytes) -> None:
         ws = self._ws
@@ -251,6 +281,9 @@ class EdgeAgent:
                     log.error("shard error: %s: %s", frame.code, frame.message)
             if not reconnect and ws.closed and self._all_final.is_set():
                 return
+            if not reconnect:  # lost (crashed, hung: no pong within half a heartbeat), not asked to move
+                log.warning("lost the session on %s (%r); reconnecting elsewhere", self._url, ws.exception())
+                self._suspect[self._url] = time.monotonic() + p.SUSPECT_S
             await ws.close()
             self.report.reconnects += 1
             async with self._lock:

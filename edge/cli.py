@@ -50,6 +50,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=SegmenterOptions.trailing_silence_s,
         help="silence that ends an utterance (seconds)",
     )
+    a.add_argument(
+        "--heartbeat-s",
+        type=float,
+        default=p.HEARTBEAT_S,
+        help="ping the shard this often when nothing arrives; one silent for 1.5x this is hung and left "
+        "(raise it on slow, high-latency links)",
+    )
     a.set_defaults(func=cmd_edge)
 
 
@@ -119,6 +126,7 @@ def cmd_edge(args: argparse.Namespace) -> int:
         language=args.language,
         dtype=args.dtype,
         segmenter=SegmenterOptions(vad=args.vad, trailing_silence_s=args.endpoint_silence_s),
+        heartbeat_s=args.heartbeat_s,
     )
     for name, source in _sources(args):
         report = asyncio.run(EdgeAgent(options, on_partial, on_final).run(source))

@@ -37,6 +37,14 @@ E_TIMEOUT = "timeout"  # no HELLO in time, or a session idle too long
 MAX_FRAMES_PER_MESSAGE = 3000  # 30 s of log-mel in one FEATURES frame: bounds decoding before any inflating
 MAX_ID_CHARS = 128  # device and session ids
 IDLE_CONNECTION_S = 10.0  # servers close an HTTP connection with no request in flight after this
+# Hang detection. Websocket clients (edge -> stage 0, stage -> stage) ping every HEARTBEAT_S when
+# nothing else arrives and drop a peer that does not answer within half of it: a hung peer (SIGSTOP,
+# a stuck event loop) is found 1.5 x HEARTBEAT_S after its last frame, and its work is replayed or
+# retried elsewhere. A websocket upgrade (and the edge's HELLO -> WELCOME) must finish within
+# HANDSHAKE_TIMEOUT_S: a hung listener still completes TCP handshakes from its kernel backlog.
+HEARTBEAT_S = 1.0
+HANDSHAKE_TIMEOUT_S = 2.0
+SUSPECT_S = 5.0  # a replica that failed a call is tried last for this long
 
 
 @dataclass(frozen=True)

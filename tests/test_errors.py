@@ -73,3 +73,15 @@ def test_cli_unknown_language_exits_2(tmp_path, capsys, manifest):
     clip = next(e.file for e in manifest if e.language == "en")
     assert main(["transcribe", str(clip), "--language", "zz"]) == 2
     assert "English-only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("value", [0, -1, float("nan"), float("inf"), "1"])
+def test_edge_heartbeat_must_be_a_sane_number_of_seconds(value, capsys):
+    from splitasr.edge.agent import AgentOptions
+    from splitasr.shared.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="heartbeat_s must be a number of seconds"):
+        AgentOptions(shards=("ws://127.0.0.1:9",), heartbeat_s=value)
+    if isinstance(value, int | float):
+        code = main(["edge", "--shard", "ws://127.0.0.1:9", "--heartbeat-s", str(value), "x.wav"])
+        assert code == 2 and "heartbeat_s must be a number of seconds" in capsys.readouterr().err

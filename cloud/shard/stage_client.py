@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 import uuid
 
 import aiohttp
@@ -32,11 +33,17 @@ class _Replica:
         self._reader: asyncio.Task | None = None
         self._pending: dict[str, asyncio.Future] = {}
         self._lock = asyncio.Lock()
+        self.suspect_until = 0.0  # monotonic time until which this replica is tried last (it failed a call)
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         async with self._lock:
             if self._ws is None or self._ws.closed:
-                self._ws = await self._session.ws_connect(self.url, max_msg_size=p.MAX_STAGE_FRAME_BYTES, heartbeat=5)
+                # a hung replica accepts TCP from its kernel backlog but never upgrades: bound the handshake;
+                # once open, a replica silent for 1.5 heartbeats is dropped and its calls fail over
+                connect = self._session.ws_connect(
+                    self.url, max_msg_size=p.MAX_STAGE_FRAME_BYTES, heartbeat=p.HEARTBEAT_S
+                )
+                self._ws = await asyncio.wait_for(connect, p.HANDSHAKE_TIMEOUT_S)
                 self._reader = asyncio.create_task(self._read(self._ws))
             return self._ws
 
@@ -110,6 +117,14 @@ class StageClient:
                 asyncio.get_running_loop().create_task(replica.close())
         log.info("next-stage replicas now %s", wanted)
 
+    def _order(self) -> list[_Replica]:
+        """Every replica once, round-robin from the next one; those that failed a call lately go last."""
+        first = next(self._rr)
+        n = len(self._replicas)
+        rotation = [self._replicas[(first + i) % n] for i in range(n)]
+        now = time.monotonic()
+        return sorted(rotation, key=lambda r: r.suspect_until > now)  # stable: keeps the rotation
+
     async def close(self) -> None:
         await asyncio.gather(*(r.close() for r in self._replicas), return_exceptions=True)
         if self._session is not None:
@@ -135,10 +150,8 @@ class StageClient:
         )
         if not self._replicas:
             raise StageUnavailableError(f"no replica of stage {stage} is known yet")
-        first = next(self._rr)
         errors = []
-        for i in range(len(self._replicas)):
-            replica = self._replicas[(first + i) % len(self._replicas)]
+        for replica in self._order():
             try:
                 return await replica.call(request, self._timeout_s)
             except ProtocolError as exc:
@@ -147,5 +160,6 @@ class StageClient:
                 errors.append(f"{replica.url}: {exc}")
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError, StageUnavailableError) as exc:
                 errors.append(f"{replica.url}: {exc!r}")
+                replica.suspect_until = time.monotonic() + p.SUSPECT_S
             log.warning("stage %s call failed on %s; trying another replica", stage, replica.url)
         raise StageUnavailableError(f"no replica of stage {stage} answered: {'; '.join(errors)}")
