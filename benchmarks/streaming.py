@@ -1,7 +1,7 @@
 """Streaming on long-form real speech in real time: FINAL WER against offline, FINAL counts, and end of
 speech to FINAL latency, for several endpoint silences at 1 and 16 concurrent streams.
 
-Streams: ``tests/longform.py`` strings real clips of ``samples/real`` together with pauses of
+Streams: ``shared/longform.py`` strings real clips of ``samples/real`` together with pauses of
 0.5–8 s at 8, 16, 22.05, 44.1 (stereo) and 48 kHz, some with noise; clips less than a second apart
 count as one utterance. Each stream runs through ``splitasr edge``'s agent (Silero VAD) against a
 local cluster (tiny.en int8: stage-0 replicas + enc_b + dec, one thread each) in real time; N
@@ -33,8 +33,8 @@ from splitasr.cloud.local_cluster import ChainSpec, LocalCluster  # noqa: E402
 from splitasr.edge.agent import AgentOptions, EdgeAgent  # noqa: E402
 from splitasr.edge.audio_in import file_source  # noqa: E402
 from splitasr.edge.segmenter import SegmenterOptions  # noqa: E402
+from splitasr.shared.longform import LongStream, build_streams  # noqa: E402
 from splitasr.shared.wer import WERTally  # noqa: E402
-from tests.longform import LongStream, build_streams  # noqa: E402
 
 
 def pct(xs, q):

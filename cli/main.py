@@ -10,7 +10,7 @@ from splitasr.shared.errors import SplitASRError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from splitasr.cli import cluster, demo, offline
+    from splitasr.cli import chaos, cluster, demo, offline
     from splitasr.edge import cli as edge_cli
 
     parser = argparse.ArgumentParser(prog="splitasr", description="Edge-cloud split speech recognition.")
@@ -20,6 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     cluster.register(sub)
     edge_cli.register(sub)
     demo.register(sub)
+    chaos.register(sub)
     return parser
 
 

@@ -19,7 +19,7 @@ from splitasr.cloud.local_cluster import ChainSpec, LocalCluster
 from splitasr.edge.agent import AgentOptions, EdgeAgent, FinalResult
 from splitasr.edge.audio_in import file_source
 from splitasr.shared import protocol as p
-from tests.longform import build_streams
+from splitasr.shared.longform import build_streams
 
 HOLD_S = 8.0  # each hang lasts this long; without hang detection FINALs behind it wait at least as long
 

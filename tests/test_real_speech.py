@@ -10,8 +10,8 @@ from splitasr.cloud.shard.recognizer import TranscribeOptions
 from splitasr.edge.conditioning import Conditioner
 from splitasr.edge.segmenter import Segmenter, SegmenterOptions, Start
 from splitasr.shared.audio import load_audio
+from splitasr.shared.longform import build_streams
 from splitasr.shared.wer import WERTally, repeats_phrase
-from tests.longform import build_streams
 from tests.nonspeech import nonspeech_clips
 
 pytestmark = pytest.mark.integration

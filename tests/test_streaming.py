@@ -16,8 +16,8 @@ from splitasr.edge.agent import AgentOptions, EdgeAgent
 from splitasr.edge.audio_in import file_source
 from splitasr.edge.segmenter import SegmenterOptions
 from splitasr.shared.audio import load_audio
+from splitasr.shared.longform import build_streams
 from splitasr.shared.wer import WERTally
-from tests.longform import build_streams
 from tests.nonspeech import nonspeech_clips
 
 pytestmark = pytest.mark.integration

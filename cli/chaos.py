@@ -1,0 +1,66 @@
+"""``splitasr chaos``: kill and hang shards of a local cluster under real-time real speech; report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from splitasr.cloud.chaos import ChaosOptions
+
+    d = ChaosOptions()
+    p = sub.add_parser("chaos", help="kill and hang shards under real-time streams of real speech; report")
+    p.add_argument("--duration", type=float, default=d.duration_s, help="seconds each run's streams play")
+    p.add_argument("--streams", type=int, default=d.streams, help="concurrent real-time streams")
+    p.add_argument("--kill-every-s", type=float, default=d.kill_every_s, help="SIGKILL a random shard this often")
+    p.add_argument("--hang-s", type=float, default=d.hang_s, help="SIGSTOP one shard this long (0: none)")
+    p.add_argument("--no-baseline", action="store_true", help="skip the no-fault run of the same streams")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--report", default=None, metavar="FILE", help="write the report here (JSON)")
+    p.add_argument("--workdir", default=None, help="streams, coordinator and shard logs (default: a temp dir)")
+    p.set_defaults(func=cmd_chaos)
+
+
+def _row(name: str, run: dict) -> str:
+    eou = run["eou_to_final_s"]
+    return (
+        f"{name:9} {run['utterances']:5} {run['finals']:6} {run['duplicates']:5} {run['lost']:5} "
+        f"{run['wer'] * 100:6.1f}% {run['reconnects']:6}   {eou['p50']} / {eou['p99']} / {eou['max']}"
+    )
+
+
+def cmd_chaos(args: argparse.Namespace) -> int:
+    from splitasr.cloud.chaos import ChaosOptions, run_chaos
+
+    options = ChaosOptions(
+        duration_s=args.duration,
+        streams=args.streams,
+        kill_every_s=args.kill_every_s,
+        hang_s=args.hang_s,
+        baseline=not args.no_baseline,
+        seed=args.seed,
+    )
+    print(f"chaos: {options.streams} real-time streams, ~{options.duration_s:g} s per run …", file=sys.stderr)
+    report = run_chaos(options, Path(args.workdir) if args.workdir else None)
+    print("run       utts  finals  dups  lost     WER  recon   EOU->FINAL p50 / p99 / max (s)")
+    for name in ("baseline", "chaos"):
+        if name in report:
+            print(_row(name, report[name]))
+    chaos = report["chaos"]
+    for kind in ("kill", "hang"):
+        gap = chaos.get(f"{kind}_to_next_final_s")
+        if gap:
+            print(
+                f"{kind}: {sum(f['kind'] == kind for f in chaos['faults'])} faults, {gap['utterances_in_flight']} "
+                f"utterances in flight; fault (or EOU) -> FINAL p50 {gap['p50']} s, p99 {gap['p99']} s, "
+                f"max {gap['max']} s"
+            )
+    print(f"shard restarts by the backend: {report['restarts']}")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.report}", file=sys.stderr)
+    return 0 if chaos["lost"] == 0 and chaos["duplicates"] == 0 else 1

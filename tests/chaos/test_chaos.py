@@ -1,0 +1,26 @@
+"""The chaos suite, short: 4 real-time streams of real speech through `splitasr up` (two replicas of
+every stage) while a random shard is SIGKILLed every 5 s and one is SIGSTOPped for 6 s; the same
+streams without faults first. `make chaos` runs the long one (16 streams, 60 s, a 10 s hang)."""
+
+from __future__ import annotations
+
+import json
+
+from splitasr.cloud.chaos import ChaosOptions, run_chaos
+from splitasr.shared import protocol as p
+
+
+def test_kills_and_a_hang_lose_nothing(tmp_path, tiny_artifacts):
+    report = run_chaos(ChaosOptions(duration_s=20, streams=4, kill_every_s=5, hang_s=6), tmp_path)
+    baseline, chaos = report["baseline"], report["chaos"]
+    print("\n" + json.dumps({k: v for k, v in chaos.items() if k != "faults"}))
+    kinds = [f["kind"] for f in chaos["faults"]]
+    assert kinds.count("kill") >= 3 and kinds.count("hang") == 1, chaos["faults"]
+    assert report["restarts"] >= kinds.count("kill") - 1  # the backend brought the killed shards back
+    assert chaos["failed_streams"] == [] and chaos["lost"] == 0 and chaos["duplicates"] == 0
+    assert chaos["utterances"] == baseline["utterances"] and chaos["finals"] == chaos["utterances"]
+    assert chaos["wer"] <= baseline["wer"] + 0.02, (chaos["wer"], baseline["wer"])
+    # work stuck on a dead or hung shard moves on within a heartbeat and a half plus a retry
+    for kind in ("kill", "hang"):
+        worst = chaos[f"{kind}_to_next_final_s"]["max"]
+        assert worst is None or worst < 1.5 * p.HEARTBEAT_S + 3.0, (kind, worst)
