@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
 EXTRAS ?= export,multilingual,dev
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test lint bench chaos clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,9 @@ bench: install
 	$(PY) benchmarks/processes.py
 	$(PY) benchmarks/batching.py
 	$(PY) benchmarks/streaming.py
+
+chaos: install
+	$(BIN)/splitasr chaos --duration 60 --streams 16 --kill-every-s 5 --hang-s 10 --report benchmarks/results/chaos.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -201,6 +201,9 @@ def summarise(runs: list[StreamRun], wall_s: float) -> dict:
         "wer": round(tally.wer, 4),
         "reconnects": reconnects,
         "eou_to_final_s": {"p50": _pct(eou, 50), "p99": _pct(eou, 99), "max": _pct(eou, 100)},
+        "texts": [
+            [f.text for f in sorted(r.agent.report.finals, key=lambda f: f.utt) if f.text] for r in runs
+        ],
         "wall_s": round(wall_s, 1),
     }
 
