@@ -18,6 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--kill-every-s", type=float, default=d.kill_every_s, help="SIGKILL a random shard this often")
     p.add_argument("--hang-s", type=float, default=d.hang_s, help="SIGSTOP one shard this long (0: none)")
     p.add_argument("--no-baseline", action="store_true", help="skip the no-fault run of the same streams")
+    p.add_argument("--no-coordinator-restart", action="store_true", help="do not kill and restart the coordinator")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--report", default=None, metavar="FILE", help="write the report here (JSON)")
     p.add_argument("--workdir", default=None, help="streams, coordinator and shard logs (default: a temp dir)")
@@ -41,6 +42,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         kill_every_s=args.kill_every_s,
         hang_s=args.hang_s,
         baseline=not args.no_baseline,
+        coordinator_restart=not args.no_coordinator_restart,
         seed=args.seed,
     )
     print(f"chaos: {options.streams} real-time streams, ~{options.duration_s:g} s per run …", file=sys.stderr)
@@ -50,7 +52,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         if name in report:
             print(_row(name, report[name]))
     chaos = report["chaos"]
-    for kind in ("kill", "hang"):
+    for kind in ("kill", "hang", "coordinator"):
         gap = chaos.get(f"{kind}_to_next_final_s")
         if gap:
             print(
@@ -58,9 +60,9 @@ def cmd_chaos(args: argparse.Namespace) -> int:
                 f"utterances in flight; fault (or EOU) -> FINAL p50 {gap['p50']} s, p99 {gap['p99']} s, "
                 f"max {gap['max']} s"
             )
-    print(f"shard restarts by the backend: {report['restarts']}")
+    print(f"shard restarts by the backend: {report['restarts']}; orphans at the end: {len(report['orphans'])}")
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=1))
         print(f"wrote {args.report}", file=sys.stderr)
-    return 0 if chaos["lost"] == 0 and chaos["duplicates"] == 0 else 1
+    return 0 if chaos["lost"] == 0 and chaos["duplicates"] == 0 and not report["orphans"] else 1

@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ready-file", default=None, help="write {pid, port, url} here once loaded and warmed up")
     p.add_argument("--coordinator", default=None, metavar="URL", help="register + heartbeat there; find --next there")
     p.add_argument("--shard-id", default=None, help="name in the coordinator's registry (default: generated)")
+    p.add_argument(
+        "--orphan-after-s",
+        type=float,
+        default=0.0,
+        help="exit when the coordinator has been unreachable this long (0: never; shards started by one: 60)",
+    )
     p.add_argument("--zone", default="local", help="locality label used by the router")
     p.add_argument("--region", default="local", help="locality label used by the router")
     p.add_argument(
@@ -90,6 +96,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
         speculate_after_s=args.speculate_after_s,
         coordinator_url=args.coordinator,
         shard_id=args.shard_id,
+        orphan_after_s=args.orphan_after_s,
         zone=args.zone,
         region=args.region,
         secret=secret_from_env(),

@@ -1,13 +1,20 @@
 """Chaos runs: real-time streams of real speech through ``splitasr up`` while shards die and hang.
 
-A run starts a cluster (tiny.en int8, two replicas of every stage; the local backend restarts a
-shard that dies), builds long-form streams from the real clips (``shared/longform.py``) and plays
-them in real time through coordinator-routed edge agents, twice: once without faults (the
-baseline) and once while a random shard of any stage is SIGKILLed every ``kill_every_s`` and one
-is SIGSTOPped for ``hang_s``. The report counts utterances, FINALs, duplicates and lost
-utterances and the WER of both runs. For every utterance in flight when a fault struck (begun, its
-FINAL not yet arrived) it measures the time from the fault to that FINAL, or from its EOU when
-the utterance had not ended then: what the fault cost on top of the endpointing.
+A run starts a cluster: tiny.en int8, two replicas of every stage, and a local backend that
+restarts a shard that dies. It builds long-form streams from the real clips
+(``shared/longform.py``) and plays them in real time through coordinator-routed edge agents,
+twice:
+
+- once without faults (the baseline);
+- once with faults: a random shard of any stage is SIGKILLed every ``kill_every_s``, one is
+  SIGSTOPped for ``hang_s``, and the coordinator is SIGKILLed and started again (it adopts its
+  shards from its state file).
+
+The report gives, for both runs, utterances, FINALs, duplicates, lost utterances and the WER.
+Shards left running at the end count as orphans. For every utterance in flight when a fault
+struck (begun, its FINAL not yet arrived), the report measures the time from the fault to that
+FINAL, or from its EOU when the utterance had not ended then: what the fault cost on top of the
+endpointing.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ class ChaosOptions:
     streams: int = 16
     kill_every_s: float = 5.0  # 0: no kills
     hang_s: float = 10.0  # one SIGSTOP this long, a third into the run; 0: none
+    coordinator_restart: bool = True  # SIGKILL the coordinator two thirds into the run and start it again
     baseline: bool = True  # a no-fault run of the same streams first
     seed: int = 1
 
@@ -70,11 +78,12 @@ def cluster_config() -> dict:
 
 @dataclass
 class Fault:
-    kind: str  # "kill" | "hang"
+    kind: str  # "kill" | "hang" | "coordinator"
     at_s: float  # since the run started
     stage: str
     pid: int
     at: float = 0.0  # monotonic
+    recovered_s: float | None = None  # coordinator: until the new one was ready
 
 
 class StreamRun:
@@ -152,6 +161,15 @@ class Injector:
                 pass
             self.hung.discard(fault.pid)
 
+    async def _restart_coordinator(self, started: float) -> None:
+        """SIGKILL the coordinator and start a new one on the same state: it adopts the shards."""
+        pid = self.cluster.proc.pid
+        fault = Fault("coordinator", round(time.monotonic() - started, 2), "coordinator", pid, time.monotonic())
+        self.faults.append(fault)
+        log.info("chaos: restarting the coordinator (pid %d) at %.1f s", pid, fault.at_s)
+        await asyncio.to_thread(self.cluster.restart)
+        fault.recovered_s = round(time.monotonic() - fault.at, 2)
+
     async def run(self, done: asyncio.Event) -> None:
         started = time.monotonic()
         plan: list[tuple[float, str]] = []
@@ -159,6 +177,8 @@ class Injector:
             plan += [(t, "kill") for t in np.arange(self.o.kill_every_s, self.o.duration_s, self.o.kill_every_s)]
         if self.o.hang_s:
             plan.append((self.o.duration_s / 3, "hang"))
+        if self.o.coordinator_restart:
+            plan.append((2 * self.o.duration_s / 3, "coordinator"))
         tasks = []
         try:
             for at, kind in sorted(plan):
@@ -171,6 +191,8 @@ class Injector:
                         pass
                 if kind == "hang":
                     tasks.append(asyncio.create_task(self._hang(started)))
+                elif kind == "coordinator":
+                    tasks.append(asyncio.create_task(self._restart_coordinator(started)))
                 else:
                     await self._strike("kill", started)
         finally:
@@ -201,9 +223,7 @@ def summarise(runs: list[StreamRun], wall_s: float) -> dict:
         "wer": round(tally.wer, 4),
         "reconnects": reconnects,
         "eou_to_final_s": {"p50": _pct(eou, 50), "p99": _pct(eou, 99), "max": _pct(eou, 100)},
-        "texts": [
-            [f.text for f in sorted(r.agent.report.finals, key=lambda f: f.utt) if f.text] for r in runs
-        ],
+        "texts": [[f.text for f in sorted(r.agent.report.finals, key=lambda f: f.utt) if f.text] for r in runs],
         "wall_s": round(wall_s, 1),
     }
 
@@ -223,7 +243,7 @@ async def _play(streams: list[LongStream], coordinator: str, cluster, options: C
     summary = summarise(runs, time.monotonic() - started)
     if injector is not None:
         summary["faults"] = [{k: v for k, v in dataclasses.asdict(f).items() if k != "at"} for f in injector.faults]
-        for kind in ("kill", "hang"):
+        for kind in ("kill", "hang", "coordinator"):
             gaps = [g for f in injector.faults if f.kind == kind for r in runs for g in r.recoveries(f.at)]
             summary[f"{kind}_to_next_final_s"] = {
                 "utterances_in_flight": len(gaps),
@@ -246,9 +266,11 @@ def run_chaos(options: ChaosOptions, workdir: Path | None = None) -> dict:
         "cluster": cluster_config(),
         "streams": [{"file": s.path.name, "utterances": len(s.utterances)} for s in streams],
     }
-    with CoordinatorProcess(cluster_config(), workdir / "cluster") as cluster:
+    cluster = CoordinatorProcess(cluster_config(), workdir / "cluster")
+    with cluster:
         if options.baseline:
             report["baseline"] = asyncio.run(_play(streams, cluster.url, cluster, None))
         report["chaos"] = asyncio.run(_play(streams, cluster.url, cluster, options))
         report["restarts"] = sum(1 for line in cluster.log_tail(10**7).splitlines() if "crashed" in line)
+    report["orphans"] = cluster.orphans  # shard pids still running once the coordinator had stopped
     return report

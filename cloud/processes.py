@@ -6,6 +6,7 @@ local process backend, and :mod:`.coordinator.launch` (``splitasr up`` as a chil
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -14,6 +15,8 @@ from pathlib import Path
 
 from splitasr.shared.auth import ensure_cluster_secret
 from splitasr.shared.errors import ProcessStartError
+
+ORPHAN_AFTER_S = 60.0  # a shard started by a coordinator exits after this long without reaching it
 
 
 @dataclass(frozen=True)
@@ -28,6 +31,13 @@ class ShardSpec:
     int8: bool = False
     next_urls: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()  # more ``splitasr shard`` flags
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ShardSpec:
+        return cls(**{**d, "next_urls": tuple(d.get("next_urls", ())), "extra_args": tuple(d.get("extra_args", ()))})
 
 
 def shard_command(
@@ -45,8 +55,8 @@ def shard_command(
         cmd.append("--int8")
     for url in spec.next_urls:
         cmd += ["--next", url]
-    if coordinator_url:
-        cmd += ["--coordinator", coordinator_url]
+    if coordinator_url:  # a shard the coordinator started exits when it stays away (no orphans)
+        cmd += ["--coordinator", coordinator_url, "--orphan-after-s", str(ORPHAN_AFTER_S)]
     if shard_id:
         cmd += ["--shard-id", shard_id]
     return cmd + list(spec.extra_args)

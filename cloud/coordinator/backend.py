@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from splitasr.cloud.coordinator.state import StateStore, is_shard_process, pid_alive
 from splitasr.cloud.processes import ShardSpec, ready_info, shard_command
 from splitasr.shared.errors import ProcessStartError
 
@@ -48,6 +49,8 @@ class Backend(abc.ABC):
     #: called with (shard id, exit code) when a shard's process is seen to exit; the coordinator
     #: uses it to open that shard's breaker at once instead of waiting for heartbeat silence
     on_exit: Callable[[str, int], None] | None = None
+    #: where the coordinator's state survives a restart (None: it does not)
+    state: StateStore | None = None
 
     @abc.abstractmethod
     async def start(self, spec: ShardSpec) -> ShardHandle:
@@ -70,10 +73,37 @@ class Backend(abc.ABC):
         """The shard will exit by itself (it is draining): do not treat that as a crash."""
 
 
+class AdoptedProcess:
+    """A shard process started by an earlier coordinator (not our child): the part of
+    :class:`subprocess.Popen` the backend uses, by pid."""
+
+    def __init__(self, pid: int, shard_id: str):
+        self.pid = pid
+        self.shard_id = shard_id
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not (pid_alive(self.pid) and is_shard_process(self.pid, self.shard_id)):
+            self.returncode = -1  # not our child: its exit code is not ours to read
+        return self.returncode
+
+    def send_signal(self, sig: int) -> None:
+        if self.poll() is None:
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(str(self.pid), timeout)
+            time.sleep(0.05)  # not our child: no wait() to block on
+        return self.returncode
+
+
 @dataclass
 class _Process:
     handle: ShardHandle
-    proc: subprocess.Popen
+    proc: subprocess.Popen | AdoptedProcess
     ready_file: Path
     log_file: Path
 
@@ -85,6 +115,7 @@ class LocalProcessBackend(Backend):
         workdir: Path | None = None,
         ready_timeout_s: float = 180.0,
         restart_crashed: bool = True,
+        state: StateStore | None = None,
     ):
         self.coordinator_url = coordinator_url
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="splitasr-shards-"))
@@ -94,6 +125,34 @@ class LocalProcessBackend(Backend):
         self._procs: dict[str, _Process] = {}
         self._watcher: asyncio.Task | None = None
         self.exits: list[tuple[str, int]] = []  # (shard id, return code) of every exit seen
+        self.state = state  # shards started are recorded there, so a restarted coordinator adopts them
+
+    def adopt(self) -> list[ShardHandle]:
+        """Take over the shards an earlier coordinator with the same state started and that still run;
+        forget the rest. They re-register on their next heartbeat (the coordinator answers 404)."""
+        adopted = []
+        for shard_id, pid, spec, url in self.state.shards() if self.state else []:
+            if not (pid_alive(pid) and is_shard_process(pid, shard_id)):
+                self.state.remove_shard(shard_id)
+                continue
+            handle = ShardHandle(shard_id, spec, time.monotonic(), pid=pid, url=url, state="ready")
+            handle.ready_at = handle.started_at
+            self._procs[shard_id] = _Process(
+                handle,
+                AdoptedProcess(pid, shard_id),
+                self.workdir / f"{shard_id}.ready.json",
+                self.workdir / f"{shard_id}.log",
+            )
+            adopted.append(handle)
+            log.info("adopted shard %s (pid %d, %s %s)", shard_id, pid, spec.model, spec.stage)
+        if adopted:
+            self._ensure_watcher()
+        return adopted
+
+    def _forget(self, shard_id: str) -> None:
+        self._procs.pop(shard_id, None)
+        if self.state is not None:
+            self.state.remove_shard(shard_id)
 
     def list(self) -> list[ShardHandle]:
         return [p.handle for p in self._procs.values()]
@@ -115,13 +174,15 @@ class LocalProcessBackend(Backend):
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         handle.pid, handle.state, handle.started_at = proc.pid, "starting", time.monotonic()
         self._procs[handle.shard_id] = _Process(handle, proc, ready, log_file)
+        if self.state is not None:
+            self.state.add_shard(handle.shard_id, proc.pid, handle.spec, time.time())
         self._ensure_watcher()
         deadline = time.monotonic() + self.ready_timeout_s
         while True:
             try:
                 info = ready_info(proc, ready, log_file, f"shard {handle.shard_id}")
             except ProcessStartError:
-                self._procs.pop(handle.shard_id, None)
+                self._forget(handle.shard_id)
                 raise
             if info is not None:
                 break
@@ -131,6 +192,8 @@ class LocalProcessBackend(Backend):
             await asyncio.sleep(0.02)  # polling a file another process writes
         handle.info = info
         handle.url, handle.ready_at, handle.state = handle.info["url"], time.monotonic(), "ready"
+        if self.state is not None:
+            self.state.add_shard(handle.shard_id, proc.pid, handle.spec, time.time(), handle.url)
         log.info("shard %s ready at %s in %.2f s", handle.shard_id, handle.url, handle.cold_start_s)
         return handle
 
@@ -148,7 +211,7 @@ class LocalProcessBackend(Backend):
             os.kill(entry.proc.pid, signal.SIGKILL)
             entry.proc.wait()
         entry.handle.state = "exited"
-        self._procs.pop(shard_id, None)
+        self._forget(shard_id)
 
     def expect_exit(self, shard_id: str) -> None:
         if shard_id in self._procs:
@@ -167,7 +230,7 @@ class LocalProcessBackend(Backend):
                 self.exits.append((shard_id, code))
                 if self.on_exit is not None:
                     self.on_exit(shard_id, code)
-                self._procs.pop(shard_id, None)
+                self._forget(shard_id)
                 if entry.handle.state == "stopping" or not self.restart_crashed:
                     log.info("shard %s exited (%s)", shard_id, code)
                     entry.handle.state = "exited"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections import deque
+from collections import Counter, deque
 
 from splitasr.cloud.coordinator.autoscaler import Decision, Sample, decide
 from splitasr.cloud.coordinator.backend import Backend, ShardSpec
@@ -53,11 +53,31 @@ class PoolController:
         )
 
     async def start_chain(self) -> None:
-        """Decoder and encoder-B replicas, then the initial stage-0 replicas (with spares)."""
+        """Decoder and encoder-B replicas, then the initial stage-0 replicas (with spares); shards the
+        backend already has (adopted from the last coordinator) count."""
+        have = Counter(h.spec.stage for h in self.backend.list() if h.spec.model == self.pool.model)
         for stage, count in (("dec", self.pool.dec), ("enc_b", self.pool.enc_b)):
-            await asyncio.gather(*(self.backend.start(self.spec(stage)) for _ in range(count)))
+            await asyncio.gather(*(self.backend.start(self.spec(stage)) for _ in range(count - have[stage])))
         initial = max(self.config.min_replicas, 1) + self.config.warm_spares
-        await asyncio.gather(*(self._start_stage0() for _ in range(initial)))
+        await asyncio.gather(*(self._start_stage0() for _ in range(initial - have["enc_a"])))
+
+    # -- persistence (the backend's state store, when it has one) --------------------------------
+    def restore(self) -> None:
+        """The pinned size and load history the last coordinator of this state left."""
+        state = self.backend.state if self.backend is not None else None
+        if state is None:
+            return
+        self.history.extend(Sample(**d) for d in state.samples(self.pool.model))
+        pinned = state.get(f"pinned:{self.pool.model}")
+        self.pinned = None if pinned in (None, "auto") else int(pinned)
+        if self.history or self.pinned is not None:
+            log.info("pool %s: restored %d samples, pinned %s", self.pool.model, len(self.history), self.pinned)
+
+    def pin(self, replicas: int | None) -> None:
+        """``splitasr scale POOL N`` (None: auto again); kept across coordinator restarts."""
+        self.pinned = replicas
+        if self.backend is not None and self.backend.state is not None:
+            self.backend.state.put(f"pinned:{self.pool.model}", "auto" if replicas is None else str(replicas))
 
     async def _start_stage0(self) -> None:
         zone = self.pool.zones[self._zone_turn % len(self.pool.zones)]
@@ -104,7 +124,10 @@ class PoolController:
 
     def tick(self, now: float) -> Decision:
         """One decision period: sample, decide, assign routed/spare/drain, start what is missing."""
-        self.history.append(self.sample(now))
+        sample = self.sample(now)
+        self.history.append(sample)
+        if self.backend is not None and self.backend.state is not None:
+            self.backend.state.add_sample(self.pool.model, now, dataclasses.asdict(sample))
         decision = decide(self.config, list(self.history), now, list(self.decisions))
         if self.pinned is not None:
             decision = dataclasses.replace(decision, replicas=self.pinned, reason=f"pinned to {self.pinned}")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from splitasr.cloud.coordinator.state import pid_alive
 from splitasr.cloud.processes import ready_info
 from splitasr.shared.auth import ensure_cluster_secret
 from splitasr.shared.errors import ProcessStartError
@@ -40,6 +41,7 @@ class CoordinatorProcess:
         self.ready_timeout_s = ready_timeout_s
         self.proc: subprocess.Popen | None = None
         self.url = ""
+        self.orphans: list[int] = []  # shard pids still running after the coordinator stopped
         self.shard_pids: set[int] = set()  # seen in /v1/pools; killed on exit should the coordinator fail to
 
     @property
@@ -77,6 +79,19 @@ class CoordinatorProcess:
             self.shard_pids |= {s["pid"] for p in answer["pools"] for s in p["shards"] if s.get("pid")}
         return answer
 
+    def kill(self) -> None:
+        """SIGKILL the coordinator alone (a crash): its shards keep serving, and a coordinator started
+        again on the same workdir adopts them (or they exit after ``processes.ORPHAN_AFTER_S``)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.get("/v1/pools")  # remember every shard pid, to make sure of them at stop()
+            self.proc.kill()
+            self.proc.wait()
+
+    def restart(self) -> str:
+        """Kill the coordinator and start a new one on the same workdir and state; returns its url."""
+        self.kill()
+        return self.start()
+
     def stop(self, timeout_s: float = 60.0) -> None:
         """SIGTERM the coordinator (it stops its shards), then make sure every shard pid seen is gone."""
         if self.proc is None:
@@ -93,7 +108,11 @@ class CoordinatorProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for pid in self.shard_pids:
+        # shards the coordinator should have stopped: counted (the chaos report shows them), then killed
+        self.orphans = sorted(pid for pid in self.shard_pids if pid_alive(pid))
+        if self.orphans:
+            log.warning("shards left running by the coordinator: %s; killing them", self.orphans)
+        for pid in self.orphans:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:

@@ -14,10 +14,14 @@ from aiohttp import web
 from splitasr.cloud.coordinator.backend import LocalProcessBackend
 from splitasr.cloud.coordinator.config import ClusterConfig
 from splitasr.cloud.coordinator.service import Coordinator, create_app
+from splitasr.cloud.coordinator.state import StateStore
+from splitasr.shared.auth import SECRET_ENV, ensure_cluster_secret, secret_from_env
 from splitasr.shared.limits import guard_server_loop
 from splitasr.shared.protocol import IDLE_CONNECTION_S
 
 log = logging.getLogger(__name__)
+
+STATE_FILE = "coordinator.db"
 
 
 async def run_coordinator(
@@ -33,16 +37,28 @@ async def run_coordinator(
     guard_server_loop(loop)
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # with a workdir, the coordinator's state survives a restart: the shards it started are adopted
+    state = StateStore(Path(workdir) / STATE_FILE) if workdir else None
+    if state is not None:
+        state.claim()
+        if secret_from_env() is None and state.get("cluster_secret"):
+            os.environ[SECRET_ENV] = state.get("cluster_secret")  # the adopted shards hold this one
+        state.put("cluster_secret", ensure_cluster_secret())
     coordinator = Coordinator(config, backend=None)
     runner = web.AppRunner(
         create_app(coordinator), handle_signals=False, access_log=None, keepalive_timeout=IDLE_CONNECTION_S
     )
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
-    await site.start()
+    same_port = await _listen(runner, config, int(state.get("port") or 0) if state is not None else 0)
     host, port = runner.addresses[0][:2]
     url = f"http://{host}:{port}"
-    backend = LocalProcessBackend(url, Path(workdir) if workdir else None)
+    backend = LocalProcessBackend(url, Path(workdir) if workdir else None, state=state)
+    if state is not None:
+        state.put("port", str(port))
+        adopted = backend.adopt()
+        if adopted and not same_port:  # they would heartbeat to a port nobody listens on: stop them
+            log.warning("stopping %d shards of the last coordinator: they cannot reach this one", len(adopted))
+            await asyncio.gather(*(backend.stop(h.shard_id) for h in adopted))
     coordinator.attach(backend)
     advertiser = None
     try:
@@ -71,3 +87,20 @@ async def run_coordinator(
             await advertiser.close()
         await coordinator.close()
         await runner.cleanup()
+        if state is not None:
+            state.put("owner_pid", "0")  # stopped cleanly: every shard it started is stopped too
+            state.close()
+
+
+async def _listen(runner: web.AppRunner, config: ClusterConfig, last_port: int) -> bool:
+    """Bind the configured port; with port 0, the port of the last coordinator of this state first,
+    where the shards it started send their heartbeats. True when that port (or the configured one,
+    the same) is the one bound."""
+    if config.port == 0 and last_port:
+        try:
+            await web.TCPSite(runner, config.host, last_port).start()
+            return True
+        except OSError as exc:
+            log.warning("cannot listen on the last coordinator's port %d (%s)", last_port, exc)
+    await web.TCPSite(runner, config.host, config.port).start()
+    return config.port == last_port

@@ -77,6 +77,7 @@ class Coordinator:
         backend.on_exit = self.shard_exited
         for controller in self.controllers.values():
             controller.backend = backend
+            controller.restore()
 
     async def wait_registered(self, shard_ids: set[str], timeout_s: float) -> None:
         """Return once every shard in ``shard_ids`` has registered (raises TimeoutError)."""
@@ -324,9 +325,9 @@ async def scale_handler(request: web.Request) -> web.Response:
         return _error(404, f"no pool {pool!r}; pools are {', '.join(c.controllers)}")
     controller = c.controllers[pool]
     if replicas == "auto":
-        controller.pinned = None
+        controller.pin(None)
     elif isinstance(replicas, int) and not isinstance(replicas, bool) and 0 <= replicas <= 64:
-        controller.pinned = replicas
+        controller.pin(replicas)
     else:
         return _error(400, f"replicas must be an integer in [0, 64] or 'auto', got {replicas!r}")
     c.tick()

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
 import aiohttp
 
 from splitasr.shared.control import RouteAnswer, parse
 from splitasr.shared.errors import ConfigError
+from splitasr.shared.limits import Throttle
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,8 @@ class CoordinatorLink:
         next_stage: tuple[str, str] | None = None,  # (model, stage) to resolve
         on_next_urls: Callable[[list[str]], None] | None = None,
         interval_s: float = 1.0,
+        orphan_after_s: float = 0.0,  # call on_orphan after this long without reaching the coordinator
+        on_orphan: Callable[[], None] | None = None,
     ):
         self.base = coordinator_url.rstrip("/")
         self.info = info
@@ -39,7 +43,11 @@ class CoordinatorLink:
         self.next_stage = next_stage
         self.on_next_urls = on_next_urls
         self.interval_s = interval_s
+        self.orphan_after_s = orphan_after_s
+        self.on_orphan = on_orphan
         self.registered = asyncio.Event()
+        self.last_contact = time.monotonic()
+        self._complaints = Throttle(30.0)  # an outage is logged every 30 s, not every heartbeat
 
     async def _register(self, http: aiohttp.ClientSession) -> None:
         async with http.post(f"{self.base}/v1/register", json=self.info, headers=self.headers) as resp:
@@ -76,8 +84,22 @@ class CoordinatorLink:
                         await self._register(http)
                     else:
                         await self._heartbeat(http)
+                    self.last_contact = time.monotonic()
                     if self.next_stage is not None:
                         await self._resolve(http)
                 except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, ConfigError) as exc:
-                    log.warning("coordinator %s unreachable or answering nonsense (%r); retrying", self.base, exc)
+                    away = time.monotonic() - self.last_contact
+                    if self.orphan_after_s and away > self.orphan_after_s and self.on_orphan is not None:
+                        log.error(
+                            "coordinator %s unreachable for %.0f s: this shard is an orphan; exiting", self.base, away
+                        )
+                        self.on_orphan()
+                        return
+                    if (count := self._complaints.allow()) is not None:
+                        log.warning(
+                            "coordinator %s unreachable or answering nonsense (%r; %d times); serving on, retrying",
+                            self.base,
+                            exc,
+                            count,
+                        )
                 await asyncio.sleep(self.interval_s)  # the heartbeat period

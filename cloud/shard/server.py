@@ -10,6 +10,7 @@ import signal
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -180,7 +181,7 @@ async def serve(config: ShardConfig) -> None:
     url = f"ws://{host}:{port}"
     link_task = None
     if app[READY].is_set() and config.coordinator_url:
-        link_task = asyncio.create_task(_coordinator_link(app, url).run())
+        link_task = asyncio.create_task(_coordinator_link(app, url, on_orphan=stop.set).run())
         if STAGE0 in app:  # a drained stage-0 shard exits once its last session moved
             drained = asyncio.create_task(app[STAGE0].drained.wait())
             drained.add_done_callback(lambda _: stop.set())
@@ -204,7 +205,7 @@ async def serve(config: ShardConfig) -> None:
     await runner.cleanup()
 
 
-def _coordinator_link(app: web.Application, url: str) -> CoordinatorLink:
+def _coordinator_link(app: web.Application, url: str, on_orphan: Callable[[], None]) -> CoordinatorLink:
     config, worker = app[CONFIG], app[WORKER]
     stage0 = app[STAGE0] if STAGE0 in app else None
     info = {
@@ -230,4 +231,6 @@ def _coordinator_link(app: web.Application, url: str) -> CoordinatorLink:
         next_stage=next_stage,
         on_next_urls=worker.client.set_urls if worker.client is not None else None,
         interval_s=config.heartbeat_s,
+        orphan_after_s=config.orphan_after_s,
+        on_orphan=on_orphan,
     )

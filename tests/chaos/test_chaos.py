@@ -1,6 +1,6 @@
 """The chaos suite, short: 4 real-time streams of real speech through `splitasr up` (two replicas of
-every stage) while a random shard is SIGKILLed every 5 s and one is SIGSTOPped for 6 s; the same
-streams without faults first. `make chaos` runs the long one (16 streams, 60 s, a 10 s hang)."""
+every stage) while a random shard is SIGKILLed every 5 s, one is SIGSTOPped for 6 s and the
+coordinator is SIGKILLed and started again; the same streams without faults first. `make chaos` runs the long one (16 streams, 60 s, a 10 s hang)."""
 
 from __future__ import annotations
 
@@ -15,12 +15,13 @@ def test_kills_and_a_hang_lose_nothing(tmp_path, tiny_artifacts):
     baseline, chaos = report["baseline"], report["chaos"]
     print("\n" + json.dumps({k: v for k, v in chaos.items() if k != "faults"}))
     kinds = [f["kind"] for f in chaos["faults"]]
-    assert kinds.count("kill") >= 3 and kinds.count("hang") == 1, chaos["faults"]
+    assert kinds.count("kill") >= 3 and kinds.count("hang") == 1 and kinds.count("coordinator") == 1, kinds
+    assert report["orphans"] == []  # the restarted coordinator adopted the shards and stopped them all
     assert report["restarts"] >= kinds.count("kill") - 1  # the backend brought the killed shards back
     assert chaos["failed_streams"] == [] and chaos["lost"] == 0 and chaos["duplicates"] == 0
     assert chaos["utterances"] == baseline["utterances"] and chaos["finals"] == chaos["utterances"]
     assert chaos["wer"] <= baseline["wer"] + 0.02, (chaos["wer"], baseline["wer"])
     # work stuck on a dead or hung shard moves on within a heartbeat and a half plus a retry
-    for kind in ("kill", "hang"):
+    for kind in ("kill", "hang", "coordinator"):
         worst = chaos[f"{kind}_to_next_final_s"]["max"]
         assert worst is None or worst < 1.5 * p.HEARTBEAT_S + 3.0, (kind, worst)
