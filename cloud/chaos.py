@@ -242,7 +242,11 @@ async def _play(streams: list[LongStream], coordinator: str, cluster, options: C
             await faults
     summary = summarise(runs, time.monotonic() - started)
     if injector is not None:
-        summary["faults"] = [{k: v for k, v in dataclasses.asdict(f).items() if k != "at"} for f in injector.faults]
+        summary["faults"] = []
+        for f in injector.faults:
+            gaps = [g for r in runs for g in r.recoveries(f.at)]
+            entry = {k: v for k, v in dataclasses.asdict(f).items() if k != "at"}
+            summary["faults"].append(entry | {"in_flight": len(gaps), "worst_s": round(max(gaps), 3) if gaps else None})
         for kind in ("kill", "hang", "coordinator"):
             gaps = [g for f in injector.faults if f.kind == kind for r in runs for g in r.recoveries(f.at)]
             summary[f"{kind}_to_next_final_s"] = {

@@ -18,6 +18,7 @@ import numpy as np
 from splitasr.edge.conditioning import Conditioner, ConditionerOptions
 from splitasr.edge.segmenter import Audio, End, Segmenter, SegmenterOptions, Start
 from splitasr.shared import protocol as p
+from splitasr.shared import tls
 from splitasr.shared.auth import edge_token
 from splitasr.shared.control import RouteAnswer, parse
 from splitasr.shared.errors import ConfigError, EdgeError, SessionRejectedError
@@ -322,7 +323,7 @@ class EdgeAgent:
         """Stream ``source`` to the end, wait for every FINAL, return the report."""
         # connecting is bounded, so a dead or hung listener costs seconds, not forever
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with aiohttp.ClientSession(timeout=timeout, connector=tls.connector()) as http:
             async with self._lock:
                 await self._connect(http)
             reader = asyncio.create_task(self._reader(http))

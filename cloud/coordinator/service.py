@@ -26,6 +26,7 @@ from splitasr.cloud.coordinator.controller import PoolController
 from splitasr.cloud.coordinator.dashboard import DASHBOARD_HTML
 from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad, ShardRecord
 from splitasr.cloud.coordinator.router import RouteRequest, route
+from splitasr.shared import tls
 from splitasr.shared.auth import ClusterAuth, bearer, ensure_cluster_secret
 from splitasr.shared.control import Heartbeat, RouteQuery, parse, parse_query
 from splitasr.shared.errors import AuthError, ConfigError
@@ -149,7 +150,7 @@ class Coordinator:
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=min(0.5, self.config.decision_period_s))
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with aiohttp.ClientSession(timeout=timeout, connector=tls.connector()) as http:
             while True:
                 try:
                     self.tick()

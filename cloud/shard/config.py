@@ -39,6 +39,8 @@ class ShardConfig:
     region: str = "local"
     heartbeat_s: float = 1.0
     orphan_after_s: float = 0.0  # exit when the coordinator has been unreachable this long (0: never)
+    tls_cert: str | None = None  # serve wss:// and https:// with this certificate chain (PEM) ...
+    tls_key: str | None = None  # ... and its key
     secret: str | None = field(default=None, repr=False)  # the cluster secret (shared/auth.py)
     insecure: bool = False  # serve without credentials (development on a closed host only)
     hello_timeout_s: float = 10.0  # a connection must say HELLO within this
@@ -56,6 +58,8 @@ class ShardConfig:
                 "no cluster secret: set $SPLITASR_CLUSTER_SECRET (or $SPLITASR_CLUSTER_SECRET_FILE), "
                 "or pass --insecure to serve without credentials"
             )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("TLS needs both --tls-cert and --tls-key")
         if self.orphan_after_s and not 5 <= self.orphan_after_s <= 86_400:
             raise ConfigError(f"orphan_after_s must be 0 (never) or in [5, 86400], got {self.orphan_after_s}")
         for name in ("hello_timeout_s", "idle_timeout_s"):

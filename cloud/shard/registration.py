@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import aiohttp
 
+from splitasr.shared import tls
 from splitasr.shared.control import RouteAnswer, parse
 from splitasr.shared.errors import ConfigError
 from splitasr.shared.limits import Throttle
@@ -77,7 +78,7 @@ class CoordinatorLink:
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=max(2.0, 2 * self.interval_s))
-        async with aiohttp.ClientSession(timeout=timeout) as http:
+        async with aiohttp.ClientSession(timeout=timeout, connector=tls.connector()) as http:
             while True:
                 try:
                     if not self.registered.is_set():

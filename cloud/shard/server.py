@@ -25,6 +25,7 @@ from splitasr.cloud.shard.roles import Stage0, StageWorker
 from splitasr.cloud.shard.stream import stream_handler
 from splitasr.models.stages import ensure_stages
 from splitasr.shared import protocol as p
+from splitasr.shared import tls
 from splitasr.shared.auth import bearer
 from splitasr.shared.errors import AuthError, ProtocolError, SplitASRError, StageUnavailableError
 from splitasr.shared.limits import guard_server_loop
@@ -167,7 +168,8 @@ async def serve(config: ShardConfig) -> None:
     # keepalive_timeout also closes connections that never send a request (half-open, slow headers)
     runner = web.AppRunner(app, handle_signals=False, keepalive_timeout=p.IDLE_CONNECTION_S)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port)
+    ssl_context = tls.server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
+    site = web.TCPSite(runner, config.host, config.port, ssl_context=ssl_context)
     await site.start()
     host, port = runner.addresses[0][:2]
     log.info("%s %s shard listening on %s:%d", config.model, config.role, host, port)
@@ -178,7 +180,7 @@ async def serve(config: ShardConfig) -> None:
     ready_wait = asyncio.create_task(app[READY].wait())
     stop_wait = asyncio.create_task(stop.wait())
     await asyncio.wait({ready_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
-    url = f"ws://{host}:{port}"
+    url = f"{'wss' if ssl_context else 'ws'}://{host}:{port}"
     link_task = None
     if app[READY].is_set() and config.coordinator_url:
         link_task = asyncio.create_task(_coordinator_link(app, url, on_orphan=stop.set).run())

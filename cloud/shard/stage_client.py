@@ -11,6 +11,7 @@ import uuid
 import aiohttp
 
 from splitasr.shared import protocol as p
+from splitasr.shared import tls
 from splitasr.shared.errors import ProtocolError, StageUnavailableError
 
 log = logging.getLogger(__name__)
@@ -101,7 +102,7 @@ class StageClient:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
         # connecting is bounded (a dead or hung replica must not hold a call); calls have their own timeout
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
-        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout)
+        self._session = aiohttp.ClientSession(headers=headers, timeout=timeout, connector=tls.connector())
         self._replicas = [_Replica(u, self._session) for u in self._urls]
 
     def set_urls(self, urls: list[str]) -> None:

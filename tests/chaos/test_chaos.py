@@ -1,6 +1,7 @@
 """The chaos suite, short: 4 real-time streams of real speech through `splitasr up` (two replicas of
 every stage) while a random shard is SIGKILLed every 5 s, one is SIGSTOPped for 6 s and the
-coordinator is SIGKILLed and started again; the same streams without faults first. `make chaos` runs the long one (16 streams, 60 s, a 10 s hang)."""
+coordinator is SIGKILLed and started again; the same streams without faults first. `make chaos`
+runs the long one (16 streams, 60 s, a 10 s hang)."""
 
 from __future__ import annotations
 
