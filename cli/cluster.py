@@ -50,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ready-file", default=None, help="write {pid, port, url} here once loaded and warmed up")
     p.add_argument("--coordinator", default=None, metavar="URL", help="register + heartbeat there; find --next there")
     p.add_argument("--shard-id", default=None, help="name in the coordinator's registry (default: generated)")
+    p.add_argument(
+        "--max-audio-rate", type=float, default=4.0, help="stage 0: audio per device, times real time (after a burst)"
+    )
+    p.add_argument(
+        "--audio-burst-s", type=float, default=60.0, help="stage 0: seconds of audio a device may send at once"
+    )
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve wss:// and https:// with this certificate")
     p.add_argument("--tls-key", default=None, metavar="PEM", help="the key of --tls-cert")
     p.add_argument(
@@ -99,6 +105,8 @@ def cmd_shard(args: argparse.Namespace) -> int:
         coordinator_url=args.coordinator,
         shard_id=args.shard_id,
         orphan_after_s=args.orphan_after_s,
+        max_audio_rate=args.max_audio_rate,
+        audio_burst_s=args.audio_burst_s,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         zone=args.zone,

@@ -23,12 +23,22 @@ from splitasr.shared.auth import edge_token
 from splitasr.shared.control import RouteAnswer, parse
 from splitasr.shared.errors import ConfigError, EdgeError, SessionRejectedError
 from splitasr.shared.features import DEFAULT_SPEC, LogMelStream
+from splitasr.shared.limits import TokenBucket
 from splitasr.shared.quant import features_frame
 
 log = logging.getLogger(__name__)
 
 STREAM_PATH = "/v1/stream"
 CONNECT_TIMEOUT_S = 5.0
+
+
+def _pacer(limits: dict) -> TokenBucket | None:
+    """A token bucket of feature frames for a shard's announced audio rate limit (None: no limit)."""
+    rate, burst = limits.get("max_audio_rate"), limits.get("audio_burst_s")
+    if not all(isinstance(v, int | float) and math.isfinite(v) and v > 0 for v in (rate, burst)):
+        return None
+    fps = DEFAULT_SPEC.frames_per_second
+    return TokenBucket(0.95 * rate * fps, 0.9 * burst * fps)  # a margin: the clocks differ a little
 
 
 def stream_url(url: str) -> str:
@@ -117,6 +127,7 @@ class EdgeAgent:
         self._done: set[int] = set()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._url = ""  # the shard of the current session
+        self._pace: TokenBucket | None = None  # the shard's audio rate limit (WELCOME.limits), kept to
         self._suspect: dict[str, float] = {}  # url -> monotonic time until which it is tried last
         self._lock = asyncio.Lock()  # orders sends against replay
         self._all_final = asyncio.Event()
@@ -167,6 +178,7 @@ class EdgeAgent:
                 delay = min(delay * 2, self.o.reconnect_max_s)
                 continue
             self._ws, self._url = ws, url
+            self._pace = _pacer(reply.limits if isinstance(reply, p.Welcome) else {})
             self.report.shards.append(url)
             for utt in sorted(self._pending):
                 for data in self._pending[utt]:
@@ -255,6 +267,9 @@ class EdgeAgent:
 
     async def _send(self, utt: int, frame: p.Frame) -> None:
         data = p.encode(frame)
+        if isinstance(frame, p.Features) and self._pace is not None:  # faster than real time: paced
+            while wait_s := self._pace.take(frame.shape[1]):
+                await asyncio.sleep(min(wait_s, 1.0))
         async with self._lock:
             self._pending.setdefault(utt, []).append(data)
             await self._send_raw(data)

@@ -44,6 +44,25 @@ class Throttle:
         return count
 
 
+class TokenBucket:
+    """``rate`` tokens a second, at most ``burst`` saved up; :meth:`take` spends them."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic):
+        self.rate, self.burst, self.clock = rate, burst, clock
+        self.tokens = burst
+        self._at = clock()
+
+    def take(self, n: float) -> float:
+        """Spend ``n`` tokens and return 0, or spend nothing and return the seconds until there are ``n``."""
+        now = self.clock()
+        self.tokens = min(self.burst, self.tokens + (now - self._at) * self.rate)
+        self._at = now
+        if n <= self.tokens:
+            self.tokens -= n
+            return 0.0
+        return (n - self.tokens) / self.rate if n <= self.burst else float("inf")
+
+
 class AcceptErrorLimiter:
     """An event-loop exception handler that reports accept failures (out of file descriptors) once
     per interval with a count, instead of a traceback per failed accept. asyncio retries the accept

@@ -87,10 +87,11 @@ def coordinator_url():
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory, tiny_artifacts):
-    """A tiny.en int8 chain (stage 0, enc_b, dec) with short HELLO and idle timeouts, per test module."""
+    """A tiny.en int8 chain (stage 0, enc_b, dec) with short HELLO and idle timeouts and a low audio
+    rate limit (2x real time after 10 s), per test module."""
     from splitasr.cloud.local_cluster import ChainSpec, LocalCluster
 
-    args = ("--hello-timeout-s", "2", "--idle-timeout-s", "4")
+    args = ("--hello-timeout-s", "2", "--idle-timeout-s", "4", "--max-audio-rate", "2", "--audio-burst-s", "10")
     chain = ChainSpec("tiny.en", enc_a=1, int8=True, shard_args=args)
     with LocalCluster([chain], workdir=tmp_path_factory.mktemp("shards")) as cluster:
         yield cluster

@@ -25,6 +25,7 @@ from splitasr.shared import protocol as p
 from splitasr.shared.audio import load_audio
 from splitasr.shared.auth import edge_token
 from splitasr.shared.features import DEFAULT_SPEC, log_mel
+from splitasr.shared.quant import features_frame
 from tests.test_coordinator_api import AUTH, SHARD, call
 from tests.test_shard import Client, features_frames
 
@@ -444,3 +445,59 @@ def test_bad_request_log_limiter_reports_once_per_interval_with_a_count():
         and first.getMessage().endswith("(50 since the last report)")
     )
     assert limiter.filter(record("something else"))  # other records pass untouched
+
+
+def test_a_device_sending_audio_faster_than_allowed_is_refused_and_told_when_to_retry(shards):
+    """Features for 40 s of audio sent at once to a shard allowing 2x real time after a 10 s burst:
+    the burst passes, then frames are refused with a retryable `overloaded` and a retry_after_ms."""
+    mel = np.zeros((80, 100), np.float32)  # 1 s of features per frame message
+
+    async def main():
+        http, ws, reply = await _session(_stage0(shards), "dev-fast")
+        assert isinstance(reply, p.Welcome) and reply.limits["max_audio_rate"] == 2.0
+        client, refused = Client(ws), []
+        for seq in range(40):
+            await client.send(features_frame(mel, seq // 20, seq % 20, (seq % 20) * 100, "int8"))
+            await client.send(p.Ping(nonce=seq))
+            pong, seen = await client.recv_until(p.Pong, timeout=30)
+            refused += [(seq, f) for f in seen if isinstance(f, p.Error)]
+            if seq % 20 == 19:
+                await client.send(p.EndOfUtterance(utt=seq // 20, last_seq=19))
+        await _close(http, ws)
+        return refused
+
+    refused = asyncio.run(main())
+    assert refused, "40 s of audio at once passed the limit"
+    first, error = refused[0]
+    assert 9 <= first <= 20, first  # the burst, plus what the rate refilled meanwhile
+    assert error.code == p.E_OVERLOAD and error.retryable and 0 < error.retry_after_ms <= 60_000
+    assert "faster than 2x real time" in error.message
+
+
+def test_token_bucket_with_a_fake_clock():
+    from splitasr.shared.limits import TokenBucket
+
+    now = [0.0]
+    bucket = TokenBucket(rate=10, burst=30, clock=lambda: now[0])
+    assert bucket.take(30) == 0 and bucket.take(5) == 0.5  # empty: 5 more tokens take half a second
+    now[0] = 0.5
+    assert bucket.take(5) == 0
+    now[0] = 100.0
+    assert bucket.take(30) == 0 and bucket.take(1) == 0.1  # saved up to the burst, no more
+    assert bucket.take(31) == float("inf")  # never: more than the burst
+
+
+def test_the_edge_paces_itself_to_the_shards_audio_limit(shards, tmp_path):
+    """A long-form stream of 30-60 s sent as fast as the edge can: it keeps under the shard's
+    announced rate after the burst, so nothing is refused and every utterance gets its FINAL (without
+    the pacing, frames past 10 s + 2x the elapsed time are refused and the edge has to move)."""
+    from splitasr.edge.agent import AgentOptions, EdgeAgent
+    from splitasr.edge.audio_in import file_source
+    from splitasr.shared.longform import build_streams
+
+    streams = build_streams(tmp_path, count=6, per_stream=5)
+    stream = next(s for s in streams if 30 < s.utterances[-1].end_s < 60)
+    options = AgentOptions(shards=(_stage0(shards),), device_id="dev-pacer", language="en")
+    report = asyncio.run(EdgeAgent(options).run(file_source(stream.path, realtime=False)))
+    assert report.reconnects == 0  # no `overloaded` refusal made it move
+    assert len(report.finals) == report.utterances >= 3

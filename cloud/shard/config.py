@@ -47,6 +47,8 @@ class ShardConfig:
     idle_timeout_s: float = 60.0  # a session with no frame for this long is closed
     max_open_utterances: int = 4  # per session: utterances with frames and no EOU yet
     max_sessions_per_device: int = 8
+    max_audio_rate: float = 4.0  # per device: audio (feature frames) at most this many times real time ...
+    audio_burst_s: float = 60.0  # ... after a burst of this many seconds (a reconnect replays what has no FINAL)
 
     @property
     def auth(self) -> ClusterAuth | None:
@@ -58,6 +60,8 @@ class ShardConfig:
                 "no cluster secret: set $SPLITASR_CLUSTER_SECRET (or $SPLITASR_CLUSTER_SECRET_FILE), "
                 "or pass --insecure to serve without credentials"
             )
+        if not (0.5 <= self.max_audio_rate <= 1000 and 1 <= self.audio_burst_s <= 3600):
+            raise ConfigError("max_audio_rate must be in [0.5, 1000] and audio_burst_s in [1, 3600]")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("TLS needs both --tls-cert and --tls-key")
         if self.orphan_after_s and not 5 <= self.orphan_after_s <= 86_400:

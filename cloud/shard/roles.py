@@ -31,6 +31,7 @@ from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared import protocol as p
 from splitasr.shared.control import StageMeta, parse
 from splitasr.shared.errors import ConfigError, OverloadedError, ProtocolError
+from splitasr.shared.limits import TokenBucket
 
 log = logging.getLogger(__name__)
 
@@ -235,6 +236,7 @@ class Stage0:
         self.live_sessions: dict[str, Any] = {}  # session id -> its Connection
         self.session_owners: OrderedDict[str, str] = OrderedDict()  # session id -> device (recent ones)
         self.device_sessions: Counter[str] = Counter()  # device -> live sessions
+        self.device_audio: dict[str, TokenBucket] = {}  # device -> its audio rate limit (while it has sessions)
         self.final_ms: deque[float] = deque(maxlen=256)
 
     def start_drain(self) -> None:

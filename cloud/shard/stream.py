@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import uuid
 
@@ -18,6 +19,7 @@ from splitasr.cloud.shard.session import Session, Utterance, stable_prefix
 from splitasr.cloud.shard.supersession import FINAL_REV
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import AuthError, ProtocolError, SplitASRError, StageUnavailableError, UnknownLanguageError
+from splitasr.shared.limits import TokenBucket
 from splitasr.shared.quant import decode_frames
 
 log = logging.getLogger(__name__)
@@ -120,7 +122,12 @@ class Connection:
         self.stage0.active_sessions += 1
         self.stage0.sessions_started += 1
         self.stage0.connections.add(self)
-        limits = {"max_frame_bytes": p.MAX_FRAME_BYTES, "max_utterance_s": self.config.max_utterance_s}
+        limits = {
+            "max_frame_bytes": p.MAX_FRAME_BYTES,
+            "max_utterance_s": self.config.max_utterance_s,
+            "max_audio_rate": self.config.max_audio_rate,  # the edge paces itself to stay within it
+            "audio_burst_s": self.config.audio_burst_s,
+        }
         await self.send(
             p.Welcome(
                 session_id=session_id, feature_spec=spec.to_dict(), limits=limits, model_version=self.model_version
@@ -128,8 +135,27 @@ class Connection:
         )
         log.info("session %s from device %s (resume %s)", session_id, hello.device_id, hello.resume)
 
+    def charge_audio(self, frames: int) -> None:
+        """The device's audio rate limit (over all its sessions here); ProtocolError when it sends faster."""
+        device = self.session.device_id
+        fps = self.stage0.spec.frames_per_second
+        bucket = self.stage0.device_audio.get(device)
+        if bucket is None:
+            bucket = TokenBucket(self.config.max_audio_rate * fps, self.config.audio_burst_s * fps)
+            self.stage0.device_audio[device] = bucket
+        wait_s = bucket.take(frames)
+        if wait_s:
+            raise ProtocolError(
+                p.E_OVERLOAD,
+                f"device {device} sends audio faster than {self.config.max_audio_rate:g}x real time "
+                f"(after a {self.config.audio_burst_s:g} s burst); this frame was refused",
+                retryable=True,
+                retry_after_ms=min(60_000, math.ceil(wait_s * 1000)),
+            )
+
     async def on_features(self, frame: p.Features) -> None:
         raw = decode_frames(frame, self.stage0.spec.n_mels)
+        self.charge_audio(raw.shape[1])
         u = self.session.add_features(frame.utt, frame.seq, frame.start, raw, frame.speech_end)
         if u is None:
             return
@@ -292,6 +318,7 @@ class Connection:
             self.stage0.device_sessions[self.session.device_id] -= 1
             if self.stage0.device_sessions[self.session.device_id] <= 0:
                 del self.stage0.device_sessions[self.session.device_id]
+                self.stage0.device_audio.pop(self.session.device_id, None)
             if self.stage0.live_sessions.get(self.session.session_id) is self:
                 del self.stage0.live_sessions[self.session.session_id]
             self.stage0.session_closed()
