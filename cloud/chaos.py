@@ -125,6 +125,8 @@ class Injector:
         self.o = options
         self.runs = runs
         self.rng = random.Random(options.seed)
+        # faults strike while streams still play: up to the last utterance's end
+        self.horizon_s = min(options.duration_s, max(r.stream.utterances[-1].end_s for r in runs))
         self.faults: list[Fault] = []
         self.hung: set[int] = set()
 
@@ -174,11 +176,11 @@ class Injector:
         started = time.monotonic()
         plan: list[tuple[float, str]] = []
         if self.o.kill_every_s:
-            plan += [(t, "kill") for t in np.arange(self.o.kill_every_s, self.o.duration_s, self.o.kill_every_s)]
+            plan += [(t, "kill") for t in np.arange(self.o.kill_every_s, self.horizon_s, self.o.kill_every_s)]
         if self.o.hang_s:
-            plan.append((self.o.duration_s / 3, "hang"))
+            plan.append((self.horizon_s / 3, "hang"))
         if self.o.coordinator_restart:
-            plan.append((2 * self.o.duration_s / 3, "coordinator"))
+            plan.append((2 * self.horizon_s / 3, "coordinator"))
         tasks = []
         try:
             for at, kind in sorted(plan):
@@ -242,6 +244,7 @@ async def _play(streams: list[LongStream], coordinator: str, cluster, options: C
             await faults
     summary = summarise(runs, time.monotonic() - started)
     if injector is not None:
+        summary["fault_horizon_s"] = round(injector.horizon_s, 1)
         summary["faults"] = []
         for f in injector.faults:
             gaps = [g for r in runs for g in r.recoveries(f.at)]

@@ -1,5 +1,5 @@
 """The chaos suite, short: 4 real-time streams of real speech through `splitasr up` (two replicas of
-every stage) while a random shard is SIGKILLed every 5 s, one is SIGSTOPped for 6 s and the
+every stage) while a random shard is SIGKILLed every 3 s, one is SIGSTOPped for 6 s and the
 coordinator is SIGKILLed and started again; the same streams without faults first. `make chaos`
 runs the long one (16 streams, 60 s, a 10 s hang)."""
 
@@ -12,7 +12,7 @@ from splitasr.shared import protocol as p
 
 
 def test_kills_and_a_hang_lose_nothing(tmp_path, tiny_artifacts):
-    report = run_chaos(ChaosOptions(duration_s=20, streams=4, kill_every_s=5, hang_s=6), tmp_path)
+    report = run_chaos(ChaosOptions(duration_s=20, streams=4, kill_every_s=3, hang_s=6), tmp_path)
     baseline, chaos = report["baseline"], report["chaos"]
     print("\n" + json.dumps({k: v for k, v in chaos.items() if k != "faults"}))
     kinds = [f["kind"] for f in chaos["faults"]]
