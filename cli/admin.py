@@ -9,6 +9,7 @@ import sys
 import urllib.error
 import urllib.request
 
+from splitasr.shared import tls
 from splitasr.shared.errors import ConfigError, SplitASRError
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:7070"
@@ -53,7 +54,7 @@ def call(base: str, path: str, body: dict | None = None, token: str | None = Non
     if token:
         request.add_header("Authorization", f"Bearer {token}")
     try:
-        with urllib.request.urlopen(request, timeout=10) as resp:
+        with urllib.request.urlopen(request, timeout=10, context=tls.client_context()) as resp:
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:

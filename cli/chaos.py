@@ -19,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hang-s", type=float, default=d.hang_s, help="SIGSTOP one shard this long (0: none)")
     p.add_argument("--no-baseline", action="store_true", help="skip the no-fault run of the same streams")
     p.add_argument("--no-coordinator-restart", action="store_true", help="do not kill and restart the coordinator")
+    p.add_argument(
+        "--network-every-s",
+        type=float,
+        default=d.network_every_s,
+        help="a third run through fault-injecting proxies: reset, stall or delay a link this often (0: no run)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--report", default=None, metavar="FILE", help="write the report here (JSON)")
     p.add_argument("--workdir", default=None, help="streams, coordinator and shard logs (default: a temp dir)")
@@ -43,26 +49,29 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         hang_s=args.hang_s,
         baseline=not args.no_baseline,
         coordinator_restart=not args.no_coordinator_restart,
+        network_every_s=args.network_every_s,
         seed=args.seed,
     )
     print(f"chaos: {options.streams} real-time streams, ~{options.duration_s:g} s per run …", file=sys.stderr)
     report = run_chaos(options, Path(args.workdir) if args.workdir else None)
     print("run       utts  finals  dups  lost     WER  recon   EOU->FINAL p50 / p99 / max (s)")
-    for name in ("baseline", "chaos"):
+    for name in ("baseline", "chaos", "network"):
         if name in report:
             print(_row(name, report[name]))
-    chaos = report["chaos"]
-    for kind in ("kill", "hang", "coordinator"):
-        gap = chaos.get(f"{kind}_to_next_final_s")
-        if gap:
-            print(
-                f"{kind}: {sum(f['kind'] == kind for f in chaos['faults'])} faults, {gap['utterances_in_flight']} "
-                f"utterances in flight; fault (or EOU) -> FINAL p50 {gap['p50']} s, p99 {gap['p99']} s, "
-                f"max {gap['max']} s"
-            )
+    faulted = [report[name] for name in ("chaos", "network") if name in report]
+    for run in faulted:
+        for kind in ("kill", "hang", "coordinator", "reset", "stall", "delay"):
+            gap = run.get(f"{kind}_to_next_final_s")
+            if gap:
+                print(
+                    f"{kind}: {sum(f['kind'] == kind for f in run['faults'])} faults, "
+                    f"{gap['utterances_in_flight']} utterances in flight; fault (or EOU) -> FINAL "
+                    f"p50 {gap['p50']} s, p99 {gap['p99']} s, max {gap['max']} s"
+                )
     print(f"shard restarts by the backend: {report['restarts']}; orphans at the end: {len(report['orphans'])}")
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(json.dumps(report, indent=1))
         print(f"wrote {args.report}", file=sys.stderr)
-    return 0 if chaos["lost"] == 0 and chaos["duplicates"] == 0 and not report["orphans"] else 1
+    intact = all(run["lost"] == 0 and run["duplicates"] == 0 for run in faulted)
+    return 0 if intact and not report["orphans"] else 1

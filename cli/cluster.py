@@ -71,6 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="serve without credentials when no cluster secret is set (development on a closed host only)",
     )
+    p.add_argument(
+        "--require-ticket",
+        action="store_true",
+        help="stage 0: admit a session only with the coordinator's route ticket for it (coordinator-started: on)",
+    )
     p.add_argument("--idle-timeout-s", type=float, default=60.0, help="stage 0: close sessions silent this long")
     p.add_argument("--hello-timeout-s", type=float, default=10.0, help="stage 0: close connections without HELLO")
     p.set_defaults(func=cmd_shard)
@@ -113,6 +118,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
         region=args.region,
         secret=secret_from_env(),
         insecure=args.insecure,
+        require_ticket=args.require_ticket,
         idle_timeout_s=args.idle_timeout_s,
         hello_timeout_s=args.hello_timeout_s,
     )

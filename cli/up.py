@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--zeroconf", action="store_true", default=None, help="advertise _splitasr._tcp on the LAN")
     p.add_argument("--ready-file", default=None, help="write {pid, url} here once every pool is up")
     p.add_argument("--workdir", default=None, help="shard logs and ready files (default: a temp dir)")
+    p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve the coordinator on https:// (chain)")
+    p.add_argument("--tls-key", default=None, metavar="PEM", help="the key of --tls-cert")
     p.add_argument("--static", action="store_true", help="fixed chains, no coordinator")
     p.add_argument("--models", default=None, help="comma-separated (default: tiny.en, plus base when installed)")
     p.add_argument("--stage0-replicas", type=int, default=2)
@@ -64,7 +66,9 @@ def cmd_up_coordinator(args: argparse.Namespace) -> int:
     from splitasr.cloud.coordinator.run import run_coordinator
 
     port = args.port if args.port is not None else (None if args.config else 7070)
-    config = load_config(args.config, host=args.host, port=port, zeroconf=args.zeroconf)
+    config = load_config(
+        args.config, host=args.host, port=port, zeroconf=args.zeroconf, tls_cert=args.tls_cert, tls_key=args.tls_key
+    )
     print(f"admin token: {config.admin_token}  (export SPLITASR_ADMIN_TOKEN=... for scale/drain)", file=sys.stderr)
     asyncio.run(run_coordinator(config, ready_file=args.ready_file, workdir=args.workdir))
     return 0

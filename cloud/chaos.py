@@ -10,6 +10,12 @@ twice:
   SIGSTOPped for ``hang_s``, and the coordinator is SIGKILLed and started again (it adopts its
   shards from its state file).
 
+A third run puts the network at fault (``network_every_s``): a static chain of the same shape
+with a fault-injecting TCP proxy (``cloud/faultproxy.py``) in front of every shard, so between the
+edges and stage 0 and between stages; every ``network_every_s`` one proxy resets its connections,
+stalls for ``NET_STALL_S`` (a partition: nothing moves, the peers' deadlines must notice) or delays
+every chunk by ``NET_DELAY_S`` for ``NET_DELAY_FOR_S``.
+
 The report gives, for both runs, utterances, FINALs, duplicates, lost utterances and the WER.
 Shards left running at the end count as orphans. For every utterance in flight when a fault
 struck (begun, its FINAL not yet arrived), the report measures the time from the fault to that
@@ -33,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from splitasr.cloud.faultproxy import FaultProxy
+from splitasr.cloud.local_cluster import ChainSpec, LocalCluster, ShardProcess
 from splitasr.edge.agent import AgentOptions, EdgeAgent, FinalResult
 from splitasr.edge.audio_in import file_source
 from splitasr.shared.errors import ConfigError, SplitASRError
@@ -42,6 +50,9 @@ from splitasr.shared.wer import WERTally
 log = logging.getLogger(__name__)
 
 CLIP_AND_PAUSE_S = 7.5  # mean clip plus pause of a long-form stream: sizes a stream to the duration
+NET_STALL_S = 3.0  # a network partition of one link: longer than hang detection (1.5 x HEARTBEAT_S)
+NET_DELAY_S = 0.2  # added to every chunk on one link ...
+NET_DELAY_FOR_S = 5.0  # ... for this long
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class ChaosOptions:
     kill_every_s: float = 5.0  # 0: no kills
     hang_s: float = 10.0  # one SIGSTOP this long, a third into the run; 0: none
     coordinator_restart: bool = True  # SIGKILL the coordinator two thirds into the run and start it again
+    network_every_s: float = 4.0  # a network run: a proxy resets, stalls or delays this often; 0: no run
     baseline: bool = True  # a no-fault run of the same streams first
     seed: int = 1
 
@@ -60,13 +72,15 @@ class ChaosOptions:
             "streams": (1, 64),
             "kill_every_s": (0.0, 3600.0),
             "hang_s": (0.0, 600.0),
+            "network_every_s": (0.0, 3600.0),
         }
         for name, (low, high) in checks.items():
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and low <= value <= high):
                 raise ConfigError(f"chaos {name} must be within [{low:g}, {high:g}], got {value!r}")
-        if 0 < self.kill_every_s < 1.0:
-            raise ConfigError("chaos kill_every_s must be 0 (no kills) or at least 1 s")
+        for name in ("kill_every_s", "network_every_s"):
+            if 0 < getattr(self, name) < 1.0:
+                raise ConfigError(f"chaos {name} must be 0 (none) or at least 1 s")
 
 
 def cluster_config() -> dict:
@@ -76,9 +90,14 @@ def cluster_config() -> dict:
     return {"decision_period_s": 1.0, "pools": [pool]}
 
 
+def network_chain() -> ChainSpec:
+    """The network run's static chain: the chaos cluster's shape (two replicas of every stage)."""
+    return ChainSpec("tiny.en", enc_a=2, enc_b=2, dec=2, int8=True)
+
+
 @dataclass
 class Fault:
-    kind: str  # "kill" | "hang" | "coordinator"
+    kind: str  # "kill" | "hang" | "coordinator" | "reset" | "stall" | "delay"
     at_s: float  # since the run started
     stage: str
     pid: int
@@ -89,10 +108,11 @@ class Fault:
 class StreamRun:
     """One stream's agent and the arrival time of each of its FINALs."""
 
-    def __init__(self, index: int, stream: LongStream, coordinator: str):
+    def __init__(self, index: int, stream: LongStream, where: dict):
+        """``where``: ``{"coordinator": url}`` or ``{"shards": [stage-0 urls]}``."""
         self.stream = stream
         self.arrivals: list[tuple[float, FinalResult]] = []  # (monotonic arrival, FINAL)
-        options = AgentOptions(coordinator=coordinator, device_id=f"chaos-{index}", language="en")
+        options = AgentOptions(device_id=f"chaos-{index}", language="en", **where)
         self.agent = EdgeAgent(options, on_final=self._on_final)
         self.error: str | None = None
 
@@ -117,16 +137,33 @@ class StreamRun:
         return out
 
 
+def fault_horizon(options: ChaosOptions, runs: list[StreamRun]) -> float:
+    """Faults strike while streams still play: up to the last utterance's end."""
+    return min(options.duration_s, max(r.stream.utterances[-1].end_s for r in runs))
+
+
+async def _at(started: float, at_s: float, done: asyncio.Event) -> bool:
+    """Wait until ``at_s`` after ``started``; False when ``done`` was set first (the streams ended)."""
+    delay = started + at_s - time.monotonic()
+    if delay <= 0:
+        return not done.is_set()
+    try:
+        await asyncio.wait_for(done.wait(), delay)  # the fault schedule; stop early when done
+        return False
+    except asyncio.TimeoutError:
+        return True
+
+
 class Injector:
     """Kills a random live shard every ``kill_every_s`` and hangs one for ``hang_s``."""
+
+    KINDS = ("kill", "hang", "coordinator")
 
     def __init__(self, cluster, options: ChaosOptions, runs: list[StreamRun]):
         self.cluster = cluster
         self.o = options
-        self.runs = runs
         self.rng = random.Random(options.seed)
-        # faults strike while streams still play: up to the last utterance's end
-        self.horizon_s = min(options.duration_s, max(r.stream.utterances[-1].end_s for r in runs))
+        self.horizon_s = fault_horizon(options, runs)
         self.faults: list[Fault] = []
         self.hung: set[int] = set()
 
@@ -184,13 +221,8 @@ class Injector:
         tasks = []
         try:
             for at, kind in sorted(plan):
-                delay = started + at - time.monotonic()
-                if delay > 0:
-                    try:
-                        await asyncio.wait_for(done.wait(), delay)  # the fault schedule; stop early when done
-                        return
-                    except asyncio.TimeoutError:
-                        pass
+                if not await _at(started, at, done):
+                    return
                 if kind == "hang":
                     tasks.append(asyncio.create_task(self._hang(started)))
                 elif kind == "coordinator":
@@ -199,6 +231,37 @@ class Injector:
                     await self._strike("kill", started)
         finally:
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class NetworkInjector:
+    """Every ``network_every_s``, one random proxy (in front of a random shard) resets, stalls or
+    delays (in turn)."""
+
+    KINDS = ("reset", "stall", "delay")
+
+    def __init__(self, proxies: list[tuple[ShardProcess, FaultProxy]], options: ChaosOptions, runs: list[StreamRun]):
+        self.proxies = proxies
+        self.o = options
+        self.rng = random.Random(options.seed)
+        self.horizon_s = fault_horizon(options, runs)
+        self.faults: list[Fault] = []
+
+    async def run(self, done: asyncio.Event) -> None:
+        started = time.monotonic()
+        for i, at in enumerate(np.arange(self.o.network_every_s, self.horizon_s, self.o.network_every_s)):
+            if not await _at(started, float(at), done):
+                return
+            kind = self.KINDS[i % len(self.KINDS)]  # in turn: a short run sees each kind
+            shard, proxy = self.rng.choice(self.proxies)
+            now = time.monotonic()
+            self.faults.append(Fault(kind, round(now - started, 2), shard.role, shard.pid, now))
+            log.info("chaos: %s on the link to %s shard pid %d", kind, shard.role, shard.pid)
+            if kind == "reset":
+                proxy.reset()
+            elif kind == "stall":
+                proxy.stall(NET_STALL_S)
+            else:
+                proxy.delay(NET_DELAY_S, NET_DELAY_FOR_S)
 
 
 def _pct(values: list[float], q: float) -> float | None:
@@ -230,9 +293,11 @@ def summarise(runs: list[StreamRun], wall_s: float) -> dict:
     }
 
 
-async def _play(streams: list[LongStream], coordinator: str, cluster, options: ChaosOptions | None):
-    runs = [StreamRun(i, s, coordinator) for i, s in enumerate(streams)]
-    injector = Injector(cluster, options, runs) if options is not None else None
+async def _play(streams: list[LongStream], where: dict, make_injector=None) -> dict:
+    """Play ``streams`` in real time through edges pointed at ``where``; ``make_injector(runs)``
+    gives the faults (None: a no-fault run)."""
+    runs = [StreamRun(i, s, where) for i, s in enumerate(streams)]
+    injector = make_injector(runs) if make_injector is not None else None
     done = asyncio.Event()
     faults = asyncio.create_task(injector.run(done)) if injector else None
     started = time.monotonic()
@@ -250,7 +315,7 @@ async def _play(streams: list[LongStream], coordinator: str, cluster, options: C
             gaps = [g for r in runs for g in r.recoveries(f.at)]
             entry = {k: v for k, v in dataclasses.asdict(f).items() if k != "at"}
             summary["faults"].append(entry | {"in_flight": len(gaps), "worst_s": round(max(gaps), 3) if gaps else None})
-        for kind in ("kill", "hang", "coordinator"):
+        for kind in injector.KINDS:
             gaps = [g for f in injector.faults if f.kind == kind for r in runs for g in r.recoveries(f.at)]
             summary[f"{kind}_to_next_final_s"] = {
                 "utterances_in_flight": len(gaps),
@@ -259,6 +324,25 @@ async def _play(streams: list[LongStream], coordinator: str, cluster, options: C
                 "max": _pct(gaps, 100),
             }
     return summary
+
+
+def _network_run(streams: list[LongStream], options: ChaosOptions, workdir: Path) -> dict:
+    """The same streams through a static chain with a fault-injecting proxy in front of every shard."""
+    proxies: list[tuple[ShardProcess, FaultProxy]] = []
+
+    def behind_proxy(shard: ShardProcess) -> str:
+        host, port = shard.url.split("://")[1].rsplit(":", 1)
+        proxy = FaultProxy(host, int(port), name=f"{shard.role}-{shard.pid}").start()
+        proxies.append((shard, proxy))
+        return proxy.url()
+
+    try:
+        with LocalCluster([network_chain()], workdir, reach=behind_proxy) as cluster:
+            where = {"shards": cluster.stage0_urls("tiny.en")}
+            return asyncio.run(_play(streams, where, lambda runs: NetworkInjector(proxies, options, runs)))
+    finally:
+        for _, proxy in proxies:
+            proxy.close()
 
 
 def run_chaos(options: ChaosOptions, workdir: Path | None = None) -> dict:
@@ -275,9 +359,12 @@ def run_chaos(options: ChaosOptions, workdir: Path | None = None) -> dict:
     }
     cluster = CoordinatorProcess(cluster_config(), workdir / "cluster")
     with cluster:
+        where = {"coordinator": cluster.url}
         if options.baseline:
-            report["baseline"] = asyncio.run(_play(streams, cluster.url, cluster, None))
-        report["chaos"] = asyncio.run(_play(streams, cluster.url, cluster, options))
+            report["baseline"] = asyncio.run(_play(streams, where))
+        report["chaos"] = asyncio.run(_play(streams, where, lambda runs: Injector(cluster, options, runs)))
         report["restarts"] = sum(1 for line in cluster.log_tail(10**7).splitlines() if "crashed" in line)
     report["orphans"] = cluster.orphans  # shard pids still running once the coordinator had stopped
+    if options.network_every_s:
+        report["network"] = _network_run(streams, options, workdir / "network")
     return report

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ class ShardProcess:
     ready_file: Path
     log_file: Path
     info: dict = field(default_factory=dict)
+    reach_url: str = ""  # where the previous stage and edges connect: its url, or a proxy in front of it
 
     @property
     def url(self) -> str:
@@ -52,13 +54,22 @@ class ChainSpec:
 class LocalCluster:
     """One chain of stage shards per model as local processes (the embedded default)."""
 
-    def __init__(self, chains: list[ChainSpec], workdir: Path | None = None, ready_timeout_s: float = 180.0):
+    def __init__(
+        self,
+        chains: list[ChainSpec],
+        workdir: Path | None = None,
+        ready_timeout_s: float = 180.0,
+        reach: Callable[[ShardProcess], str] | None = None,
+    ):
+        """``reach(shard)`` gives the url the previous stage (or the edges) use for a ready shard; by
+        default its own (a chaos run puts a fault-injecting proxy there)."""
         if not chains:
             raise ConfigError("a cluster needs at least one model chain")
         self.chains = chains
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="splitasr-cluster-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.ready_timeout_s = ready_timeout_s
+        self.reach = reach or (lambda shard: shard.url)
         self.shards: list[ShardProcess] = []
 
     def _spawn(self, chain: ChainSpec, role: str, index: int, next_urls: list[str]) -> ShardProcess:
@@ -89,6 +100,7 @@ class LocalCluster:
                     raise ProcessStartError(f"{what} not ready after {self.ready_timeout_s} s")
                 time.sleep(0.05)  # polling a ready file written by another process
             shard.info = info
+            shard.reach_url = self.reach(shard)
 
     def start(self) -> LocalCluster:
         """Start decoder, then encoder B, then stage-0 replicas of every chain; wait until all are ready."""
@@ -100,9 +112,9 @@ class LocalCluster:
             for chain in self.chains:
                 decs = [self._spawn(chain, "dec", i, []) for i in range(chain.dec)]
                 self._wait_ready(decs)
-                enc_bs = [self._spawn(chain, "enc_b", i, [s.url for s in decs]) for i in range(chain.enc_b)]
+                enc_bs = [self._spawn(chain, "enc_b", i, [s.reach_url for s in decs]) for i in range(chain.enc_b)]
                 self._wait_ready(enc_bs)
-                stage0 = [self._spawn(chain, "enc_a", i, [s.url for s in enc_bs]) for i in range(chain.enc_a)]
+                stage0 = [self._spawn(chain, "enc_a", i, [s.reach_url for s in enc_bs]) for i in range(chain.enc_a)]
                 self._wait_ready(stage0)
         except BaseException:
             self.stop()
@@ -110,7 +122,7 @@ class LocalCluster:
         return self
 
     def stage0_urls(self, model: str) -> list[str]:
-        return [s.url for s in self.shards if s.model == model and s.role == "enc_a" and s.proc.poll() is None]
+        return [s.reach_url for s in self.shards if s.model == model and s.role == "enc_a" and s.proc.poll() is None]
 
     def describe(self) -> list[dict]:
         return [

@@ -55,8 +55,10 @@ def shard_command(
         cmd.append("--int8")
     for url in spec.next_urls:
         cmd += ["--next", url]
-    if coordinator_url:  # a shard the coordinator started exits when it stays away (no orphans)
+    if coordinator_url:  # a shard the coordinator started exits when it stays away (no orphans) ...
         cmd += ["--coordinator", coordinator_url, "--orphan-after-s", str(ORPHAN_AFTER_S)]
+        if spec.stage == "enc_a":  # ... and admits the streams the coordinator routed to it, only
+            cmd.append("--require-ticket")
     if shard_id:
         cmd += ["--shard-id", shard_id]
     return cmd + list(spec.extra_args)

@@ -121,6 +121,7 @@ class EdgeAgent:
         self._ring = [stream_url(u) for u in options.shards]  # static shards, taken in turn
         self._turn = itertools.count()
         self._routed: list[str] = []  # candidates from the coordinator, best first
+        self._tickets: dict[str, str] = {}  # stream url -> the coordinator's route ticket for this session
         self.rtt_ms: dict[str, float] = {}
         self._pending: dict[int, list[bytes]] = {}  # utt -> encoded frames, kept until its FINAL
         self._ended: dict[int, tuple[float, float, float]] = {}  # utt -> (speech end, EOU sent, audio seconds)
@@ -154,6 +155,7 @@ class EdgeAgent:
                     device_id=self.o.device_id,
                     token=edge_token(self.o.device_id, self.o.token),
                     session_id=self.session_id,
+                    ticket=self._tickets.get(url, ""),
                     language=self.o.language,
                     feature_spec=DEFAULT_SPEC.to_dict(),
                     resume=sorted(self._pending),
@@ -170,6 +172,9 @@ class EdgeAgent:
                 continue
             if isinstance(reply, p.Error):
                 await ws.close()
+                if reply.code == p.E_TICKET:  # expired, or a shard the coordinator did not send us to
+                    self._tickets.pop(url, None)
+                    self._routed = []
                 if not reply.retryable:
                     raise EdgeError(f"shard {url} refused the session: {reply.code}: {reply.message}")
                 refusal = reply
@@ -202,13 +207,16 @@ class EdgeAgent:
 
     async def _route(self, http: aiohttp.ClientSession) -> list[str]:
         """Stage-0 candidates from the coordinator, best first; unreachable ones (no /healthz) dropped."""
-        params = {"language": self.o.language or "en", "qos": "interactive"}
+        params = {"language": self.o.language or "en", "device": self.o.device_id, "session": self.session_id}
         params |= {k: v for k, v in (("zone", self.o.zone), ("region", self.o.region)) if v}
+        token = edge_token(self.o.device_id, self.o.token)
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
         base = self.o.coordinator.rstrip("/")
         try:
-            async with http.get(f"{base}/v1/route", params=params, timeout=aiohttp.ClientTimeout(total=5)) as resp:
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with http.get(f"{base}/v1/route", params=params, headers=headers, timeout=timeout) as resp:
                 body = await resp.json()
-                if resp.status == 400:
+                if resp.status in (400, 401):
                     raise EdgeError(f"coordinator refused the route: {body.get('error')}")
                 if resp.status != 200:
                     log.warning("no route yet (%s): %s", resp.status, body.get("error"))
@@ -236,6 +244,8 @@ class EdgeAgent:
                 continue
             self.rtt_ms[candidate["url"]] = (time.monotonic() - started) * 1000
             urls.append(stream_url(candidate["url"]))
+            if candidate["ticket"]:
+                self._tickets[urls[-1]] = candidate["ticket"]
         return urls
 
     def _trusted(self, urls: list[str]) -> list[str]:

@@ -5,6 +5,9 @@
 - **Stage token** ``HMAC(secret, "stage")``: carried by every stage-to-stage websocket.
 - **Device token** ``<device_id>.<expires>.<sig>``: handed to an edge device by an operator
   (``splitasr token``); checked at HELLO; a session belongs to the device that opened it.
+- **Route ticket** ``<expires>.<sig>`` over (device, session, shard): handed out by the coordinator
+  with each stage-0 candidate of ``/v1/route``; a shard started with ``--require-ticket`` admits a
+  session only with a ticket for itself, so streams go where the coordinator sends them.
 
 The secret comes from ``$SPLITASR_CLUSTER_SECRET`` or the file named by
 ``$SPLITASR_CLUSTER_SECRET_FILE``; ``splitasr up`` generates one when neither is set and hands it to
@@ -28,6 +31,7 @@ SECRET_FILE_ENV = "SPLITASR_CLUSTER_SECRET_FILE"
 DEVICE_TOKEN_ENV = "SPLITASR_DEVICE_TOKEN"
 MIN_SECRET_CHARS = 16
 MAX_DEVICE_ID_CHARS = 128
+ROUTE_TICKET_TTL_S = 600.0  # a reconnect later than this asks the coordinator for a fresh ticket
 
 
 def generate_secret() -> str:
@@ -96,6 +100,30 @@ class ClusterAuth:
             raise AuthError(f"device token not valid for device {device_id!r}")
         if int(expires) < (time.time() if now is None else now):
             raise AuthError(f"device token of {device_id!r} expired")
+
+    def route_ticket(
+        self,
+        device_id: str,
+        session_id: str,
+        shard_id: str,
+        ttl_s: float = ROUTE_TICKET_TTL_S,
+        now: float | None = None,
+    ) -> str:
+        expires = int((time.time() if now is None else now) + ttl_s)
+        return f"{expires}.{_sign(self.secret, f'route|{device_id}|{session_id}|{shard_id}|{expires}')}"
+
+    def check_route_ticket(
+        self, device_id: str, session_id: str, shard_id: str, ticket: str, now: float | None = None
+    ) -> None:
+        """Raise :class:`AuthError` unless ``ticket`` routes this device's session to ``shard_id`` and is fresh."""
+        parts = ticket.split(".") if isinstance(ticket, str) else []
+        if len(parts) != 2 or not parts[0].isdigit():
+            raise AuthError(f"shard {shard_id} admits sessions with a route ticket from the coordinator only")
+        expires, sig = parts
+        if not _equal(sig, _sign(self.secret, f"route|{device_id}|{session_id}|{shard_id}|{expires}")):
+            raise AuthError(f"route ticket not valid for this session on shard {shard_id}")
+        if int(expires) < (time.time() if now is None else now):
+            raise AuthError("route ticket expired")
 
 
 def bearer(request_headers) -> str:

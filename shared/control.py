@@ -81,6 +81,10 @@ class RouteQuery(_Message):
     region: Name | None = None
     model: Name | None = None
     stage: Stage | None = None
+    # a new stream's identity: with ``Authorization: Bearer <device token>``, each stage-0 candidate
+    # comes with a route ticket for this session (shards started with --require-ticket ask for one)
+    device: Name | None = None
+    session: Name | None = None
 
 
 class Candidate(_Message):
@@ -89,6 +93,7 @@ class Candidate(_Message):
     zone: Name
     region: Name
     sessions: Count
+    ticket: Annotated[str, Field(max_length=100, pattern=r"^[0-9]{1,12}\.[0-9a-f]{64}$")] | None = None
 
 
 class RouteAnswer(_Message):

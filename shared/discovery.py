@@ -14,7 +14,7 @@ SERVICE_TYPE = "_splitasr._tcp.local."
 class Advertiser:
     """Advertise a coordinator at ``host:port`` from an event loop: ``await start()`` … ``await close()``."""
 
-    def __init__(self, host: str, port: int, name: str = "splitasr-coordinator"):
+    def __init__(self, host: str, port: int, name: str = "splitasr-coordinator", scheme: str = "http"):
         from zeroconf import ServiceInfo
         from zeroconf.asyncio import AsyncZeroconf
 
@@ -24,7 +24,7 @@ class Advertiser:
             f"{name}.{SERVICE_TYPE}",
             addresses=[socket.inet_aton(host)],
             port=port,
-            properties={"path": "/v1/route", "scheme": "http"},
+            properties={"path": "/v1/route", "scheme": scheme},
             server=f"{name}.local.",
         )
 
@@ -50,7 +50,9 @@ def discover(timeout_s: float = 5.0, interface: str | None = None) -> str | None
             return
         info = zeroconf.get_service_info(service_type, name, timeout=int(timeout_s * 1000))
         if info and info.parsed_addresses():
-            found.append(f"http://{info.parsed_addresses()[0]}:{info.port}")
+            scheme = (info.properties or {}).get(b"scheme", b"http").decode("ascii", "replace")
+            scheme = scheme if scheme in ("http", "https") else "http"
+            found.append(f"{scheme}://{info.parsed_addresses()[0]}:{info.port}")
             done.set()
 
     browser = ServiceBrowser(zc, SERVICE_TYPE, handlers=[on_change])

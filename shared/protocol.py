@@ -34,6 +34,7 @@ E_SUPERSEDED = "superseded"  # a partial overtaken by a newer partial or its FIN
 E_INTERNAL = "internal"
 E_AUTH = "unauthorized"  # missing, forged or expired device token; a session id owned by another device
 E_TIMEOUT = "timeout"  # no HELLO in time, or a session idle too long
+E_TICKET = "route_ticket"  # no, a forged or an expired route ticket: ask the coordinator for a route again
 MAX_FRAMES_PER_MESSAGE = 3000  # 30 s of log-mel in one FEATURES frame: bounds decoding before any inflating
 MAX_ID_CHARS = 128  # device and session ids
 IDLE_CONNECTION_S = 10.0  # servers close an HTTP connection with no request in flight after this
@@ -58,6 +59,7 @@ class Hello(Frame):
     device_id: str
     token: str = ""
     session_id: str | None = None
+    ticket: str = ""  # the coordinator's route ticket for (device, session, this shard)
     language: str | None = None
     split: str = "features"
     feature_spec: dict = field(default_factory=dict)

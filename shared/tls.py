@@ -1,5 +1,7 @@
-"""TLS, as an option: shards serve ``wss://``/``https://`` with ``--tls-cert``/``--tls-key``; every
-client (edge, stage client, shard -> coordinator link, coordinator probes) verifies server
+"""TLS, as an option: shards serve ``wss://``/``https://`` with ``--tls-cert``/``--tls-key``, the
+coordinator ``https://`` with ``splitasr up --tls-cert/--tls-key`` (or ``tls_cert``/``tls_key`` in
+the cluster YAML); every client (edge, stage client, shard -> coordinator link, coordinator probes,
+the admin CLI) verifies server
 certificates against the system's CAs, or against ``$SPLITASR_TLS_CA`` (a PEM file: a private CA or
 a self-signed certificate) when it is set. Child processes inherit the variable."""
 
@@ -33,6 +35,12 @@ def _client_context(ca_file: str) -> ssl.SSLContext:
         return ssl.create_default_context(cafile=ca_file)
     except (OSError, ssl.SSLError) as exc:
         raise ConfigError(f"cannot load the CA file named by ${CA_ENV} ({ca_file}): {exc}") from None
+
+
+def client_context() -> ssl.SSLContext:
+    """A client context for ``urllib`` (CLI, tests): ``$SPLITASR_TLS_CA``, else the system's CAs."""
+    ca_file = os.environ.get(CA_ENV)
+    return _client_context(ca_file) if ca_file else ssl.create_default_context()
 
 
 def client_ssl() -> ssl.SSLContext | bool:

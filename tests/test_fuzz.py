@@ -33,6 +33,7 @@ from tests.test_coordinator_api import AUTH, SHARD
 
 FUZZ_INPUTS = int(os.environ.get("SPLITASR_FUZZ_INPUTS", "10000"))
 ADMIN = "test-admin-token"
+DEVICE_TOKEN = AUTH.device_token("fz", ttl_s=86_400)
 
 
 def rss_mb(pid: int) -> float:
@@ -71,8 +72,9 @@ def test_fuzz_coordinator(coordinator_url, path):
                 pass
             for _ in range(FUZZ_INPUTS):
                 if path == "/v1/route":
-                    params = mutator.query({"language": "en", "zone": "a"})
-                    request = http.get(f"{coordinator_url}{path}", params=params)
+                    # a new stream's route: with its device's token, tickets are signed for the session
+                    params = mutator.query({"language": "en", "zone": "a", "device": "fz", "session": "sess-1"})
+                    request = http.get(f"{coordinator_url}{path}", params=params, headers=_bearer(DEVICE_TOKEN))
                 else:
                     seed, token = COORDINATOR_SEEDS[path]
                     data = mutator.json_body(seed)

@@ -79,3 +79,28 @@ def test_tls_configuration_errors_are_clear(tmp_path, monkeypatch):
     monkeypatch.setenv(tls.CA_ENV, str(tmp_path / "bad.pem"))
     with pytest.raises(ConfigError, match="SPLITASR_TLS_CA"):
         tls.client_ssl()
+
+
+def test_a_coordinator_on_https_with_its_shards_and_a_routed_edge(tmp_path, certificate, real_manifest, monkeypatch):
+    """``splitasr up`` with tls_cert/tls_key: the shards it starts register and heartbeat over
+    https (trusting $SPLITASR_TLS_CA), the admin CLI and an edge's route request verify it, and a
+    plain http client gets nothing from the port."""
+    from tests.cluster import CoordinatorProcess
+
+    cert, key = certificate
+    monkeypatch.setenv(tls.CA_ENV, str(cert))
+    config = {"pools": [{"model": "tiny.en", "int8": True}], "tls_cert": str(cert), "tls_key": str(key)}
+    with CoordinatorProcess(tmp_path, config) as cluster:
+        assert cluster.url.startswith("https://")
+        assert {s["stage"] for s in cluster.pool()["shards"]} == {"enc_a", "enc_b", "dec"}  # registered over https
+        status = cluster.cli("status")
+        assert status.returncode == 0 and "enc_a" in status.stdout, status.stderr
+        clip = next(e for e in real_manifest if e.language == "en" and e.duration_s and 4 < e.duration_s < 10)
+        options = AgentOptions(coordinator=cluster.url, device_id="tls-edge", language="en")
+        report = asyncio.run(EdgeAgent(options).run(file_source(clip.file, realtime=False)))
+        assert len(report.finals) == report.utterances >= 1
+        with pytest.raises(OSError):  # http:// against the https port: no answer
+            urllib.request.urlopen(cluster.url.replace("https://", "http://") + "/healthz", timeout=5)
+        monkeypatch.delenv(tls.CA_ENV)
+        refused = cluster.cli("status")  # without the CA, the CLI refuses the certificate
+        assert refused.returncode != 0 and "CERTIFICATE_VERIFY_FAILED" in refused.stderr, refused.stderr

@@ -49,6 +49,8 @@ class ClusterConfig:
     admin_token: str = ""
     zeroconf: bool = False
     decision_period_s: float = 1.0
+    tls_cert: str | None = None  # serve https:// with this certificate chain (PEM) ...
+    tls_key: str | None = None  # ... and its key
 
     def __post_init__(self) -> None:
         models = [p.model for p in self.pools]
@@ -58,6 +60,8 @@ class ClusterConfig:
             raise ConfigError(f"one pool per model, got {models}")
         if self.zeroconf and self.host in ("", "0.0.0.0", "::"):
             raise ConfigError("zeroconf advertises the coordinator's address: give --host a concrete LAN address")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("coordinator TLS needs both tls_cert and tls_key")
         if self.decision_period_s <= 0:
             raise ConfigError(f"decision_period_s must be positive, got {self.decision_period_s}")
 

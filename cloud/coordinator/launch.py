@@ -23,6 +23,7 @@ import yaml
 
 from splitasr.cloud.coordinator.state import pid_alive
 from splitasr.cloud.processes import ready_info
+from splitasr.shared import tls
 from splitasr.shared.auth import ensure_cluster_secret
 from splitasr.shared.errors import ProcessStartError
 
@@ -73,7 +74,7 @@ class CoordinatorProcess:
 
     def get(self, path: str) -> dict:
         request = urllib.request.Request(self.url + path, headers={"Authorization": f"Bearer {self.admin_token}"})
-        with urllib.request.urlopen(request, timeout=10) as resp:  # as admin: shard pids and urls
+        with urllib.request.urlopen(request, timeout=10, context=tls.client_context()) as resp:  # as admin
             answer = json.loads(resp.read())
         if path.startswith("/v1/pools"):
             self.shard_pids |= {s["pid"] for p in answer["pools"] for s in p["shards"] if s.get("pid")}

@@ -15,6 +15,7 @@ from splitasr.cloud.coordinator.backend import LocalProcessBackend
 from splitasr.cloud.coordinator.config import ClusterConfig
 from splitasr.cloud.coordinator.service import Coordinator, create_app
 from splitasr.cloud.coordinator.state import StateStore
+from splitasr.shared import tls
 from splitasr.shared.auth import SECRET_ENV, ensure_cluster_secret, secret_from_env
 from splitasr.shared.limits import guard_server_loop
 from splitasr.shared.protocol import IDLE_CONNECTION_S
@@ -51,7 +52,7 @@ async def run_coordinator(
     await runner.setup()
     same_port = await _listen(runner, config, int(state.get("port") or 0) if state is not None else 0)
     host, port = runner.addresses[0][:2]
-    url = f"http://{host}:{port}"
+    url = f"{'https' if config.tls_cert else 'http'}://{host}:{port}"
     backend = LocalProcessBackend(url, Path(workdir) if workdir else None, state=state)
     if state is not None:
         state.put("port", str(port))
@@ -65,7 +66,7 @@ async def run_coordinator(
         if config.zeroconf:
             from splitasr.shared.discovery import Advertiser
 
-            advertiser = Advertiser(host, port)
+            advertiser = Advertiser(host, port, scheme=url.split("://")[0])
             await advertiser.start()
         log.info("coordinator at %s; starting pools %s", url, ", ".join(coordinator.controllers))
         starting = asyncio.gather(*(c.start_chain() for c in coordinator.controllers.values()))
@@ -96,11 +97,12 @@ async def _listen(runner: web.AppRunner, config: ClusterConfig, last_port: int) 
     """Bind the configured port; with port 0, the port of the last coordinator of this state first,
     where the shards it started send their heartbeats. True when that port (or the configured one,
     the same) is the one bound."""
+    context = tls.server_context(config.tls_cert, config.tls_key) if config.tls_cert else None
     if config.port == 0 and last_port:
         try:
-            await web.TCPSite(runner, config.host, last_port).start()
+            await web.TCPSite(runner, config.host, last_port, ssl_context=context).start()
             return True
         except OSError as exc:
             log.warning("cannot listen on the last coordinator's port %d (%s)", last_port, exc)
-    await web.TCPSite(runner, config.host, config.port).start()
+    await web.TCPSite(runner, config.host, config.port, ssl_context=context).start()
     return config.port == last_port

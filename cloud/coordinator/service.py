@@ -172,9 +172,17 @@ class Coordinator:
             await self.backend.close()
 
     # -- queries --------------------------------------------------------------------------------
-    def route(self, query: RouteQuery) -> dict:
-        """Ordered candidates for a new stream (language, zone, region) or a next stage (model, stage)."""
+    def route(self, query: RouteQuery, device_token: str = "") -> dict:
+        """Ordered candidates for a new stream (language, zone, region) or a next stage (model, stage).
+
+        A new stream that names its device and session and presents the device's token gets a route
+        ticket with each candidate (:meth:`ClusterAuth.route_ticket`); a bad token is an AuthError."""
         now = self.clock()
+        ticketed = bool(query.session and not query.stage)
+        if ticketed:
+            if not query.device:
+                raise ConfigError("route: a session needs its device")
+            self.auth.check_device(query.device, device_token)
         if query.stage:
             model, stage = query.model or "", query.stage
             if model not in self.controllers:
@@ -195,6 +203,7 @@ class Coordinator:
             "stage": stage,
             "candidates": [
                 {"shard_id": v.shard_id, "url": v.url, "zone": v.zone, "region": v.region, "sessions": v.sessions}
+                | ({"ticket": self.auth.route_ticket(query.device, query.session, v.shard_id)} if ticketed else {})
                 for v in ordered
             ],
         }
@@ -304,9 +313,11 @@ async def heartbeat(request: web.Request) -> web.Response:
 async def route_handler(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR]
     try:
-        answer = c.route(parse_query(RouteQuery, request.query, "route"))
+        answer = c.route(parse_query(RouteQuery, request.query, "route"), bearer(request.headers))
     except ConfigError as exc:
         return _error(400, str(exc))
+    except AuthError as exc:
+        return _error(401, str(exc))
     if not answer["candidates"]:
         return _error(503, f"no {answer['stage']} shard of pool {answer['pool']} is available", retry_after_ms=1000)
     return web.json_response(answer)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 
 from splitasr.shared.auth import ClusterAuth
@@ -34,7 +35,7 @@ class ShardConfig:
     cache_ttl_s: float = 30.0  # results by feature hash (0 disables)
     speculate_after_s: float = 0.25  # pause (by the edge's hint) after which the FINAL starts early
     coordinator_url: str | None = None  # register + heartbeat there; resolve the next stage there
-    shard_id: str | None = None  # default: generated
+    shard_id: str | None = None  # default: generated (<model>-<role>-<8 hex>)
     zone: str = "local"
     region: str = "local"
     heartbeat_s: float = 1.0
@@ -43,6 +44,7 @@ class ShardConfig:
     tls_key: str | None = None  # ... and its key
     secret: str | None = field(default=None, repr=False)  # the cluster secret (shared/auth.py)
     insecure: bool = False  # serve without credentials (development on a closed host only)
+    require_ticket: bool = False  # stage 0: admit a session only with the coordinator's route ticket for it
     hello_timeout_s: float = 10.0  # a connection must say HELLO within this
     idle_timeout_s: float = 60.0  # a session with no frame for this long is closed
     max_open_utterances: int = 4  # per session: utterances with frames and no EOU yet
@@ -55,6 +57,10 @@ class ShardConfig:
         return ClusterAuth(self.secret) if self.secret else None
 
     def __post_init__(self) -> None:
+        if self.shard_id is None:  # route tickets and registration name the shard: one id, fixed at start
+            object.__setattr__(self, "shard_id", f"{self.model}-{self.role}-{uuid.uuid4().hex[:8]}")
+        if self.require_ticket and (self.role != "enc_a" or not self.secret):
+            raise ConfigError("--require-ticket is for stage-0 (enc_a) shards with a cluster secret")
         if not self.secret and not self.insecure:
             raise ConfigError(
                 "no cluster secret: set $SPLITASR_CLUSTER_SECRET (or $SPLITASR_CLUSTER_SECRET_FILE), "

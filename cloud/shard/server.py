@@ -8,7 +8,6 @@ import logging
 import os
 import signal
 import time
-import uuid
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -211,7 +210,7 @@ def _coordinator_link(app: web.Application, url: str, on_orphan: Callable[[], No
     config, worker = app[CONFIG], app[WORKER]
     stage0 = app[STAGE0] if STAGE0 in app else None
     info = {
-        "shard_id": config.shard_id or f"{config.model}-{config.role}-{uuid.uuid4().hex[:8]}",
+        "shard_id": config.shard_id,
         "url": url,
         "model": config.model,
         "stage": config.role,

@@ -70,6 +70,13 @@ class Connection:
                 self.config.auth.check_device(hello.device_id, hello.token)
             except AuthError as exc:
                 raise ProtocolError(p.E_AUTH, str(exc)) from None
+        if self.config.require_ticket:  # retryable: the edge asks the coordinator for a fresh route
+            try:
+                self.config.auth.check_route_ticket(
+                    hello.device_id, hello.session_id or "", self.config.shard_id, hello.ticket
+                )
+            except AuthError as exc:
+                raise ProtocolError(p.E_TICKET, str(exc), retryable=True) from None
         owner = self.stage0.session_owners.get(hello.session_id or "")
         if owner is not None and owner != hello.device_id:
             raise ProtocolError(p.E_AUTH, f"session {hello.session_id} belongs to another device")

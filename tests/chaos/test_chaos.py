@@ -1,6 +1,7 @@
 """The chaos suite, short: 4 real-time streams of real speech through `splitasr up` (two replicas of
 every stage) while a random shard is SIGKILLed every 3 s, one is SIGSTOPped for 6 s and the
-coordinator is SIGKILLed and started again; the same streams without faults first. `make chaos`
+coordinator is SIGKILLed and started again; the same streams without faults first; then through a
+static chain with fault-injecting proxies on every link (reset, 3 s stall, delay). `make chaos`
 runs the long one (16 streams, 60 s, a 10 s hang)."""
 
 from __future__ import annotations
@@ -25,4 +26,14 @@ def test_kills_and_a_hang_lose_nothing(tmp_path, tiny_artifacts):
     # work stuck on a dead or hung shard moves on within a heartbeat and a half plus a retry
     for kind in ("kill", "hang", "coordinator"):
         worst = chaos[f"{kind}_to_next_final_s"]["max"]
+        assert worst is None or worst < 1.5 * p.HEARTBEAT_S + 3.0, (kind, worst)
+    # the network run: the same streams through proxies that reset, stall (3 s) or delay links
+    network = report["network"]
+    print(json.dumps({k: v for k, v in network.items() if k not in ("faults", "texts")}))
+    assert sorted({f["kind"] for f in network["faults"]}) == ["delay", "reset", "stall"], network["faults"]
+    assert network["failed_streams"] == [] and network["lost"] == 0 and network["duplicates"] == 0
+    assert network["finals"] == baseline["utterances"]
+    assert network["wer"] <= baseline["wer"] + 0.02, (network["wer"], baseline["wer"])
+    for kind in ("reset", "stall", "delay"):  # a stalled link is found like a hung shard
+        worst = network[f"{kind}_to_next_final_s"]["max"]
         assert worst is None or worst < 1.5 * p.HEARTBEAT_S + 3.0, (kind, worst)
