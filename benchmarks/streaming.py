@@ -6,7 +6,8 @@ Streams: ``shared/longform.py`` strings real clips of ``samples/real`` together 
 count as one utterance. Each stream runs through ``splitasr edge``'s agent (Silero VAD) against a
 local cluster (tiny.en int8: stage-0 replicas + enc_b + dec, one thread each) in real time; N
 streams run at once, stream i playing long-form stream i mod ``--count`` (16 streams of 8 clips: the
-102 English clips, some twice in other company and formats). Latency runs from the utterance's true
+102 English clips, some twice in other company and formats). An N=1 row plays ``--solo`` streams
+(4) one after another, so that it holds more than one stream's words. Latency runs from the utterance's true
 end (its last voiced sample in the stream) to the FINAL's arrival. The offline WER of each row is
 ``Recognizer.transcribe`` (default settings) on exactly the stream files that row played, so a
 stream played twice counts twice on both sides. Writes
@@ -41,7 +42,11 @@ def pct(xs, q):
     return float(np.percentile(xs, q)) if xs else float("nan")
 
 
-async def run_streams(urls: list[str], streams: list[LongStream], n: int, silence_s: float):
+async def run_streams(urls: list[str], streams: list[LongStream], n: int, silence_s: float, solo: int = 1):
+    """``n`` streams at once; with ``n == 1``, ``solo`` streams one after another (more words per row)."""
+    if n == 1 and solo > 1:
+        return [run for i in range(solo) for run in await run_streams(urls, streams[i:], 1, silence_s)]
+
     async def one(i: int):
         s = streams[i % len(streams)]
         order = tuple(urls[i % len(urls) :] + urls[: i % len(urls)])  # spread over stage-0 replicas
@@ -74,6 +79,7 @@ def main() -> int:
     parser.add_argument("--stage0-replicas", type=int, default=2)
     parser.add_argument("--count", type=int, default=16, help="long-form streams (16 x 8 clips cover the English set)")
     parser.add_argument("--per-stream", type=int, default=8, help="clips per long-form stream")
+    parser.add_argument("--solo", type=int, default=4, help="N=1 rows play this many streams, one at a time")
     args = parser.parse_args()
     from splitasr.cloud.shard.recognizer import Recognizer
 
@@ -92,11 +98,11 @@ def main() -> int:
         for silence in (float(x) for x in args.silences.split(",")):
             for n in (int(x) for x in args.streams.split(",")):
                 started = time.monotonic()
-                runs = asyncio.run(run_streams(urls, streams, n, silence))
+                runs = asyncio.run(run_streams(urls, streams, n, silence, args.solo))
                 wall = time.monotonic() - started
                 tally, offline, lat, eou, finals, expected, empty = WERTally(), WERTally(), [], [], 0, 0, 0
-                for i, (s, report) in enumerate(runs):
-                    offline.add(s.reference, offline_texts[i % len(streams)])
+                for s, report in runs:
+                    offline.add(s.reference, offline_texts[[x is s for x in streams].index(True)])
                     spoken = [f for f in report.finals if f.text]
                     tally.add(s.reference, " ".join(f.text for f in sorted(spoken, key=lambda f: f.utt)))
                     lat += true_end_latencies(s, spoken)
@@ -108,6 +114,7 @@ def main() -> int:
                 results[key] = {
                     "endpoint_silence_s": silence,
                     "streams": n,
+                    "streams_played": len(runs),  # N=1: --solo streams, one after another
                     "finals": finals,
                     "utterances": expected,
                     "empty_finals": empty,
