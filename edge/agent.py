@@ -23,7 +23,7 @@ from splitasr.shared.auth import edge_token
 from splitasr.shared.control import RouteAnswer, parse
 from splitasr.shared.errors import ConfigError, EdgeError, SessionRejectedError
 from splitasr.shared.features import DEFAULT_SPEC, LogMelStream
-from splitasr.shared.limits import TokenBucket
+from splitasr.shared.limits import Backoff, TokenBucket, jittered
 from splitasr.shared.quant import features_frame
 
 log = logging.getLogger(__name__)
@@ -138,13 +138,12 @@ class EdgeAgent:
     # -- connection ---------------------------------------------------------------------------
     async def _connect(self, http: aiohttp.ClientSession) -> None:
         """Connect to the next shard, say HELLO, replay every utterance without a FINAL."""
-        delay = 0.05
+        backoff = Backoff(0.05, self.o.reconnect_max_s)  # jittered: edges that lost one shard spread out
         refusal: p.Error | None = None
         for attempt in range(self.o.max_reconnects):
             url = await self._next_url(http)
             if url is None:
-                await asyncio.sleep(delay)  # no shard known right now; ask again after a back-off
-                delay = min(delay * 2, self.o.reconnect_max_s)
+                await asyncio.sleep(backoff.next())  # no shard known right now; ask again after a back-off
                 continue
             ws = None
             try:
@@ -167,8 +166,7 @@ class EdgeAgent:
                 self._suspect[url] = time.monotonic() + p.SUSPECT_S
                 if ws is not None:
                     await ws.close()
-                await asyncio.sleep(delay)  # back-off between attempts
-                delay = min(delay * 2, self.o.reconnect_max_s)
+                await asyncio.sleep(backoff.next())  # back-off between attempts
                 continue
             if isinstance(reply, p.Error):
                 await ws.close()
@@ -179,8 +177,8 @@ class EdgeAgent:
                     raise EdgeError(f"shard {url} refused the session: {reply.code}: {reply.message}")
                 refusal = reply
                 log.info("shard %s refused the session (%s: %s)", url, reply.code, reply.message)
-                await asyncio.sleep(min(max(delay, (reply.retry_after_ms or 0) / 1000), self.o.reconnect_max_s))
-                delay = min(delay * 2, self.o.reconnect_max_s)
+                advised_s = jittered((reply.retry_after_ms or 0) / 1000)
+                await asyncio.sleep(min(max(backoff.next(), advised_s), self.o.reconnect_max_s))
                 continue
             self._ws, self._url = ws, url
             self._pace = _pacer(reply.limits if isinstance(reply, p.Welcome) else {})

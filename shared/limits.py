@@ -1,10 +1,11 @@
-"""Process-level guards for servers: the open-file limit, and accept errors and malformed requests
-logged at a bounded rate."""
+"""Process-level guards for servers (the open-file limit, accept errors and malformed requests
+logged at a bounded rate), rate limits, and the clients' jittered back-off."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import resource
 import time
 from collections.abc import Callable
@@ -42,6 +43,28 @@ class Throttle:
         count, self._last, self.suppressed = self.suppressed, now, 0
         self.reported += 1
         return count
+
+
+def jittered(seconds: float, spread: float = 0.5, rng: random.Random | None = None) -> float:
+    """``seconds`` scaled by a uniform factor in (1 - spread, 1]: clients that failed together (a
+    shard died under all of them) do not come back in lockstep, and a wait is never longer than asked."""
+    return seconds * (1.0 - spread * (rng or random).random())
+
+
+class Backoff:
+    """Exponential back-off with jitter: ``next()`` waits ``jittered(d)`` where ``d`` doubles from
+    ``initial_s`` up to ``max_s``."""
+
+    def __init__(self, initial_s: float = 0.05, max_s: float = 2.0, rng: random.Random | None = None):
+        if not 0 < initial_s <= max_s:
+            raise ValueError(f"back-off needs 0 < initial_s <= max_s, got {initial_s}, {max_s}")
+        self.initial_s, self.max_s, self.rng = initial_s, max_s, rng
+        self.current_s = initial_s
+
+    def next(self) -> float:
+        wait_s = jittered(self.current_s, rng=self.rng)
+        self.current_s = min(self.current_s * 2, self.max_s)
+        return wait_s
 
 
 class TokenBucket:

@@ -503,3 +503,20 @@ def test_the_edge_paces_itself_to_the_shards_audio_limit(shards, tmp_path):
     report = asyncio.run(EdgeAgent(options).run(file_source(stream.path, realtime=False)))
     assert report.reconnects == 0  # no `overloaded` refusal made it move
     assert len(report.finals) == report.utterances >= 3
+
+
+def test_client_back_off_is_jittered_bounded_and_never_longer_than_asked():
+    import random
+
+    from splitasr.shared.limits import Backoff, jittered
+
+    rng = random.Random(3)
+    firsts = [Backoff(0.05, 2.0, rng=rng).next() for _ in range(200)]  # 200 edges that lost the same shard
+    assert all(0.025 <= w <= 0.05 for w in firsts) and len({round(w, 6) for w in firsts}) > 150  # spread out
+    backoff = Backoff(0.05, 2.0, rng=rng)
+    sequence = [backoff.next() for _ in range(10)]
+    caps = [min(0.05 * 2**i, 2.0) for i in range(10)]
+    assert all(cap / 2 <= w <= cap for w, cap in zip(sequence, caps, strict=True)), sequence
+    assert all(0.8 <= jittered(1.0, spread=0.2, rng=rng) <= 1.0 for _ in range(100))  # heartbeats: never late
+    with pytest.raises(ValueError):
+        Backoff(0, 1)

@@ -17,7 +17,7 @@ import aiohttp
 from splitasr.shared import tls
 from splitasr.shared.control import RouteAnswer, parse
 from splitasr.shared.errors import ConfigError
-from splitasr.shared.limits import Throttle
+from splitasr.shared.limits import Throttle, jittered
 
 log = logging.getLogger(__name__)
 
@@ -103,4 +103,4 @@ class CoordinatorLink:
                             exc,
                             count,
                         )
-                await asyncio.sleep(self.interval_s)  # the heartbeat period
+                await asyncio.sleep(jittered(self.interval_s, spread=0.2))  # the period, never late; no lockstep
