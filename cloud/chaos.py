@@ -34,6 +34,7 @@ import random
 import signal
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,6 +138,20 @@ class StreamRun:
         return out
 
 
+def strike_targets(pools: list[dict], hung: set[int]) -> list[dict]:
+    """Shards a fault may strike (from ``/v1/pools`` as admin): live ones (breaker closed, not hung,
+    not draining) of a stage that has another live replica. Like a disruption budget of one, a
+    fault never takes a stage's last replica, so what is measured is failover to the survivor."""
+    live = [
+        (p["model"], s)
+        for p in pools
+        for s in p["shards"]
+        if s.get("pid") and s["breaker"] == "closed" and s["pid"] not in hung and not s.get("draining")
+    ]
+    replicas = Counter((model, s["stage"]) for model, s in live)
+    return [s for model, s in live if replicas[model, s["stage"]] >= 2]
+
+
 def fault_horizon(options: ChaosOptions, runs: list[StreamRun]) -> float:
     """Faults strike while streams still play: up to the last utterance's end."""
     return min(options.duration_s, max(r.stream.utterances[-1].end_s for r in runs))
@@ -165,16 +180,17 @@ class Injector:
         self.rng = random.Random(options.seed)
         self.horizon_s = fault_horizon(options, runs)
         self.faults: list[Fault] = []
+        self.skipped: list[dict] = []  # faults not struck: no stage had a second live replica
         self.hung: set[int] = set()
 
     def _shards(self) -> list[dict]:
-        pools = self.cluster.get("/v1/pools")["pools"]
-        shards = [s for p in pools for s in p["shards"] if s.get("pid") and s["breaker"] == "closed"]
-        return [s for s in shards if s["pid"] not in self.hung and not s.get("draining")]
+        return strike_targets(self.cluster.get("/v1/pools")["pools"], self.hung)
 
     async def _strike(self, kind: str, started: float) -> Fault | None:
         shards = await asyncio.to_thread(self._shards)  # the coordinator's view, as admin (pids)
-        if not shards:
+        if not shards:  # every stage is down to its last live replica: wait for the next turn
+            self.skipped.append({"kind": kind, "at_s": round(time.monotonic() - started, 2)})
+            log.info("chaos: no stage has two live replicas; %s skipped", kind)
             return None
         shard = self.rng.choice(shards)
         fault = Fault(kind, round(time.monotonic() - started, 2), shard["stage"], shard["pid"], time.monotonic())
@@ -245,6 +261,7 @@ class NetworkInjector:
         self.rng = random.Random(options.seed)
         self.horizon_s = fault_horizon(options, runs)
         self.faults: list[Fault] = []
+        self.skipped: list[dict] = []  # every link has a proxy: none is skipped
 
     async def run(self, done: asyncio.Event) -> None:
         started = time.monotonic()
@@ -310,6 +327,7 @@ async def _play(streams: list[LongStream], where: dict, make_injector=None) -> d
     summary = summarise(runs, time.monotonic() - started)
     if injector is not None:
         summary["fault_horizon_s"] = round(injector.horizon_s, 1)
+        summary["skipped_faults"] = injector.skipped
         summary["faults"] = []
         for f in injector.faults:
             gaps = [g for r in runs for g in r.recoveries(f.at)]
