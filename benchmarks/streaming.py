@@ -11,7 +11,7 @@ streams run at once, stream i playing long-form stream i mod ``--count`` (16 str
 end (its last voiced sample in the stream) to the FINAL's arrival. The offline WER of each row is
 ``Recognizer.transcribe`` (default settings) on exactly the stream files that row played, so a
 stream played twice counts twice on both sides. Writes
-benchmarks/results/streaming.json + streaming.png.
+benchmarks/results/streaming.json + streaming.png (``--name`` changes the name).
 """
 
 from __future__ import annotations
@@ -80,6 +80,7 @@ def main() -> int:
     parser.add_argument("--count", type=int, default=16, help="long-form streams (16 x 8 clips cover the English set)")
     parser.add_argument("--per-stream", type=int, default=8, help="clips per long-form stream")
     parser.add_argument("--solo", type=int, default=4, help="N=1 rows play this many streams, one at a time")
+    parser.add_argument("--name", default="streaming", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     from splitasr.cloud.shard.recognizer import Recognizer
 
@@ -145,7 +146,7 @@ def main() -> int:
     headers = ["endpoint s", "streams", "FINALs/expected", "WER", "offline WER", "end->FINAL p50", "p95", "p99"]
     print_table([*headers, "EOU->FINAL p50"], rows)
     path = write_json(
-        "streaming",
+        args.name,
         {
             "model": "tiny.en",
             "int8": True,
@@ -171,8 +172,8 @@ def main() -> int:
     ax.set_title("Streaming long-form real speech, tiny.en int8, 2 CPU cores")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(RESULTS / "streaming.png", dpi=110)
-    print(f"wrote {path} and {RESULTS / 'streaming.png'}")
+    fig.savefig(RESULTS / f"{args.name}.png", dpi=110)
+    print(f"wrote {path} and {RESULTS / f'{args.name}.png'}")
     return 0
 
 
