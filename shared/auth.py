@@ -55,7 +55,8 @@ def secret_from_env(environ: dict[str, str] | None = None) -> str | None:
 
 
 def _sign(secret: str, message: str) -> str:
-    return hmac.new(secret.encode(), message.encode(), hashlib.sha256).hexdigest()
+    # surrogatepass: any str can be signed (a JSON "\ud83d" decodes to a lone surrogate)
+    return hmac.new(secret.encode(), message.encode("utf-8", "surrogatepass"), hashlib.sha256).hexdigest()
 
 
 def _equal(a: str, b: str) -> bool:

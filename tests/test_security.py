@@ -520,3 +520,14 @@ def test_client_back_off_is_jittered_bounded_and_never_longer_than_asked():
     assert all(0.8 <= jittered(1.0, spread=0.2, rng=rng) <= 1.0 for _ in range(100))  # heartbeats: never late
     with pytest.raises(ValueError):
         Backoff(0, 1)
+
+
+def test_lone_surrogates_are_signed_and_refused_without_a_crash(coordinator_url):
+    """JSON may escape half of a surrogate pair ("\\ud83d"): it decodes to a str that UTF-8 cannot
+    encode. Signing takes any str; the schemas refuse such names with a 400, not a 500 (found by
+    the fuzzer once its seed stopped depending on the process's str hashes)."""
+    assert AUTH.shard_token("\ud83d") != AUTH.shard_token("\ud83e")
+    raw = json.dumps({**SHARD, "shard_id": "\ud83d"}).encode()
+    assert b"\\ud83d" in raw
+    status, body = call(f"{coordinator_url}/v1/register", raw=raw, token=AUTH.shard_token("s1"))
+    assert status == 400 and "shard_id" in body["error"], body
