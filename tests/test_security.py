@@ -524,8 +524,8 @@ def test_client_back_off_is_jittered_bounded_and_never_longer_than_asked():
 
 def test_lone_surrogates_are_signed_and_refused_without_a_crash(coordinator_url):
     """JSON may escape half of a surrogate pair ("\\ud83d"): it decodes to a str that UTF-8 cannot
-    encode. Signing takes any str; the schemas refuse such names with a 400, not a 500 (found by
-    the fuzzer once its seed stopped depending on the process's str hashes)."""
+    encode. Signing takes any str; the schemas refuse such names with a 400, not a 500 (the fuzzer
+    hit it in one CI run, when its seed still came from the per-process str hash)."""
     assert AUTH.shard_token("\ud83d") != AUTH.shard_token("\ud83e")
     raw = json.dumps({**SHARD, "shard_id": "\ud83d"}).encode()
     assert b"\\ud83d" in raw
