@@ -87,7 +87,7 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="splitasr-longform-"))
     streams = build_streams(workdir, count=args.count, per_stream=args.per_stream)
     rec = Recognizer.load("tiny.en", int8=True, threads=2, show_progress=False)
-    offline_texts = [rec.transcribe_file(s.path).text for s in streams]
+    offline_texts = {s.path: rec.transcribe_file(s.path).text for s in streams}
     utterances = sum(len(s.utterances) for s in streams)
     audio_s = sum(s.utterances[-1].end_s + 2.5 for s in streams)
     print(f"{len(streams)} long-form streams, {utterances} utterances, ~{audio_s:.0f} s")
@@ -103,7 +103,7 @@ def main() -> int:
                 wall = time.monotonic() - started
                 tally, offline, lat, eou, finals, expected, empty = WERTally(), WERTally(), [], [], 0, 0, 0
                 for s, report in runs:
-                    offline.add(s.reference, offline_texts[[x is s for x in streams].index(True)])
+                    offline.add(s.reference, offline_texts[s.path])
                     spoken = [f for f in report.finals if f.text]
                     tally.add(s.reference, " ".join(f.text for f in sorted(spoken, key=lambda f: f.utt)))
                     lat += true_end_latencies(s, spoken)

@@ -40,7 +40,7 @@ def _row(name: str, run: dict) -> str:
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from splitasr.cloud.chaos import ChaosOptions, run_chaos
+    from splitasr.cloud.chaos import ChaosOptions, Injector, NetworkInjector, run_chaos
 
     options = ChaosOptions(
         duration_s=args.duration,
@@ -60,7 +60,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
             print(_row(name, report[name]))
     faulted = [report[name] for name in ("chaos", "network") if name in report]
     for run in faulted:
-        for kind in ("kill", "hang", "coordinator", "reset", "stall", "delay"):
+        for kind in Injector.KINDS + NetworkInjector.KINDS:
             gap = run.get(f"{kind}_to_next_final_s")
             if gap:
                 print(

@@ -37,6 +37,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -349,8 +350,8 @@ def _network_run(streams: list[LongStream], options: ChaosOptions, workdir: Path
     proxies: list[tuple[ShardProcess, FaultProxy]] = []
 
     def behind_proxy(shard: ShardProcess) -> str:
-        host, port = shard.url.split("://")[1].rsplit(":", 1)
-        proxy = FaultProxy(host, int(port), name=f"{shard.role}-{shard.pid}").start()
+        url = urlsplit(shard.url)
+        proxy = FaultProxy(url.hostname, url.port, name=f"{shard.role}-{shard.pid}").start()
         proxies.append((shard, proxy))
         return proxy.url()
 

@@ -9,16 +9,12 @@ processes (edge -> stage 0, stage -> next stage) and command it from anywhere.
 from __future__ import annotations
 
 import asyncio
-import logging
 import socket
 import struct
 import threading
 import time
 
-log = logging.getLogger(__name__)
-
 CHUNK = 256 * 1024
-FAULTS = ("reset", "stall", "delay")
 
 
 class _Link:
@@ -79,7 +75,6 @@ class FaultProxy:
         self.port = 0
         self.delay_s = 0.0
         self.links: set[_Link] = set()
-        self.faults: list[tuple[float, str]] = []  # (monotonic time, fault)
         self._open = None  # asyncio.Event: set while data may flow
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name=f"faultproxy-{self.name}", daemon=True)
@@ -136,12 +131,11 @@ class FaultProxy:
         await asyncio.gather(link.pump(client_r, target_w), link.pump(target_r, client_w))
 
     # -- faults (call from any thread) ----------------------------------------------------------------
-    def _call(self, fn, *args) -> None:
-        self._loop.call_soon_threadsafe(fn, *args)
+    def _call(self, fn) -> None:
+        self._loop.call_soon_threadsafe(fn)
 
     def reset(self) -> None:
         """Reset every open connection (RST both ways); new connections are served."""
-        self.faults.append((time.monotonic(), "reset"))
 
         def do() -> None:
             for link in list(self.links):
@@ -151,13 +145,15 @@ class FaultProxy:
 
     def stall(self, seconds: float) -> None:
         """Move no data for ``seconds`` on any connection, old or new; then let it all through."""
-        self.faults.append((time.monotonic(), "stall"))
-        self._call(self._open.clear)
-        self._loop.call_soon_threadsafe(self._loop.call_later, seconds, self._open.set)
+
+        def on() -> None:
+            self._open.clear()
+            self._loop.call_later(seconds, self._open.set)
+
+        self._call(on)
 
     def delay(self, seconds: float, for_s: float) -> None:
         """Delay every chunk by ``seconds`` for ``for_s``."""
-        self.faults.append((time.monotonic(), "delay"))
 
         def on() -> None:
             self.delay_s = seconds

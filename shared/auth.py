@@ -83,24 +83,35 @@ class ClusterAuth:
         if not _equal(token, self.stage_token()):
             raise AuthError("stage requests need the cluster's stage credential")
 
+    def _stamp(self, claim: str, ttl_s: float, now: float | None) -> str:
+        """``<expires>.<HMAC(secret, "<claim>|<expires>")>``: the expiring part of device tokens and
+        route tickets, minted here and checked by :meth:`_check_stamp` only."""
+        expires = int((time.time() if now is None else now) + ttl_s)
+        return f"{expires}.{_sign(self.secret, f'{claim}|{expires}')}"
+
+    def _check_stamp(self, claim: str, stamp: list[str], now: float | None, invalid: str, expired: str) -> None:
+        expires, sig = stamp
+        if not _equal(sig, _sign(self.secret, f"{claim}|{expires}")):  # callers checked ``expires`` is digits
+            raise AuthError(invalid)
+        if int(expires) < (time.time() if now is None else now):
+            raise AuthError(expired)
+
     def device_token(self, device_id: str, ttl_s: float, now: float | None = None) -> str:
         if not device_id or len(device_id) > MAX_DEVICE_ID_CHARS or "." in device_id:
             raise ConfigError(f"device id must be 1..{MAX_DEVICE_ID_CHARS} characters without '.', got {device_id!r}")
         if ttl_s <= 0:
             raise ConfigError(f"token lifetime must be positive, got {ttl_s}")
-        expires = int((time.time() if now is None else now) + ttl_s)
-        return f"{device_id}.{expires}.{_sign(self.secret, f'device|{device_id}|{expires}')}"
+        return f"{device_id}.{self._stamp(f'device|{device_id}', ttl_s, now)}"
 
     def check_device(self, device_id: str, token: str, now: float | None = None) -> None:
         """Raise :class:`AuthError` unless ``token`` was minted for ``device_id`` and has not expired."""
         parts = token.split(".") if isinstance(token, str) else []
         if len(parts) != 3 or not parts[1].isdigit():
             raise AuthError("a device token is required (HELLO.token: <device_id>.<expires>.<signature>)")
-        owner, expires, sig = parts
-        if owner != device_id or not _equal(sig, _sign(self.secret, f"device|{owner}|{expires}")):
-            raise AuthError(f"device token not valid for device {device_id!r}")
-        if int(expires) < (time.time() if now is None else now):
-            raise AuthError(f"device token of {device_id!r} expired")
+        invalid = f"device token not valid for device {device_id!r}"
+        if parts[0] != device_id:
+            raise AuthError(invalid)
+        self._check_stamp(f"device|{device_id}", parts[1:], now, invalid, f"device token of {device_id!r} expired")
 
     def route_ticket(
         self,
@@ -110,8 +121,7 @@ class ClusterAuth:
         ttl_s: float = ROUTE_TICKET_TTL_S,
         now: float | None = None,
     ) -> str:
-        expires = int((time.time() if now is None else now) + ttl_s)
-        return f"{expires}.{_sign(self.secret, f'route|{device_id}|{session_id}|{shard_id}|{expires}')}"
+        return self._stamp(f"route|{device_id}|{session_id}|{shard_id}", ttl_s, now)
 
     def check_route_ticket(
         self, device_id: str, session_id: str, shard_id: str, ticket: str, now: float | None = None
@@ -120,11 +130,8 @@ class ClusterAuth:
         parts = ticket.split(".") if isinstance(ticket, str) else []
         if len(parts) != 2 or not parts[0].isdigit():
             raise AuthError(f"shard {shard_id} admits sessions with a route ticket from the coordinator only")
-        expires, sig = parts
-        if not _equal(sig, _sign(self.secret, f"route|{device_id}|{session_id}|{shard_id}|{expires}")):
-            raise AuthError(f"route ticket not valid for this session on shard {shard_id}")
-        if int(expires) < (time.time() if now is None else now):
-            raise AuthError("route ticket expired")
+        invalid = f"route ticket not valid for this session on shard {shard_id}"
+        self._check_stamp(f"route|{device_id}|{session_id}|{shard_id}", parts, now, invalid, "route ticket expired")
 
 
 def bearer(request_headers) -> str:

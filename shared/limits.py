@@ -58,8 +58,7 @@ class Backoff:
     def __init__(self, initial_s: float = 0.05, max_s: float = 2.0, rng: random.Random | None = None):
         if not 0 < initial_s <= max_s:
             raise ValueError(f"back-off needs 0 < initial_s <= max_s, got {initial_s}, {max_s}")
-        self.initial_s, self.max_s, self.rng = initial_s, max_s, rng
-        self.current_s = initial_s
+        self.current_s, self.max_s, self.rng = initial_s, max_s, rng
 
     def next(self) -> float:
         wait_s = jittered(self.current_s, rng=self.rng)

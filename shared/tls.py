@@ -45,8 +45,7 @@ def client_context() -> ssl.SSLContext:
 
 def client_ssl() -> ssl.SSLContext | bool:
     """What aiohttp's ``ssl=`` takes: the context trusting ``$SPLITASR_TLS_CA``, else True (system CAs)."""
-    ca_file = os.environ.get(CA_ENV)
-    return _client_context(ca_file) if ca_file else True
+    return client_context() if os.environ.get(CA_ENV) else True
 
 
 def connector() -> aiohttp.TCPConnector:

@@ -52,7 +52,8 @@ async def run_coordinator(
     await runner.setup()
     same_port = await _listen(runner, config, int(state.get("port") or 0) if state is not None else 0)
     host, port = runner.addresses[0][:2]
-    url = f"{'https' if config.tls_cert else 'http'}://{host}:{port}"
+    scheme = "https" if config.tls_cert else "http"
+    url = f"{scheme}://{host}:{port}"
     backend = LocalProcessBackend(url, Path(workdir) if workdir else None, state=state)
     if state is not None:
         state.put("port", str(port))
@@ -66,7 +67,7 @@ async def run_coordinator(
         if config.zeroconf:
             from splitasr.shared.discovery import Advertiser
 
-            advertiser = Advertiser(host, port, scheme=url.split("://")[0])
+            advertiser = Advertiser(host, port, scheme=scheme)
             await advertiser.start()
         log.info("coordinator at %s; starting pools %s", url, ", ".join(coordinator.controllers))
         starting = asyncio.gather(*(c.start_chain() for c in coordinator.controllers.values()))
