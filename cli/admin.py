@@ -10,6 +10,7 @@ import urllib.error
 import urllib.request
 
 from splitasr.shared import tls
+from splitasr.shared.control import STAGES
 from splitasr.shared.errors import ConfigError, SplitASRError
 
 DEFAULT_COORDINATOR = "http://127.0.0.1:7070"
@@ -29,10 +30,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(p)
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_status)
-    p = sub.add_parser("scale", help="pin a pool's stage-0 replicas to N (or 'auto' to autoscale again)")
+    p = sub.add_parser("scale", help="pin a pool stage's replicas to N (or 'auto' to autoscale again)")
     _common(p)
     p.add_argument("pool")
     p.add_argument("replicas", help="an integer, or auto")
+    p.add_argument("--stage", choices=STAGES, default="enc_a", help="which stage's pool (default: stage 0)")
     p.set_defaults(func=cmd_scale)
     p = sub.add_parser("drain", help="move a shard's sessions away between utterances, then stop it")
     _common(p)
@@ -92,9 +94,13 @@ def cmd_status(args: argparse.Namespace) -> int:
                 f"  {s['shard_id']:28} {s['stage']:5} zone {s['zone']:8} {state:9} sessions {s['sessions']:3}  "
                 f"p50 {s['final_p50_ms']:6.0f} ms  p99 {s['final_p99_ms']:6.0f} ms  {s.get('url', '')}"
             )
-        if pool["decisions"]:
-            d = pool["decisions"][-1]
-            print(f"  last decision: {d['replicas']} replicas ({d['reason']})")
+        for stage, st in pool.get("stages", {}).items():
+            last = st["decisions"][-1] if st["decisions"] else None
+            print(
+                f"  {stage:5}: {st['replicas']} replicas (desired {st['desired']}, starting {st['starting']}), "
+                f"busy {st['busy']}, queue {st['queue_delay_ms']} ms"
+                + (f"; last decision: {last['replicas']} ({last['reason']})" if last else "")
+            )
     return 0
 
 
@@ -105,8 +111,10 @@ def cmd_scale(args: argparse.Namespace) -> int:
             replicas = int(replicas)
         except ValueError:
             raise ConfigError(f"replicas must be an integer or 'auto', got {args.replicas!r}") from None
-    answer = call(args.coordinator, "/v1/scale", {"pool": args.pool, "replicas": replicas}, _token(args))
-    print(f"pool {answer['pool']}: " + ("autoscaled" if answer["pinned"] is None else f"pinned to {answer['pinned']}"))
+    body = {"pool": args.pool, "replicas": replicas, "stage": args.stage}
+    answer = call(args.coordinator, "/v1/scale", body, _token(args))
+    pinned = "autoscaled" if answer["pinned"] is None else f"pinned to {answer['pinned']}"
+    print(f"pool {answer['pool']} {answer['stage']}: {pinned}")
     return 0
 
 

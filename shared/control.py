@@ -23,6 +23,7 @@ Text = Annotated[str, Field(max_length=200)]
 Seconds = Annotated[float, Field(ge=0, le=86_400, allow_inf_nan=False)]
 Millis = Annotated[float, Field(ge=0, le=86_400_000, allow_inf_nan=False)]
 Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
+Share = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
 
 
 def _ws_url(url: str) -> str:
@@ -67,6 +68,9 @@ class ShardLoad(_Message):
     final_p99_ms: Millis = 0.0
     sessions_started: Count = 0  # cumulative, for arrival rates
     overload_level: Annotated[int, Field(ge=0, le=10)] = 0
+    busy: Share = 0.0  # share of the last seconds the stage's worker spent computing
+    occupancy: Share = 0.0  # decoder: mean running batch / its batch limit
+    requests: Count = 0  # stage requests served, cumulative
 
 
 class Heartbeat(ShardLoad):
@@ -93,6 +97,7 @@ class Candidate(_Message):
     zone: Name
     region: Name
     sessions: Count
+    queue_delay_s: Seconds = 0.0  # the replica's last reported queue delay (stage k picks stage k+1 by it)
     ticket: Annotated[str, Field(max_length=100, pattern=r"^[0-9]{1,12}\.[0-9a-f]{64}$")] | None = None
 
 

@@ -1,4 +1,12 @@
-"""Autoscaling policy for one shard pool: reactive (KPA-like stable/panic windows) + predictive.
+"""Autoscaling policy for one stage's pool: reactive (KPA-like stable/panic windows) + predictive.
+
+Every stage of every model (stage 0, encoder B, decoder) is decided by this code. A stage's load
+is its *demand* in replicas: stage 0 counts sessions (``signal="sessions"``: sessions / target per
+replica); the later stages count work (``signal="busy"``: the sum over replicas of the busy
+fraction, or the decoder's batch occupancy when higher, / the target busy fraction). Queue delay at
+the stage is the second signal. The predictive part forecasts session arrivals one lead time ahead
+and turns them into demand through Little's law and each stage's measured demand per session, so
+each stage scales in proportion to its own service time.
 
 Pure functions of (config, metric history, now): no clock, no I/O, so tests drive them with a
 fake clock. The caller appends one :class:`Sample` per decision period and applies the decision.
@@ -9,6 +17,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from splitasr.cloud.coordinator.forecast import forecast_rate
 from splitasr.shared.errors import ConfigError
@@ -16,6 +25,8 @@ from splitasr.shared.errors import ConfigError
 
 @dataclass(frozen=True)
 class AutoscalerConfig:
+    signal: Literal["sessions", "busy"] = "sessions"  # what a replica's load is counted in
+    target_busy: float = 0.6  # signal "busy": busy fraction (or decoder occupancy) per replica
     target_sessions_per_replica: float = 4.0
     target_queue_delay_s: float = 0.15
     stable_window_s: float = 60.0
@@ -40,6 +51,8 @@ class AutoscalerConfig:
             raise ConfigError("need 0 < panic_window_s <= stable_window_s")
         if self.target_sessions_per_replica <= 0 or self.target_queue_delay_s <= 0:
             raise ConfigError("targets must be positive")
+        if not 0 < self.target_busy <= 1:
+            raise ConfigError(f"target_busy must be in (0, 1], got {self.target_busy}")
         if self.arrival_window_s < self.decision_period_s:
             raise ConfigError("need arrival_window_s >= decision_period_s")
 
@@ -57,6 +70,7 @@ class Sample:
     queue_delay_s: float  # pool-wide (e.g. max or p90 of replicas' recent queue delay)
     arrivals: float  # new sessions since the previous sample
     replicas: int  # ready replicas serving traffic
+    busy: float = 0.0  # sum over those replicas of max(busy fraction, decoder occupancy)
 
 
 @dataclass(frozen=True)
@@ -73,33 +87,40 @@ def _window(history: Sequence[Sample], now: float, seconds: float) -> list[Sampl
     return [s for s in history if now - seconds < s.t <= now]
 
 
-def _load(samples: list[Sample], use_latest: bool) -> tuple[float, float]:
-    """Mean sessions and queue delay of a window; in panic the latest sample counts if it is higher."""
-    sessions = sum(s.sessions for s in samples) / len(samples)
+def demand(config: AutoscalerConfig, sample: Sample) -> float:
+    """The replicas a sample's load asks for, before rounding up."""
+    if config.signal == "sessions":
+        return sample.sessions / config.target_sessions_per_replica
+    return sample.busy / config.target_busy
+
+
+def _load(config: AutoscalerConfig, samples: list[Sample], use_latest: bool) -> tuple[float, float]:
+    """Mean demand and queue delay of a window; in panic the latest sample counts if it is higher."""
+    wanted = sum(demand(config, s) for s in samples) / len(samples)
     delay = sum(s.queue_delay_s for s in samples) / len(samples)
     if use_latest:
-        sessions, delay = max(sessions, samples[-1].sessions), max(delay, samples[-1].queue_delay_s)
-    return sessions, delay
+        wanted, delay = max(wanted, demand(config, samples[-1])), max(delay, samples[-1].queue_delay_s)
+    return wanted, delay
 
 
 def _load_replicas(config: AutoscalerConfig, samples: list[Sample], replicas: int, use_latest: bool = False) -> int:
-    """Replicas needed for the window's sessions and queue delay."""
+    """Replicas needed for the window's demand and queue delay."""
     if not samples:
         return replicas
-    sessions, delay = _load(samples, use_latest)
-    by_sessions = math.ceil(sessions / config.target_sessions_per_replica)
+    wanted, delay = _load(config, samples, use_latest)
+    by_demand = math.ceil(wanted)
     by_delay = math.ceil(replicas * delay / config.target_queue_delay_s) if delay > config.target_queue_delay_s else 0
-    return max(by_sessions, by_delay)
+    return max(by_demand, by_delay)
 
 
 def _panicking(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> bool:
     recent = _window(history, now, config.panic_window_s)
     if not recent:
         return False
-    capacity = max(recent[-1].replicas, 1) * config.target_sessions_per_replica
-    sessions, delay = _load(recent, use_latest=True)
+    wanted, delay = _load(config, recent, use_latest=True)
     return (
-        sessions >= config.panic_threshold * capacity or delay >= config.panic_threshold * config.target_queue_delay_s
+        wanted >= config.panic_threshold * max(recent[-1].replicas, 1)
+        or delay >= config.panic_threshold * config.target_queue_delay_s
     )
 
 
@@ -112,14 +133,25 @@ def reactive(config: AutoscalerConfig, history: Sequence[Sample], now: float) ->
     return _load_replicas(config, _window(history, now, config.stable_window_s), current), False
 
 
+def demand_per_session(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
+    """Replicas one session needs at this stage: 1 / target for stage 0; for a later stage, its
+    measured demand over the sessions it served in the stable window (its service time per session)."""
+    if config.signal == "sessions":
+        return 1.0 / config.target_sessions_per_replica
+    window = _window(history, now, config.stable_window_s)
+    sessions = sum(s.sessions for s in window)
+    return sum(demand(config, s) for s in window) / sessions if sessions > 0 else 0.0
+
+
 def predictive(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> int:
-    """Replicas for the arrival rate forecast one lead time (cold start + period) ahead."""
+    """Replicas for the arrival rate forecast one lead time (cold start + period) ahead: sessions by
+    Little's law (rate x mean session), times the stage's demand per session."""
     samples = [s for s in history if s.t <= now]
     if len(samples) < 2:
         return 0
     rates = [s.arrivals / config.decision_period_s for s in samples]
     rate = forecast_rate(rates, config.lead_time_s, config.decision_period_s, config.arrival_window_s)
-    return math.ceil(rate * config.mean_session_s / config.target_sessions_per_replica)
+    return math.ceil(rate * config.mean_session_s * demand_per_session(config, samples, now))
 
 
 def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past: Sequence[Decision] = ()) -> Decision:

@@ -18,6 +18,13 @@ from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig
 from splitasr.models.sources import MODELS
 from splitasr.shared.errors import ConfigError
 
+# encoder B and decoder pools: scaled on busy fraction / decoder occupancy, no warm spares by default
+LATER_STAGE_DEFAULTS = {"signal": "busy", "warm_spares": 0, "max_replicas": 4}
+
+
+def later_stage_autoscaler(**overrides) -> AutoscalerConfig:
+    return AutoscalerConfig(**{**LATER_STAGE_DEFAULTS, **overrides})
+
 
 @dataclass(frozen=True)
 class PoolConfig:
@@ -25,12 +32,21 @@ class PoolConfig:
     languages: tuple[str, ...] = ("en",)  # "*": every language the model knows
     zones: tuple[str, ...] = ("local",)  # stage-0 replicas are spread over these zones
     region: str = "local"
-    enc_b: int = 1
-    dec: int = 1
+    enc_b: int = 1  # minimum encoder-B replicas
+    dec: int = 1  # minimum decoder replicas
     int8: bool = True
     threads: int = 1
     shard_args: tuple[str, ...] = ()
-    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)
+    autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)  # stage 0 (enc_a)
+    enc_b_autoscaler: AutoscalerConfig = field(default_factory=later_stage_autoscaler)
+    dec_autoscaler: AutoscalerConfig = field(default_factory=later_stage_autoscaler)
+
+    def autoscaler_for(self, stage: str) -> AutoscalerConfig:
+        """The autoscaler of one stage's pool; the later stages' minimum is ``enc_b`` / ``dec``."""
+        if stage == "enc_a":
+            return self.autoscaler
+        config, least = (self.enc_b_autoscaler, self.enc_b) if stage == "enc_b" else (self.dec_autoscaler, self.dec)
+        return dataclasses.replace(config, min_replicas=least, max_replicas=max(least, config.max_replicas))
 
     def __post_init__(self) -> None:
         if self.model not in MODELS:
@@ -39,6 +55,11 @@ class PoolConfig:
             raise ConfigError(f"pool {self.model}: enc_b and dec need at least 1 replica")
         if not self.zones:
             raise ConfigError(f"pool {self.model}: zones must not be empty")
+        for stage in ("enc_b", "dec"):
+            if getattr(self, f"{stage}_autoscaler").min_replicas != 1:
+                raise ConfigError(
+                    f"pool {self.model}: set the minimum of {stage} replicas with `{stage}: N`, not min_replicas"
+                )
 
 
 @dataclass(frozen=True)
@@ -80,6 +101,9 @@ class ClusterConfig:
         raise ConfigError(f"no pool {model!r}; pools are {', '.join(p.model for p in self.pools)}")
 
 
+SCALERS = {"autoscaler": {}, "enc_b_autoscaler": LATER_STAGE_DEFAULTS, "dec_autoscaler": LATER_STAGE_DEFAULTS}
+
+
 def _build(cls, raw: dict, where: str):
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
@@ -113,9 +137,14 @@ def load_config(path: str | Path | None = None, **overrides) -> ClusterConfig:
             raise ConfigError(f"cannot read cluster config {path}: {exc}") from None
     pools = []
     for i, pool in enumerate(raw.pop("pools", [{}]) if isinstance(raw, dict) else []):
-        pool = dict(pool)
-        scaler = _build(AutoscalerConfig, pool.pop("autoscaler", {}), f"pools[{i}].autoscaler")
-        pools.append(_build(PoolConfig, {**pool, "autoscaler": scaler}, f"pools[{i}]"))
+        pool = dict(pool) if isinstance(pool, dict) else _build(PoolConfig, pool, f"pools[{i}]")
+        for key, defaults in SCALERS.items():
+            if key in pool:
+                given = pool[key]
+                if isinstance(given, dict):
+                    given = {**defaults, **given}
+                pool[key] = _build(AutoscalerConfig, given, f"pools[{i}].{key}")
+        pools.append(_build(PoolConfig, pool, f"pools[{i}]"))
     config = _build(ClusterConfig, {**raw, "pools": pools}, str(path or "cluster config"))
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     token = config.admin_token or os.environ.get("SPLITASR_ADMIN_TOKEN") or secrets.token_urlsafe(18)

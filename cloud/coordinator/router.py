@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -40,19 +43,26 @@ def _tier(shard: ShardView, request: RouteRequest) -> int:
 QUEUE_DELAY_RESOLUTION_S = 0.025  # queue delays closer than this are ties, broken by session count
 
 
+def delay_bucket(queue_delay_s: float) -> int:
+    return int(queue_delay_s / QUEUE_DELAY_RESOLUTION_S)
+
+
 def _load(shard: ShardView) -> tuple[int, float]:
-    return int(shard.queue_delay_s / QUEUE_DELAY_RESOLUTION_S), shard.sessions / shard.capacity
+    return delay_bucket(shard.queue_delay_s), shard.sessions / shard.capacity
 
 
-def _p2c_order(shards: list[ShardView], rng: random.Random) -> list[ShardView]:
-    """Repeated power-of-two-choices: pick two at random, keep the one with the lower queue delay."""
-    rest, out = list(shards), []
+def p2c_order(items: Sequence[T], load: Callable[[T], Any], rng: random.Random) -> list[T]:
+    """Repeated power-of-two-choices: pick two at random, keep the one with the lower ``load``.
+
+    Used by the router (stage-0 shards for a stream) and by every stage's client (a replica of the
+    next stage per request)."""
+    rest, out = list(items), []
     while rest:
         if len(rest) == 1:
             out.append(rest.pop())
             break
         a, b = rng.sample(range(len(rest)), 2)
-        pick = a if _load(rest[a]) <= _load(rest[b]) else b
+        pick = a if load(rest[a]) <= load(rest[b]) else b
         out.append(rest.pop(pick))
     return out
 
@@ -65,6 +75,6 @@ def route(shards: Sequence[ShardView], request: RouteRequest, rng: random.Random
     full: list[ShardView] = []
     for tier in (0, 1, 2):
         in_tier = [s for s in usable if _tier(s, request) == tier]
-        ordered += _p2c_order([s for s in in_tier if s.sessions < s.capacity], rng)
-        full += _p2c_order([s for s in in_tier if s.sessions >= s.capacity], rng)
+        ordered += p2c_order([s for s in in_tier if s.sessions < s.capacity], _load, rng)
+        full += p2c_order([s for s in in_tier if s.sessions >= s.capacity], _load, rng)
     return ordered + full

@@ -43,8 +43,12 @@ class CoordinatorMetrics:
         self.shards = Gauge(
             "splitasr_coordinator_shards", "Registered shards", ["pool", "stage", "state"], registry=self.registry
         )
-        self.replicas = Gauge("splitasr_pool_replicas", "Routed stage-0 replicas", ["pool"], registry=self.registry)
-        self.desired = Gauge("splitasr_pool_desired_replicas", "Autoscaler decision", ["pool"], registry=self.registry)
+        self.replicas = Gauge(
+            "splitasr_pool_replicas", "Routed replicas per stage", ["pool", "stage"], registry=self.registry
+        )
+        self.desired = Gauge(
+            "splitasr_pool_desired_replicas", "Autoscaler decision per stage", ["pool", "stage"], registry=self.registry
+        )
         self.routes = Counter("splitasr_routes_total", "Route requests", ["pool", "outcome"], registry=self.registry)
 
 
@@ -116,10 +120,13 @@ class Coordinator:
     def tick(self) -> None:
         now = self.clock()
         for model, controller in self.controllers.items():
-            decision = controller.tick(now) if self.backend is not None else None
-            if decision is not None:
-                self.metrics.desired.labels(model).set(decision.replicas)
-            self.metrics.replicas.labels(model).set(sum(1 for r in controller.stage0(now) if not r.spare))
+            decisions = controller.tick(now) if self.backend is not None else {}
+            for stage, decision in decisions.items():
+                self.metrics.desired.labels(model, stage).set(decision.replicas)
+            for stage in controller.stages:
+                self.metrics.replicas.labels(model, stage).set(
+                    sum(1 for r in controller.live(stage, now) if not r.spare)
+                )
         self._note_breakers(now)
         self.metrics.shards.clear()
         for r in self.registry.records.values():
@@ -202,7 +209,14 @@ class Coordinator:
             "pool": model,
             "stage": stage,
             "candidates": [
-                {"shard_id": v.shard_id, "url": v.url, "zone": v.zone, "region": v.region, "sessions": v.sessions}
+                {
+                    "shard_id": v.shard_id,
+                    "url": v.url,
+                    "zone": v.zone,
+                    "region": v.region,
+                    "sessions": v.sessions,
+                    "queue_delay_s": v.queue_delay_s,
+                }
                 | ({"ticket": self.auth.route_ticket(query.device, query.session, v.shard_id)} if ticketed else {})
                 for v in ordered
             ],
@@ -212,33 +226,25 @@ class Coordinator:
         """Pool status; shard addresses and pids only for ``admin`` callers."""
         now = self.clock()
         out = []
+        wall = time.time() - now  # decision times are on the coordinator's clock; show wall time
         for model, c in self.controllers.items():
             shards = self.registry.shards(model)
             stage0 = [r for r in shards if r.info.stage == "enc_a" and not r.draining]
             p50s = [r.load.final_p50_ms for r in stage0 if r.load.final_p50_ms]
             p95s = [r.load.final_p95_ms for r in stage0 if r.load.final_p95_ms]
             p99s = [r.load.final_p99_ms for r in stage0 if r.load.final_p99_ms]
-            decisions = list(c.decisions)[-20:]
-            wall = time.time() - now  # decision times are on the coordinator's clock; show wall time
+            stages = {stage: _stage_status(c, stage, now, wall) for stage in c.stages}
             out.append(
                 {
                     "model": model,
                     "languages": list(c.pool.languages),
-                    "replicas": sum(1 for r in c.stage0(now) if not r.spare),
-                    "spares": sum(1 for r in c.stage0(now) if r.spare),
-                    "starting": c.starting,
-                    "desired": decisions[-1].replicas if decisions else None,
-                    "pinned": c.pinned,
+                    **stages["enc_a"],  # stage 0's figures at the top, as before every stage scaled
                     "sessions": sum(r.load.sessions for r in stage0),
-                    "queue_delay_ms": round(max((r.load.queue_delay_s for r in stage0), default=0.0) * 1000, 1),
                     "final_p50_ms": round(sum(p50s) / len(p50s), 1) if p50s else None,
                     "final_p95_ms": round(max(p95s), 1) if p95s else None,
                     "final_p99_ms": round(max(p99s), 1) if p99s else None,
-                    "cold_start_s": round(c.config.cold_start_s, 2),
-                    "measured_cold_starts_s": [round(x, 2) for x in c.cold_starts[-10:]],
+                    "stages": stages,
                     "shards": [_public(r.to_dict(now), admin) for r in shards],
-                    "decisions": [_decision(d, wall) for d in decisions],
-                    "scaling": [_decision(d, wall) for d in list(c.changes)[-20:]],
                 }
             )
         return {"pools": out, "events": [_public(e, admin) for e in list(self.events)[-50:]]}
@@ -257,6 +263,28 @@ ADMIN_ONLY = ("url", "pid")  # where a shard can be reached and which process it
 
 def _public(shard: dict, admin: bool) -> dict:
     return shard if admin else {k: v for k, v in shard.items() if k not in ADMIN_ONLY}
+
+
+def _stage_status(c: PoolController, stage: str, now: float, wall: float) -> dict:
+    """One stage's pool: replicas, its signals and its recent decisions."""
+    pool = c.stages[stage]
+    live = c.live(stage, now)
+    routed = [r for r in live if not r.spare]
+    decisions = list(pool.decisions)[-20:]
+    return {
+        "replicas": len(routed),
+        "spares": len(live) - len(routed),
+        "starting": pool.starting,
+        "desired": decisions[-1].replicas if decisions else None,
+        "pinned": pool.pinned,
+        "queue_delay_ms": round(max((r.load.queue_delay_s for r in routed), default=0.0) * 1000, 1),
+        "busy": round(sum(r.load.busy for r in routed), 3),
+        "occupancy": round(sum(r.load.occupancy for r in routed), 3),
+        "cold_start_s": round(pool.config.cold_start_s, 2),
+        "measured_cold_starts_s": [round(x, 2) for x in pool.cold_starts[-10:]],
+        "decisions": [_decision(d, wall) for d in decisions],
+        "scaling": [_decision(d, wall) for d in list(pool.changes)[-20:]],
+    }
 
 
 def _decision(d: Decision, wall_offset: float) -> dict:
@@ -332,18 +360,21 @@ async def scale_handler(request: web.Request) -> web.Response:
     c = request.app[COORDINATOR]
     c.check_admin(request)
     body = await _json_body(request)
-    pool, replicas = body.get("pool"), body.get("replicas")
+    pool, replicas, stage = body.get("pool"), body.get("replicas"), body.get("stage", "enc_a")
     if not isinstance(pool, str) or pool not in c.controllers:
         return _error(404, f"no pool {pool!r}; pools are {', '.join(c.controllers)}")
     controller = c.controllers[pool]
+    if not isinstance(stage, str) or stage not in controller.stages:
+        return _error(400, f"stage must be one of {', '.join(controller.stages)}, got {stage!r}")
+    least = 0 if stage == "enc_a" else 1  # a chain needs every later stage
     if replicas == "auto":
-        controller.pin(None)
-    elif isinstance(replicas, int) and not isinstance(replicas, bool) and 0 <= replicas <= 64:
-        controller.pin(replicas)
+        controller.pin(None, stage)
+    elif isinstance(replicas, int) and not isinstance(replicas, bool) and least <= replicas <= 64:
+        controller.pin(replicas, stage)
     else:
-        return _error(400, f"replicas must be an integer in [0, 64] or 'auto', got {replicas!r}")
+        return _error(400, f"replicas must be an integer in [{least}, 64] or 'auto', got {replicas!r}")
     c.tick()
-    return web.json_response({"ok": True, "pool": pool, "pinned": controller.pinned})
+    return web.json_response({"ok": True, "pool": pool, "stage": stage, "pinned": controller.stages[stage].pinned})
 
 
 async def drain_handler(request: web.Request) -> web.Response:

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from splitasr.cloud.shard.config import ShardConfig
 from splitasr.cloud.shard.metrics import ShardMetrics
-from splitasr.cloud.shard.roles import Stage0, StageWorker
+from splitasr.cloud.shard.stage0 import Stage0
+from splitasr.cloud.shard.worker import StageWorker
 
 CONFIG = web.AppKey("config", ShardConfig)
 METRICS = web.AppKey("metrics", ShardMetrics)

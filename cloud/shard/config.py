@@ -6,9 +6,10 @@ import uuid
 from dataclasses import dataclass, field
 
 from splitasr.shared.auth import ClusterAuth
+from splitasr.shared.control import STAGES
 from splitasr.shared.errors import ConfigError
 
-ROLES = ("enc_a", "enc_b", "dec")  # stage-0 (session owner, encoder A), encoder B, decoder (cross-KV + steps)
+ROLES = STAGES  # stage-0 (session owner, encoder A), encoder B, decoder (cross-KV + steps)
 NEXT_ROLE = {"enc_a": "enc_b", "enc_b": "dec"}
 
 

@@ -70,12 +70,14 @@ class DecodeEngine:
         supersession: Supersession | None = None,
         metrics=None,
         listener: Callable[[DecodeEngine], None] | None = None,
+        on_cycle: Callable[[float, float, int], None] | None = None,
     ):
         self.decoder = decoder
         self.options = options
         self.supersession = supersession or Supersession()
         self.metrics = metrics
         self.listener = listener  # called on the engine thread after every cycle (tests, benchmarks)
+        self.on_cycle = on_cycle  # (end time, seconds computing, running batch) after every cycle
         self._batch = DecodeBatch(decoder.runtime.dec_step, decoder.rules)
         self._pending: list[DecodeRequest] = []
         self._order = itertools.count()
@@ -234,3 +236,6 @@ class DecodeEngine:
             if self.metrics is not None:
                 self.metrics.batch_size.labels("dec").observe(size)
                 self.metrics.stage_seconds.labels("dec_step").observe(time.perf_counter() - started)
+        if self.on_cycle is not None and (admit or size):
+            done = time.perf_counter()
+            self.on_cycle(done, done - started, size)

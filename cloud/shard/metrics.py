@@ -53,6 +53,7 @@ class ShardMetrics:
         )
         self.active_sessions = Gauge("splitasr_active_sessions", "Connected edge sessions", registry=self.registry)
         self.finals = Counter("splitasr_finals_total", "FINAL frames sent", registry=self.registry)
+        self.stage_requests = Counter("splitasr_stage_requests_total", "STAGE_REQs taken", registry=self.registry)
         self.partials = Counter("splitasr_partials_total", "PARTIAL frames sent", registry=self.registry)
         self.dropped_partials = Counter(
             "splitasr_partials_dropped_total", "Partials superseded before sending", registry=self.registry

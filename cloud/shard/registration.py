@@ -31,7 +31,7 @@ class CoordinatorLink:
         load: Callable[[], dict],
         on_drain: Callable[[], None],
         next_stage: tuple[str, str] | None = None,  # (model, stage) to resolve
-        on_next_urls: Callable[[list[str]], None] | None = None,
+        on_next_stage: Callable[[list[tuple[str, float]]], None] | None = None,  # (url, queue delay) pairs
         interval_s: float = 1.0,
         orphan_after_s: float = 0.0,  # call on_orphan after this long without reaching the coordinator
         on_orphan: Callable[[], None] | None = None,
@@ -42,7 +42,7 @@ class CoordinatorLink:
         self.load = load
         self.on_drain = on_drain
         self.next_stage = next_stage
-        self.on_next_urls = on_next_urls
+        self.on_next_stage = on_next_stage
         self.interval_s = interval_s
         self.orphan_after_s = orphan_after_s
         self.on_orphan = on_orphan
@@ -72,9 +72,9 @@ class CoordinatorLink:
         async with http.get(f"{self.base}/v1/route", params={"model": model, "stage": stage}) as resp:
             if resp.status == 200:
                 answer = parse(RouteAnswer, await resp.json(), "route answer")
-                urls = [c.url for c in answer.candidates]
-                if urls:
-                    self.on_next_urls(urls)
+                replicas = [(c.url, c.queue_delay_s) for c in answer.candidates]
+                if replicas:
+                    self.on_next_stage(replicas)
 
     async def run(self) -> None:
         timeout = aiohttp.ClientTimeout(total=max(2.0, 2 * self.interval_s))

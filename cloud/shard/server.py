@@ -20,8 +20,10 @@ from splitasr.cloud.shard.appkeys import CONFIG, METRICS, READY, SOCKETS, STAGE0
 from splitasr.cloud.shard.config import NEXT_ROLE, ShardConfig
 from splitasr.cloud.shard.metrics import ShardMetrics
 from splitasr.cloud.shard.registration import CoordinatorLink
-from splitasr.cloud.shard.roles import Stage0, StageWorker
+from splitasr.cloud.shard.roles import make_worker
+from splitasr.cloud.shard.stage0 import Stage0
 from splitasr.cloud.shard.stream import stream_handler
+from splitasr.cloud.shard.worker import StageWorker
 from splitasr.models.stages import ensure_stages
 from splitasr.shared import protocol as p
 from splitasr.shared import tls
@@ -110,7 +112,7 @@ async def _load(app: web.Application):
 
     def load() -> StageWorker:
         artifacts = ensure_stages(config.model, int8=config.int8, show_progress=False)
-        worker = StageWorker(config, artifacts, app[METRICS])
+        worker = make_worker(config, artifacts, app[METRICS])
         worker.warm_up()
         return worker
 
@@ -183,9 +185,9 @@ async def serve(config: ShardConfig) -> None:
     link_task = None
     if app[READY].is_set() and config.coordinator_url:
         link_task = asyncio.create_task(_coordinator_link(app, url, on_orphan=stop.set).run())
-        if STAGE0 in app:  # a drained stage-0 shard exits once its last session moved
-            drained = asyncio.create_task(app[STAGE0].drained.wait())
-            drained.add_done_callback(lambda _: stop.set())
+        # a drained shard exits: stage 0 once its last session moved, later stages once idle
+        drained = asyncio.create_task((app[STAGE0] if STAGE0 in app else app[WORKER]).drained.wait())
+        drained.add_done_callback(lambda _: stop.set())
     if app[READY].is_set() and config.ready_file:
         _write_ready_file(
             config.ready_file,
@@ -228,9 +230,9 @@ def _coordinator_link(app: web.Application, url: str, on_orphan: Callable[[], No
         info,
         token=config.auth.shard_token(info["shard_id"]) if config.auth else "",
         load=stage0.load if stage0 is not None else worker.load,
-        on_drain=stage0.start_drain if stage0 is not None else (lambda: None),
+        on_drain=stage0.start_drain if stage0 is not None else worker.start_drain,
         next_stage=next_stage,
-        on_next_urls=worker.client.set_urls if worker.client is not None else None,
+        on_next_stage=worker.client.set_replicas if worker.client is not None else None,
         interval_s=config.heartbeat_s,
         orphan_after_s=config.orphan_after_s,
         on_orphan=on_orphan,

@@ -1,15 +1,21 @@
-"""Calls a downstream stage over persistent websockets, retrying on another replica on failure."""
+"""Calls a downstream stage over persistent websockets, retrying on another replica on failure.
+
+Each request picks its replica by power of two choices on (this client's calls in flight to it,
+the queue delay the replica last reported to the coordinator); replicas that failed a call lately
+go last. The replica list comes from the coordinator every heartbeat; a replica that leaves
+it (draining, breaker open) is closed once the calls it holds have their answers."""
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
+import random
 import time
 import uuid
 
 import aiohttp
 
+from splitasr.cloud.coordinator.router import delay_bucket, p2c_order
 from splitasr.shared import protocol as p
 from splitasr.shared import tls
 from splitasr.shared.errors import ProtocolError, StageUnavailableError
@@ -34,7 +40,16 @@ class _Replica:
         self._reader: asyncio.Task | None = None
         self._pending: dict[str, asyncio.Future] = {}
         self._lock = asyncio.Lock()
+        self._idle = asyncio.Event()  # set while no call is in flight
+        self._idle.set()
         self.suspect_until = 0.0  # monotonic time until which this replica is tried last (it failed a call)
+        self.queue_delay_s = 0.0  # as last reported to the coordinator
+
+    def load(self) -> tuple[int, int]:
+        """Calls in flight from this client first (fresh, exact), then the reported queue delay (a
+        heartbeat old, a 5 s mean: ranking by it first sent every call to whichever replica had
+        reported least until its next heartbeat, and starved the others)."""
+        return len(self._pending), delay_bucket(self.queue_delay_s)
 
     async def _connect(self) -> aiohttp.ClientWebSocketResponse:
         async with self._lock:
@@ -64,19 +79,28 @@ class _Replica:
                 if not future.done():
                     future.set_exception(StageUnavailableError(f"connection to {self.url} lost"))
             self._pending.clear()
+            self._idle.set()
 
     async def call(self, request: p.StageRequest, timeout_s: float) -> p.StageResponse:
         ws = await self._connect()
         future = asyncio.get_running_loop().create_future()
         self._pending[request.req_id] = future
+        self._idle.clear()
         try:
             await ws.send_bytes(p.encode(request))
             frame = await asyncio.wait_for(future, timeout_s)
         finally:
             self._pending.pop(request.req_id, None)
+            if not self._pending:
+                self._idle.set()
         if isinstance(frame, p.Error):
             raise ProtocolError(frame.code, frame.message, frame.retryable, frame.retry_after_ms)
         return frame
+
+    async def retire(self) -> None:
+        """Close once the calls in flight have their answers (the replica left the list)."""
+        await self._idle.wait()
+        await self.close()
 
     async def close(self) -> None:
         if self._ws is not None:
@@ -86,7 +110,7 @@ class _Replica:
 
 
 class StageClient:
-    """Round-robin over replicas of the next stage; a failed call is retried on the next replica."""
+    """Replicas of the next stage, one picked per call; a failed call is retried on another replica."""
 
     def __init__(self, urls: list[str], timeout_s: float = 30.0, dynamic: bool = False, token: str = ""):
         if not urls and not dynamic:
@@ -96,7 +120,8 @@ class StageClient:
         self._timeout_s = timeout_s
         self._session: aiohttp.ClientSession | None = None
         self._replicas: list[_Replica] = []
-        self._rr = itertools.count()
+        self._rng = random.Random()
+        self._retiring: set[asyncio.Task] = set()
 
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else None
@@ -105,28 +130,35 @@ class StageClient:
         self._session = aiohttp.ClientSession(headers=headers, timeout=timeout, connector=tls.connector())
         self._replicas = [_Replica(u, self._session) for u in self._urls]
 
-    def set_urls(self, urls: list[str]) -> None:
-        """Replace the replica list (from the coordinator); connections to kept replicas stay open."""
-        wanted = [stage_url(u) for u in urls]
-        if wanted == self._urls or self._session is None:
+    def set_replicas(self, replicas: list[tuple[str, float]]) -> None:
+        """Replace the replica list with (url, reported queue delay) pairs from the coordinator.
+        Connections to kept replicas stay open; dropped ones close once their calls are answered."""
+        if self._session is None:
             return
+        delays = {stage_url(u): d for u, d in replicas}
         current = {r.url: r for r in self._replicas}
-        self._replicas = [current.get(u) or _Replica(u, self._session) for u in wanted]
-        self._urls = wanted
+        self._replicas = [current.get(u) or _Replica(u, self._session) for u in delays]
+        for replica in self._replicas:
+            replica.queue_delay_s = delays[replica.url]
+        if list(delays) != self._urls:
+            log.info("next-stage replicas now %s", list(delays))
+        self._urls = list(delays)
         for url, replica in current.items():
-            if url not in wanted:
-                asyncio.get_running_loop().create_task(replica.close())
-        log.info("next-stage replicas now %s", wanted)
+            if url not in delays:
+                task = asyncio.get_running_loop().create_task(replica.retire())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
 
     def _order(self) -> list[_Replica]:
-        """Every replica once, round-robin from the next one; those that failed a call lately go last."""
-        first = next(self._rr)
-        n = len(self._replicas)
-        rotation = [self._replicas[(first + i) % n] for i in range(n)]
+        """Every replica once: power of two choices by load, those that failed a call lately last."""
         now = time.monotonic()
-        return sorted(rotation, key=lambda r: r.suspect_until > now)  # stable: keeps the rotation
+        healthy = [r for r in self._replicas if r.suspect_until <= now]
+        suspects = [r for r in self._replicas if r.suspect_until > now]
+        return p2c_order(healthy, _Replica.load, self._rng) + suspects
 
     async def close(self) -> None:
+        for task in list(self._retiring):
+            task.cancel()
         await asyncio.gather(*(r.close() for r in self._replicas), return_exceptions=True)
         if self._session is not None:
             await self._session.close()

@@ -13,9 +13,9 @@ from aiohttp import web
 
 from splitasr.cloud.shard.appkeys import CONFIG, METRICS, SOCKETS, STAGE0, is_ready
 from splitasr.cloud.shard.overload import partial_interval
-from splitasr.cloud.shard.roles import Stage0
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
 from splitasr.cloud.shard.session import Session, Utterance, stable_prefix
+from splitasr.cloud.shard.stage0 import Stage0
 from splitasr.cloud.shard.supersession import FINAL_REV
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import AuthError, ProtocolError, SplitASRError, StageUnavailableError, UnknownLanguageError

@@ -1,0 +1,198 @@
+"""Stage 0 of recognition: the shard's edge sessions, encoder A here, the rest of the chain through
+the stage client, the guard's plan per utterance, a result cache and the shard's overload state."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, judge, plan
+from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState
+from splitasr.cloud.shard.recognizer import consume_window
+from splitasr.cloud.shard.result_cache import ResultCache, feature_key
+from splitasr.cloud.shard.roles import EncoderA
+from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, Superseded
+from splitasr.cloud.shard.supersession import FINAL_REV
+from splitasr.cloud.shard.tensors import unpack
+from splitasr.cloud.shard.windows import window_mel
+from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
+from splitasr.shared import protocol as p
+from splitasr.shared.errors import OverloadedError, ProtocolError
+from splitasr.shared.limits import TokenBucket
+
+log = logging.getLogger(__name__)
+
+MAX_FINAL_WINDOWS = 6  # decoding passes of one FINAL (guard retries and continuations after a stop)
+
+
+class Stage0:
+    """The stage-0 side of recognition: encoder A here, the rest of the chain through the stage client.
+
+    Also owns the shard's overload state (fed by the queue delays each request meets) and a cache of
+    recent results by feature hash; identical work already in flight is joined, not repeated."""
+
+    def __init__(self, worker: EncoderA):
+        self.worker = worker
+        artifacts = worker.artifacts
+        config = worker.config
+        self.tokenizer = WhisperTokenizer(
+            artifacts.tokenizer_json, DecoderConfig.load(artifacts.config_json), artifacts.manifest["dims"]["n_vocab"]
+        )
+        spec = artifacts.feature_spec
+        self.spec = spec
+        self.pad_frames = int(config.pad_s * spec.frames_per_second)
+        self.max_frames = int(config.max_utterance_s * spec.frames_per_second)
+        self.overload = OverloadState(OverloadPolicy(budget_s=config.queue_budget_s))
+        self.cache = ResultCache(ttl_s=config.cache_ttl_s)
+        self._inflight: dict[str, asyncio.Future] = {}
+        self.active_sessions = 0
+        self.sessions_started = 0
+        self.draining = False
+        self.drained = asyncio.Event()  # set when draining and the last session left
+        self.connections: set = set()  # stream Connections, to send DRAIN to
+        self.live_sessions: dict[str, Any] = {}  # session id -> its Connection
+        self.session_owners: OrderedDict[str, str] = OrderedDict()  # session id -> device (recent ones)
+        self.device_sessions: Counter[str] = Counter()  # device -> live sessions
+        self.device_audio: dict[str, TokenBucket] = {}  # device -> its audio rate limit (while it has sessions)
+        self.final_ms: deque[float] = deque(maxlen=256)
+
+    def start_drain(self) -> None:
+        """Take no new sessions; move each session off between utterances; exit when none is left."""
+        if self.draining:
+            return
+        self.draining = True
+        log.info("draining: %d sessions to move", self.active_sessions)
+        for conn in list(self.connections):
+            conn.spawn(conn.drain_if_idle())
+        self.session_closed()
+
+    def session_closed(self) -> None:
+        if self.draining and self.active_sessions == 0:
+            self.drained.set()
+
+    def load(self) -> dict:
+        """The heartbeat's load report."""
+        now = time.perf_counter()
+        finals = sorted(self.final_ms)
+        pick = (lambda q: finals[min(len(finals) - 1, int(q * len(finals)))]) if finals else (lambda q: 0.0)
+        return {
+            **self.worker.load(),
+            "queue_delay_s": self.overload.window.estimate(now),
+            "sessions": self.active_sessions,
+            "final_p50_ms": pick(0.5),
+            "final_p95_ms": pick(0.95),
+            "final_p99_ms": pick(0.99),
+            "sessions_started": self.sessions_started,
+            "overload_level": self.overload.update(now),
+        }
+
+    def admit_session(self, active_sessions: int) -> None:
+        """Raise :class:`OverloadedError` when this shard must not take another session."""
+        capacity = self.worker.config.max_sessions
+        if self.draining:
+            raise OverloadedError("shard is draining; use another shard", retry_after_ms=0)
+        if active_sessions >= capacity:
+            raise OverloadedError(f"shard at capacity ({capacity} sessions); try another shard", retry_after_ms=1000)
+        if self.overload.update(time.perf_counter()) >= 3:
+            delay_ms = self.overload.window.estimate(time.perf_counter()) * 1000
+            budget_ms = self.overload.policy.budget_s * 1000
+            raise OverloadedError(
+                f"shard overloaded (queue delay {delay_ms:.0f} ms, budget {budget_ms:.0f} ms); try another shard",
+                retry_after_ms=int(self.overload.policy.window_s * 1000),
+            )
+
+    async def recognise(
+        self,
+        raw: np.ndarray,
+        language: str | None,
+        priority: int,
+        stale: Callable[[], bool] | None = None,
+        key: str | None = None,
+        rev: int = FINAL_REV,
+    ) -> tuple[str, str, dict]:
+        """Text, language and timings of raw log10 mel frames (one utterance or its prefix)."""
+        cache_key = feature_key(raw, language, self.worker.artifacts.version, self.pad_frames)
+        cached = self.cache.get(cache_key)
+        if cached is not None:
+            self.worker.metrics.cache_hits.inc()
+            return cached[0], cached[1], {**cached[2], "cached": 1.0}
+        running = self._inflight.get(cache_key)
+        if running is not None and priority == PRIORITY_FINAL:
+            try:  # the same frames are already being recognised (a partial that covers them all)
+                result = await asyncio.shield(running)
+                self.worker.metrics.cache_hits.inc()
+                return result
+            except Superseded:
+                pass  # that partial was dropped: compute it here
+        future = asyncio.get_running_loop().create_future()
+        self._inflight[cache_key] = future
+        try:
+            result = await self._recognise(raw, language, priority, stale, key, rev)
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # consumed here; joiners get it too
+            raise
+        finally:
+            self._inflight.pop(cache_key, None)
+        future.set_result(result)
+        self.cache.put(cache_key, result)
+        return result
+
+    async def _recognise(
+        self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int
+    ) -> tuple[str, str, dict]:
+        """The guard's plan over the stage chain: a FINAL whose trimmed window decodes to a degenerate
+        hypothesis is decoded again on the longer window, and, as offline, decoding goes on after the
+        last finished segment when the model stopped more than a second before the utterance's end
+        (it ends at the speech end, so that is untranscribed speech); a partial takes one window."""
+        started = time.perf_counter()
+        final = priority == PRIORITY_FINAL
+        fps = self.spec.frames_per_second
+        timings: dict = {"queue_ms": 0.0, "windows": 0}
+        texts, start, n = [], 0, raw.shape[1]
+        while start < n:
+            tokens, language = await self._window(raw[:, start:], language, priority, stale, key, rev, timings)
+            # frames as the unit; a FINAL's utterance counts as cut (its end is the speech end)
+            found, following = consume_window(self.tokenizer, list(tokens), start, n, n + 1 if final else n, fps)
+            texts += [seg.text for seg in found]
+            if following >= n or timings["windows"] >= MAX_FINAL_WINDOWS:
+                break
+            start = following
+        self.overload.observe(time.perf_counter(), timings["queue_ms"] / 1000)
+        self.worker.metrics.overload_level.set(self.overload.level)
+        timings["total_ms"] = (time.perf_counter() - started) * 1000
+        return " ".join(texts).strip(), language or "en", timings
+
+    async def _window(
+        self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int, timings: dict
+    ) -> tuple[tuple[int, ...], str | None]:
+        """Tokens kept for one window of raw log-mel (the guard's plan: FINALs may retry on a longer window)."""
+        modes = plan("auto" if priority == PRIORITY_FINAL else "trimmed")
+        for attempt, mode in enumerate(modes):
+            mel = window_mel(raw, mode, self.spec, self.worker.config.pad_s)
+            t = time.perf_counter()
+            hidden, wait = await self.worker.encode(mel, priority, 10.0, stale)
+            enc_a_ms = (time.perf_counter() - t) * 1000
+            meta = {"language": language, "audio_s": raw.shape[1] / self.spec.frames_per_second, "key": key, "rev": rev}
+            try:
+                res = await self.worker.forward("hidden", hidden, meta, priority, 10_000.0)
+            except ProtocolError as exc:
+                if exc.code == p.E_SUPERSEDED:
+                    raise Superseded(exc.message) from None
+                raise
+            result = DecodeResult.from_meta(unpack(res.tensors, "tokens", as_float32=False).tolist(), res.meta)
+            language = res.meta.get("language") or language
+            queue_ms = timings["queue_ms"] + res.timings.get("queue_ms", 0.0) + wait * 1000
+            timings.update(res.timings, enc_a_ms=enc_a_ms, queue_ms=queue_ms, windows=timings["windows"] + 1)
+            kept = judge(
+                result, self.tokenizer.decode(list(result.tokens)), attempt, modes, self.tokenizer.eot, GuardOptions()
+            )
+            if kept is not None:
+                return kept, language
+        raise AssertionError("a plan's last window always yields tokens")
