@@ -27,6 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0, help="0: any free port (see --ready-file)")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads (spinning is off)")
+    p.add_argument(
+        "--whole-chain",
+        action="store_true",
+        help="stage 0 runs encoder B and the decoder in this process too (one process, no network hop)",
+    )
     p.add_argument("--int8", action="store_true")
     p.add_argument("--partial-interval-s", type=float, default=0.4, help="audio seconds between partials (0: off)")
     p.add_argument("--max-batch", type=int, default=16, help="decoder: sequences in the running batch")
@@ -119,6 +124,7 @@ def cmd_shard(args: argparse.Namespace) -> int:
         secret=secret_from_env(),
         insecure=args.insecure,
         require_ticket=args.require_ticket,
+        whole_chain=args.whole_chain,
         idle_timeout_s=args.idle_timeout_s,
         hello_timeout_s=args.hello_timeout_s,
     )

@@ -9,14 +9,14 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 
 import aiohttp
 import numpy as np
 
 from splitasr.edge.conditioning import Conditioner, ConditionerOptions
-from splitasr.edge.segmenter import Audio, End, Segmenter, SegmenterOptions, Start
+from splitasr.edge.segmenter import Audio, Segmenter, SegmenterOptions, Start
 from splitasr.shared import protocol as p
 from splitasr.shared import tls
 from splitasr.shared.auth import edge_token
@@ -344,6 +344,13 @@ class EdgeAgent:
     # -- audio ------------------------------------------------------------------------------
     async def run(self, source: AsyncIterator[np.ndarray]) -> AgentReport:
         """Stream ``source`` to the end, wait for every FINAL, return the report."""
+        return await self._run(self._stream(source))
+
+    async def run_frames(self, frames: AsyncIterator[EdgeFrame]) -> AgentReport:
+        """Like :meth:`run`, from frames the edge pipeline made before (:func:`replay_frames`)."""
+        return await self._run(self.send_frames(frames))
+
+    async def _run(self, sending: Coroutine) -> AgentReport:
         # connecting is bounded, so a dead or hung listener costs seconds, not forever
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout, connector=tls.connector()) as http:
@@ -351,7 +358,7 @@ class EdgeAgent:
                 await self._connect(http)
             reader = asyncio.create_task(self._reader(http))
             try:
-                await self._stream(source)
+                await sending
                 self._source_done = True
                 if not self._pending:
                     self._all_final.set()
@@ -372,66 +379,117 @@ class EdgeAgent:
         return self.report
 
     async def _stream(self, source: AsyncIterator[np.ndarray]) -> None:
-        conditioner = Conditioner(self.o.conditioner)
-        segmenter = Segmenter(self.o.segmenter)
+        await self.send_frames(edge_frames(source, self.o))
+
+    async def send_frames(self, frames: AsyncIterator[EdgeFrame]) -> None:
+        """Send what :func:`edge_frames` makes (live, or replayed from a recording), keeping the
+        bookkeeping of each utterance (its stream times, when its speech ended, what to replay)."""
         rate = DEFAULT_SPEC.sample_rate
-        utt = -1
-        mel: LogMelStream | None = None
-        buffered: list[np.ndarray] = []
-        seq = frame_index = 0
-        consumed = 0  # samples pushed so far
-        utt_start = 0  # first sample of the open utterance
-        hop = DEFAULT_SPEC.hop_length
-
-        def speech_end_frames(sample: int) -> int:
-            return max(0, -(-(sample - utt_start) // hop))
-
-        async def send_frames(frames: np.ndarray, final: bool) -> None:
-            nonlocal seq, frame_index
-            buffered.append(frames)
-            total = sum(b.shape[1] for b in buffered)
-            while total >= self.o.frames_per_message or (final and total):
-                block = np.concatenate(buffered, axis=1)
-                take = block[:, : self.o.frames_per_message]
-                rest = block[:, self.o.frames_per_message :]
-                buffered[:] = [rest] if rest.shape[1] else []
-                frame = features_frame(take, utt, seq, frame_index, self.o.dtype)
-                hint = speech_end_frames(segmenter.speech_end_sample)
-                await self._send(utt, dataclasses.replace(frame, speech_end=hint))
-                seq += 1
-                frame_index += take.shape[1]
-                total = rest.shape[1]
-
-        async def handle(event, now: float) -> None:
-            nonlocal utt, seq, frame_index, mel, utt_start
-            if isinstance(event, Start):
-                utt, seq, frame_index, mel = utt + 1, 0, 0, LogMelStream(DEFAULT_SPEC)
-                utt_start = event.sample
-                buffered.clear()
-            elif isinstance(event, Audio):
-                await send_frames(mel.push(event.samples), final=False)
-            elif isinstance(event, End):
-                await send_frames(mel.flush(), final=True)
-                audio_s = frame_index / DEFAULT_SPEC.frames_per_second
-                speech_end = speech_end_frames(event.speech_end_sample)
+        async for item in frames:
+            now = time.monotonic()
+            if self._first_chunk_at is None:
+                self._first_chunk_at = now - item.at_sample / rate
+            if item.frame is None:
+                continue
+            if isinstance(item.frame, p.EndOfUtterance):
+                utt_start, speech_end, audio_s = item.ended
                 self.report.speech_s += audio_s
                 self.report.utterances += 1
-                eou = p.EndOfUtterance(utt=utt, last_seq=seq - 1, speech_end=speech_end)
-                self._ended[utt] = (
-                    now - (consumed - event.speech_end_sample) / rate,
-                    time.monotonic(),
+                self._ended[item.utt] = (
+                    now - (item.at_sample - speech_end) / rate,
+                    now,
                     audio_s,
                     utt_start / rate,
-                    event.speech_end_sample / rate,
+                    speech_end / rate,
                 )
-                await self._send(utt, eou)
+            await self._send(item.utt, item.frame)
 
-        async for chunk in source:
-            if self._first_chunk_at is None:
-                self._first_chunk_at = time.monotonic()
-            consumed += len(chunk)
-            now = time.monotonic()
-            for event in segmenter.push(conditioner.process(chunk)):
-                await handle(event, now)
-        for event in segmenter.finish():
-            await handle(event, time.monotonic())
+
+@dataclass(frozen=True)
+class EdgeFrame:
+    """One frame the edge sends, with the input position (samples at 16 kHz) it was made at."""
+
+    at_sample: int
+    utt: int = -1
+    frame: p.Frame | None = None  # None: the input started (stream time zero)
+    ended: tuple[int, int, float] | None = None  # EOU: (first sample, speech end sample, audio seconds)
+
+
+async def edge_frames(source: AsyncIterator[np.ndarray], o: AgentOptions) -> AsyncIterator[EdgeFrame]:
+    """The edge's pipeline: audio in; conditioning, VAD and endpointing, log-mel, int8 frames out.
+
+    Pure of the network, so a benchmark can record a stream's frames once and replay them in real
+    time from many cheap clients (:func:`replay_frames`)."""
+    conditioner = Conditioner(o.conditioner)
+    segmenter = Segmenter(o.segmenter)
+    utt = -1
+    mel: LogMelStream | None = None
+    buffered: list[np.ndarray] = []
+    seq = frame_index = 0
+    consumed = 0  # samples pushed so far
+    utt_start = 0  # first sample of the open utterance
+    hop = DEFAULT_SPEC.hop_length
+
+    def speech_end_frames(sample: int) -> int:
+        return max(0, -(-(sample - utt_start) // hop))
+
+    def frames_of(frames: np.ndarray, final: bool) -> list[EdgeFrame]:
+        nonlocal seq, frame_index
+        out = []
+        buffered.append(frames)
+        total = sum(b.shape[1] for b in buffered)
+        while total >= o.frames_per_message or (final and total):
+            block = np.concatenate(buffered, axis=1)
+            take = block[:, : o.frames_per_message]
+            rest = block[:, o.frames_per_message :]
+            buffered[:] = [rest] if rest.shape[1] else []
+            frame = features_frame(take, utt, seq, frame_index, o.dtype)
+            hint = speech_end_frames(segmenter.speech_end_sample)
+            out.append(EdgeFrame(consumed, utt, dataclasses.replace(frame, speech_end=hint)))
+            seq += 1
+            frame_index += take.shape[1]
+            total = rest.shape[1]
+        return out
+
+    def handle(event) -> list[EdgeFrame]:
+        nonlocal utt, seq, frame_index, mel, utt_start
+        if isinstance(event, Start):
+            utt, seq, frame_index, mel = utt + 1, 0, 0, LogMelStream(DEFAULT_SPEC)
+            utt_start = event.sample
+            buffered.clear()
+            return []
+        if isinstance(event, Audio):
+            return frames_of(mel.push(event.samples), final=False)
+        out = frames_of(mel.flush(), final=True)  # End
+        audio_s = frame_index / DEFAULT_SPEC.frames_per_second
+        eou = p.EndOfUtterance(utt=utt, last_seq=seq - 1, speech_end=speech_end_frames(event.speech_end_sample))
+        return [*out, EdgeFrame(consumed, utt, eou, (utt_start, event.speech_end_sample, audio_s))]
+
+    started = False
+    async for chunk in source:
+        if not started:
+            started = True
+            yield EdgeFrame(0)
+        consumed += len(chunk)
+        for event in segmenter.push(conditioner.process(chunk)):
+            for item in handle(event):
+                yield item
+    for event in segmenter.finish():
+        for item in handle(event):
+            yield item
+
+
+async def record_frames(source: AsyncIterator[np.ndarray], o: AgentOptions) -> list[EdgeFrame]:
+    """Every frame of a source (read as fast as it comes: pass a source that is not paced)."""
+    return [item async for item in edge_frames(source, o)]
+
+
+async def replay_frames(frames: list[EdgeFrame], realtime: bool = True) -> AsyncIterator[EdgeFrame]:
+    """Recorded frames again, each at its stream time (from now) when ``realtime``."""
+    start = time.monotonic()
+    for item in frames:
+        if realtime:
+            wait_s = start + item.at_sample / DEFAULT_SPEC.sample_rate - time.monotonic()
+            if wait_s > 0:
+                await asyncio.sleep(wait_s)  # pacing to the input's own clock
+        yield item

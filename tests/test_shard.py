@@ -211,3 +211,27 @@ def test_failed_downstream_replica_is_retried_on_another(tmp_path, manifest):
         finals = asyncio.run(_with_client(cluster.stage0_urls("tiny.en")[0], body))
     assert [f.utt for f in finals] == [0, 1, 2]
     assert len({f.text for f in finals}) == 1 and finals[0].text
+
+
+def test_whole_chain_shard_gives_the_same_finals_in_one_process(tmp_path, tiny_recognizer, manifest):
+    """``--whole-chain``: encoder B and the decoder run inside the stage-0 process (the monolith)."""
+    entries = [e for e in manifest if e.language == "en" and e.file.name != "en_story.flac"][:3]
+    spec = ChainSpec("tiny.en", enc_a=1, enc_b=0, dec=0, shard_args=("--whole-chain",))
+    with LocalCluster([spec], workdir=tmp_path) as mono:
+        assert [s.role for s in mono.shards] == ["enc_a"]
+
+        async def body(c: Client):
+            await c.hello()
+            finals = []
+            for utt, entry in enumerate(entries):
+                for frame in features_frames(log_mel(load_audio(entry.file)), utt):
+                    await c.send(frame)
+                final, _ = await c.recv_until(p.Final)
+                finals.append(final.text)
+            return finals
+
+        finals = asyncio.run(_with_client(mono.stage0_urls("tiny.en")[0], body))
+        _, metrics = _http(mono.stage0_urls("tiny.en")[0].replace("ws://", "http://") + "/metrics")
+    assert finals == [tiny_recognizer.transcribe(load_audio(e.file)).text for e in entries]
+    for stage in ("enc_a", "enc_b", "dec_step"):  # every stage ran here
+        assert f'splitasr_stage_seconds_count{{stage="{stage}"}}' in metrics

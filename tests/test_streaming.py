@@ -180,3 +180,19 @@ def test_wav_on_a_pipe_gives_the_same_text_as_the_file(cluster, real_manifest, t
     assert texts(from_file.stdout) and texts(piped.stdout) == texts(from_file.stdout)
     first = json.loads(piped.stdout.splitlines()[0])
     assert 0.0 <= first["start_s"] < first["end_s"] <= len(audio) / 16000 + 0.1
+
+
+def test_recorded_edge_frames_replay_to_the_same_finals(cluster, tmp_path):
+    """The edge pipeline recorded once and replayed (what benchmarks/capacity.py's cheap clients do)
+    gives the same FINALs, at the same stream times, as the live agent."""
+    from splitasr.edge.agent import record_frames, replay_frames
+
+    s = build_streams(tmp_path, count=1, per_stream=4, split="tune")[0]
+    live = stream(cluster.stage0_urls("tiny.en"), s.path)
+    frames = asyncio.run(record_frames(file_source(s.path, realtime=False), AgentOptions(language="en")))
+    agent = EdgeAgent(AgentOptions(shards=tuple(cluster.stage0_urls("tiny.en")), language="en"))
+    replayed = asyncio.run(agent.run_frames(replay_frames(frames, realtime=False)))
+    assert [(f.text, f.start_s, f.end_s) for f in replayed.finals] == [
+        (f.text, f.start_s, f.end_s) for f in live.finals
+    ]
+    assert replayed.utterances == live.utterances >= 3 and replayed.bytes_sent == live.bytes_sent

@@ -37,6 +37,7 @@ class PoolConfig:
     int8: bool = True
     threads: int = 1
     shard_args: tuple[str, ...] = ()
+    whole_chain: bool = False  # every stage in each stage-0 process (the monolith; no enc_b/dec pools)
     autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)  # stage 0 (enc_a)
     enc_b_autoscaler: AutoscalerConfig = field(default_factory=later_stage_autoscaler)
     dec_autoscaler: AutoscalerConfig = field(default_factory=later_stage_autoscaler)

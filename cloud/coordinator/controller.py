@@ -75,7 +75,7 @@ class PoolController:
             stage: StagePool(
                 pool.model, stage, dataclasses.replace(pool.autoscaler_for(stage), decision_period_s=period_s)
             )
-            for stage in STAGES
+            for stage in (("enc_a",) if pool.whole_chain else STAGES)
         }
         self.start_errors: list[str] = []
         self._started_seen: dict[str, int] = {}
@@ -95,14 +95,14 @@ class PoolController:
             region=self.pool.region,
             threads=self.pool.threads,
             int8=self.pool.int8,
-            extra_args=self.pool.shard_args,
+            extra_args=self.pool.shard_args + (("--whole-chain",) if self.pool.whole_chain else ()),
         )
 
     async def start_chain(self) -> None:
         """Each stage's initial replicas (minimum, at least one, plus warm spares), decoder first;
         shards the backend already has (adopted from the last coordinator) count."""
         have = Counter(h.spec.stage for h in self.backend.list() if h.spec.model == self.pool.model)
-        for stage in START_ORDER:
+        for stage in (s for s in START_ORDER if s in self.stages):
             config = self.stages[stage].config
             initial = max(config.min_replicas, 1) + config.warm_spares
             await asyncio.gather(*(self._start(stage) for _ in range(initial - have[stage])))

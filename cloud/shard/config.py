@@ -46,6 +46,7 @@ class ShardConfig:
     secret: str | None = field(default=None, repr=False)  # the cluster secret (shared/auth.py)
     insecure: bool = False  # serve without credentials (development on a closed host only)
     require_ticket: bool = False  # stage 0: admit a session only with the coordinator's route ticket for it
+    whole_chain: bool = False  # stage 0: run encoder B and the decoder in this process (no next stage)
     hello_timeout_s: float = 10.0  # a connection must say HELLO within this
     idle_timeout_s: float = 60.0  # a session with no frame for this long is closed
     max_open_utterances: int = 4  # per session: utterances with frames and no EOU yet
@@ -80,7 +81,9 @@ class ShardConfig:
             raise ConfigError("max_open_utterances must be in [1, 64] and max_sessions_per_device >= 1")
         if self.role not in ROLES:
             raise ConfigError(f"unknown stage role {self.role!r}; roles are {', '.join(ROLES)}")
-        if self.role in NEXT_ROLE and not self.next_urls and not self.coordinator_url:
+        if self.whole_chain and self.next_urls:
+            raise ConfigError("--whole-chain runs the later stages in this shard: it takes no --next")
+        if self.role in NEXT_ROLE and not self.next_urls and not self.coordinator_url and not self.whole_chain:
             raise ConfigError(
                 f"a {self.role} shard needs --next URL of a {NEXT_ROLE[self.role]} shard, or --coordinator URL"
             )

@@ -18,6 +18,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from splitasr.cloud.shard.appkeys import CONFIG, METRICS, READY, SOCKETS, STAGE0, WORKER, is_ready
 from splitasr.cloud.shard.config import NEXT_ROLE, ShardConfig
+from splitasr.cloud.shard.local_chain import later_stages
 from splitasr.cloud.shard.metrics import ShardMetrics
 from splitasr.cloud.shard.registration import CoordinatorLink
 from splitasr.cloud.shard.roles import make_worker
@@ -114,6 +115,8 @@ async def _load(app: web.Application):
         artifacts = ensure_stages(config.model, int8=config.int8, show_progress=False)
         worker = make_worker(config, artifacts, app[METRICS])
         worker.warm_up()
+        if config.whole_chain:
+            worker.client = later_stages(config, artifacts, app[METRICS])
         return worker
 
     async def start() -> None:
@@ -223,7 +226,7 @@ def _coordinator_link(app: web.Application, url: str, on_orphan: Callable[[], No
         "pid": os.getpid(),
     }
     next_stage = None
-    if config.role in NEXT_ROLE and not config.next_urls:
+    if config.role in NEXT_ROLE and not config.next_urls and not config.whole_chain:
         next_stage = (config.model, NEXT_ROLE[config.role])
     return CoordinatorLink(
         config.coordinator_url,
@@ -232,7 +235,7 @@ def _coordinator_link(app: web.Application, url: str, on_orphan: Callable[[], No
         load=stage0.load if stage0 is not None else worker.load,
         on_drain=stage0.start_drain if stage0 is not None else worker.start_drain,
         next_stage=next_stage,
-        on_next_stage=worker.client.set_replicas if worker.client is not None else None,
+        on_next_stage=worker.client.set_replicas if next_stage is not None else None,
         interval_s=config.heartbeat_s,
         orphan_after_s=config.orphan_after_s,
         on_orphan=on_orphan,
