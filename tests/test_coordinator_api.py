@@ -63,6 +63,19 @@ def test_admin_endpoints_need_the_token(coordinator_url):
     assert status == 404
 
 
+def test_each_stage_pool_is_pinned_on_its_own(coordinator_url):
+    admin = {"token": "test-admin-token"}
+    status, body = call(f"{coordinator_url}/v1/scale", {"pool": "tiny.en", "replicas": 3, "stage": "dec"}, **admin)
+    assert status == 200 and (body["stage"], body["pinned"]) == ("dec", 3)
+    status, body = call(f"{coordinator_url}/v1/scale", {"pool": "tiny.en", "replicas": 0, "stage": "enc_b"}, **admin)
+    assert status == 400 and "integer in [1, 64]" in body["error"]  # a chain needs every later stage
+    status, body = call(f"{coordinator_url}/v1/scale", {"pool": "tiny.en", "replicas": 2, "stage": "enc_c"}, **admin)
+    assert status == 400 and "enc_a, enc_b, dec" in body["error"]
+    status, pools = call(f"{coordinator_url}/v1/pools")
+    stages = pools["pools"][0]["stages"]
+    assert (stages["dec"]["pinned"], stages["enc_b"]["pinned"], stages["enc_a"]["pinned"]) == (3, None, None)
+
+
 def test_example_config_loads_and_bad_configs_are_explained(tmp_path, monkeypatch):
     monkeypatch.delenv("SPLITASR_ADMIN_TOKEN", raising=False)
     config = load_config(ROOT / "deploy" / "cluster.example.yaml")
