@@ -44,7 +44,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, machine, print_table, write_json  # noqa: E402
+from common import line_plot, machine, print_table, write_json  # noqa: E402
 from streaming import pct, true_end_latencies  # noqa: E402
 
 from splitasr.cloud.coordinator.launch import CoordinatorProcess  # noqa: E402
@@ -307,22 +307,19 @@ def main() -> int:
             "systems": results,
         },
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    for system, r in results.items():
-        ax.plot([s["streams"] for s in r["steps"]], [s["p99_s"] for s in r["steps"]], "-o", label=f"{system} p99")
-    ax.axhline(args.slo_s, color="grey", linestyle="--", label="SLO")
-    ax.set_xlabel("concurrent real-time streams")
-    ax.set_ylabel("end of speech to FINAL p99 (s)")
-    ax.set_title(f"Capacity, tiny.en int8, {os.cpu_count()} CPU cores")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{args.name}.png", dpi=110)
-    print(f"wrote {path} and {RESULTS / f'{args.name}.png'}")
+    curves = {
+        f"{k} p99": ([s["streams"] for s in r["steps"]], [s["p99_s"] for s in r["steps"]], "-o")
+        for k, r in results.items()
+    }
+    png = line_plot(
+        args.name,
+        curves,
+        "concurrent real-time streams",
+        "end of speech to FINAL p99 (s)",
+        f"Capacity, tiny.en int8, {os.cpu_count()} CPU cores",
+        hline=(args.slo_s, "SLO"),
+    )
+    print(f"wrote {path} and {png}")
     return 0
 
 

@@ -58,5 +58,35 @@ def bar_plot(name: str, labels: list[str], values: list[float], ylabel: str, tit
     return path
 
 
+def line_plot(
+    name: str,
+    series: dict[str, tuple[list[float], list[float], str]],
+    xlabel: str,
+    ylabel: str,
+    title: str,
+    hline: tuple[float, str] | None = None,
+) -> Path:
+    """Lines (label -> (xs, ys, matplotlib style)), an optional horizontal reference line; PNG path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (xs, ys, style) in series.items():
+        ax.plot(xs, ys, style, label=label)
+    if hline is not None:
+        ax.axhline(hline[0], color="grey", linestyle="--", label=hline[1])
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    path = RESULTS / f"{name}.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def median(xs: list[float]) -> float:
     return float(np.median(xs))

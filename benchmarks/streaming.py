@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import RESULTS, print_table, write_json  # noqa: E402
+from common import line_plot, print_table, write_json  # noqa: E402
 
 from splitasr.cloud.local_cluster import ChainSpec, LocalCluster  # noqa: E402
 from splitasr.edge.agent import AgentOptions, EdgeAgent  # noqa: E402
@@ -156,24 +156,20 @@ def main() -> int:
             "results": results,
         },
     )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    series = {}
     for n in sorted({r["streams"] for r in results.values()}):
         rs = [r for r in results.values() if r["streams"] == n]
         xs = [r["endpoint_silence_s"] for r in rs]
-        ax.plot(xs, [r["end_to_final_ms_p50"] for r in rs], "-o", label=f"N={n} p50")
-        ax.plot(xs, [r["end_to_final_ms_p99"] for r in rs], "--o", label=f"N={n} p99")
-    ax.set_xlabel("endpoint trailing silence (s)")
-    ax.set_ylabel("end of speech to FINAL (ms)")
-    ax.set_title("Streaming long-form real speech, tiny.en int8, 2 CPU cores")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(RESULTS / f"{args.name}.png", dpi=110)
-    print(f"wrote {path} and {RESULTS / f'{args.name}.png'}")
+        series[f"N={n} p50"] = (xs, [r["end_to_final_ms_p50"] for r in rs], "-o")
+        series[f"N={n} p99"] = (xs, [r["end_to_final_ms_p99"] for r in rs], "--o")
+    png = line_plot(
+        args.name,
+        series,
+        "endpoint trailing silence (s)",
+        "end of speech to FINAL (ms)",
+        "Streaming long-form real speech, tiny.en int8, 2 CPU cores",
+    )
+    print(f"wrote {path} and {png}")
     return 0
 
 

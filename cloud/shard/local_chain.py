@@ -5,18 +5,18 @@ measured against in ``benchmarks/capacity.py``)."""
 from __future__ import annotations
 
 import dataclasses
-import uuid
 
 from splitasr.cloud.shard.config import ShardConfig
 from splitasr.cloud.shard.metrics import ShardMetrics
+from splitasr.cloud.shard.stage_client import StageCaller
 from splitasr.cloud.shard.worker import StageWorker
 from splitasr.models.stages import StageArtifacts
 from splitasr.shared import protocol as p
 
 
-class LocalStages:
-    """Same ``call`` as :class:`~splitasr.cloud.shard.stage_client.StageClient`: a STAGE_REQ goes
-    straight to the worker's ``serve_stage`` (errors are the same :class:`ProtocolError`)."""
+class LocalStages(StageCaller):
+    """A STAGE_REQ goes straight to the worker's ``serve_stage`` (errors are the same
+    :class:`ProtocolError` a remote stage's ERROR becomes)."""
 
     def __init__(self, workers: dict[str, StageWorker], owner: bool = True):
         self.workers = workers
@@ -30,25 +30,8 @@ class LocalStages:
         for worker in self.workers.values() if self.owner else ():
             await worker.close()
 
-    async def call(
-        self,
-        model: str,
-        stage: str,
-        tensors: dict,
-        meta: dict | None = None,
-        deadline_ms: float = 10_000.0,
-        priority: int = 0,
-    ) -> p.StageResponse:
-        request = p.StageRequest(
-            req_id=uuid.uuid4().hex,
-            model=model,
-            stage=stage,
-            deadline_ms=deadline_ms,
-            tensors=tensors,
-            priority=priority,
-            meta=meta or {},
-        )
-        return await self.workers[stage].serve_stage(request)
+    async def send(self, request: p.StageRequest) -> p.StageResponse:
+        return await self.workers[request.stage].serve_stage(request)
 
 
 def later_stages(config: ShardConfig, artifacts: StageArtifacts, metrics: ShardMetrics) -> LocalStages:

@@ -109,7 +109,41 @@ class _Replica:
             await asyncio.gather(self._reader, return_exceptions=True)
 
 
-class StageClient:
+class StageCaller:
+    """What a stage calls the next one through: :meth:`call` makes the STAGE_REQ, :meth:`send`
+    delivers it (over the network: :class:`StageClient`; in this process: ``local_chain``)."""
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def call(
+        self,
+        model: str,
+        stage: str,
+        tensors: dict,
+        meta: dict | None = None,
+        deadline_ms: float = 10_000.0,
+        priority: int = 0,
+    ) -> p.StageResponse:
+        request = p.StageRequest(
+            req_id=uuid.uuid4().hex,
+            model=model,
+            stage=stage,
+            deadline_ms=deadline_ms,
+            tensors=tensors,
+            priority=priority,
+            meta=meta or {},
+        )
+        return await self.send(request)
+
+    async def send(self, request: p.StageRequest) -> p.StageResponse:
+        raise NotImplementedError
+
+
+class StageClient(StageCaller):
     """Replicas of the next stage, one picked per call; a failed call is retried on another replica."""
 
     def __init__(self, urls: list[str], timeout_s: float = 30.0, dynamic: bool = False, token: str = ""):
@@ -163,24 +197,8 @@ class StageClient:
         if self._session is not None:
             await self._session.close()
 
-    async def call(
-        self,
-        model: str,
-        stage: str,
-        tensors: dict,
-        meta: dict | None = None,
-        deadline_ms: float = 10_000.0,
-        priority: int = 0,
-    ) -> p.StageResponse:
-        request = p.StageRequest(
-            req_id=uuid.uuid4().hex,
-            model=model,
-            stage=stage,
-            deadline_ms=deadline_ms,
-            tensors=tensors,
-            priority=priority,
-            meta=meta or {},
-        )
+    async def send(self, request: p.StageRequest) -> p.StageResponse:
+        stage = request.stage
         if not self._replicas:
             raise StageUnavailableError(f"no replica of stage {stage} is known yet")
         errors = []
