@@ -10,7 +10,7 @@ from splitasr.shared.errors import SplitASRError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from splitasr.cli import chaos, cluster, demo, offline
+    from splitasr.cli import chaos, cluster, demo, offline, simulate
     from splitasr.edge import cli as edge_cli
 
     parser = argparse.ArgumentParser(prog="splitasr", description="Edge-cloud split speech recognition.")
@@ -21,6 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     edge_cli.register(sub)
     demo.register(sub)
     chaos.register(sub)
+    simulate.register(sub)
     return parser
 
 

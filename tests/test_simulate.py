@@ -3,6 +3,8 @@ autoscalers (HPA, KPA, Ray Serve) behaving as their implementations do."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -113,3 +115,64 @@ def test_ray_serve_waits_30_s_to_scale_up_and_600_s_to_scale_down():
     assert steps[29.0] == 1 and steps[30.0] > 1  # the look-back mean rises; after 30 s of "more" it scales
     assert steps[120.0] == 10
     assert steps[899.0] == 10 and steps[1000.0] == 1  # 600 s of "fewer" (from 330 s, the look-back) first
+
+
+def simulate_cli(tmp_path, trace: Path, *extra: str) -> dict:
+    from splitasr.cli.main import main
+
+    out = tmp_path / "sim.json"
+    assert (
+        main(["simulate", "--trace", str(trace), *extra, "--json", str(out), "--plot", str(tmp_path / "sim.png")]) == 0
+    )
+    assert (tmp_path / "sim.png").stat().st_size > 0
+    return json.loads(out.read_text())
+
+
+def test_simulate_compares_every_policy_on_a_trace(tmp_path):
+    rows = (TRACES / "azure_llm_2023_conv.csv").read_text().splitlines()[:3001]  # the first ~9 minutes
+    trace = tmp_path / "slice.csv"
+    trace.write_text("\n".join(rows) + "\n")
+    result = simulate_cli(tmp_path, trace, "--time-column", "TIMESTAMP", "--time-format", AZURE_FORMAT)
+    policies = result["policies"]
+    assert set(policies) == {"static", "hpa", "kpa", "ray", "hybrid", "oracle"}
+    for name, r in policies.items():
+        assert 0 <= r["slo_attainment"] <= 1 and r["p50_s"] >= 0.8 and r["replica_seconds"] > 0, name
+        assert set(r["replica_seconds_by_stage"]) == {"enc_a", "enc_b", "dec"}
+    assert policies["oracle"]["slo_attainment"] == 1.0
+    assert policies["static"]["replica_seconds"] >= policies["oracle"]["replica_seconds"]
+    assert result["sessions"] == 3000 and result["session_model"]["mean_session_s"] > 30
+
+
+def test_month_long_trace_with_idle_stretches(tmp_path):
+    rng = np.random.default_rng(5)
+    busy = np.sort(rng.uniform(0, 1800, 2000))  # half an hour of traffic on day 1 and on day 30
+    seconds = np.concatenate([busy, busy + 29 * 86_400])
+    trace = tmp_path / "month.csv"
+    trace.write_text("timestamp_ms\n" + "".join(f"{int(s * 1000)}\n" for s in seconds))
+    started = time.perf_counter()
+    result = simulate_cli(
+        tmp_path, trace, "--time-column", "timestamp_ms", "--time-unit", "ms", "--policies", "hybrid,oracle"
+    )
+    assert time.perf_counter() - started < 60  # the idle month is stepped through 5 minutes at a time
+    hybrid = result["policies"]["hybrid"]
+    assert result["seconds"] > 29 * 86_400 and hybrid["slo_attainment"] > 0.99
+    idle = [p for p in hybrid["timeline"] if 2 * 86_400 < p["t"] < 28 * 86_400]
+    # scaled in: the minimum of each stage, and stage 0's warm spare
+    assert idle and all((p["replicas_enc_a"], p["replicas_enc_b"], p["replicas_dec"]) == (2, 1, 1) for p in idle)
+
+
+def test_failures_cost_attainment_and_replicas_come_back(tmp_path):
+    from splitasr.cloud.simulate.engine import Load, Options, simulate
+    from splitasr.cloud.simulate.service import ServiceModel
+    from splitasr.cloud.simulate.workload import SessionModel
+
+    profile = SessionModel.from_devset().profile(sessions=2000)
+    service = ServiceModel.calibrated(profile.speaking_share)
+    arrivals = np.sort(np.random.default_rng(2).uniform(0, 1200, 6000))  # 5 sessions/s for 20 minutes
+    load = Load.of(arrivals, profile)
+    calm = simulate("hybrid", load, profile, service, Options())
+    failing = simulate(
+        "hybrid", load, profile, service, Options(failure_rate_per_h=3600.0)
+    )  # every replica fails about once a second
+    assert failing["slo_attainment"] < calm["slo_attainment"]
+    assert failing["timeline"][-1]["replicas_dec"] >= 1

@@ -32,6 +32,13 @@ def test_a_later_stage_scales_on_busy_fraction():
     assert decide(capped, busy_history(1.6, 2), 30.0).replicas == 3
 
 
+def test_scale_up_is_at_most_ten_times_what_is_ready():
+    config = later_stage_autoscaler(target_busy=0.5, predictive=False, max_replicas=10**6)
+    history = [dataclasses.replace(s, queue_delay_s=900.0) for s in busy_history(1.0, 2)]  # minutes of backlog
+    decision = decide(config, history, 30.0)
+    assert decision.replicas == 20 and "limited to 10x" in decision.reason
+
+
 def test_queue_delay_at_a_stage_scales_it_even_when_busy_looks_low():
     config = later_stage_autoscaler(target_busy=0.5, predictive=False, target_queue_delay_s=0.1)
     history = [dataclasses.replace(s, queue_delay_s=0.35) for s in busy_history(0.4, 1)]

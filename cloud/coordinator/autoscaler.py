@@ -41,6 +41,7 @@ class AutoscalerConfig:
     max_replicas: int = 16
     warm_spares: int = 1
     predictive: bool = True
+    max_scale_up_rate: float = 10.0  # a decision asks for at most this x the ready replicas (as Knative's)
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
@@ -55,6 +56,8 @@ class AutoscalerConfig:
             raise ConfigError(f"target_busy must be in (0, 1], got {self.target_busy}")
         if self.arrival_window_s < self.decision_period_s:
             raise ConfigError("need arrival_window_s >= decision_period_s")
+        if self.max_scale_up_rate < 1:
+            raise ConfigError(f"max_scale_up_rate must be >= 1, got {self.max_scale_up_rate}")
 
     @property
     def lead_time_s(self) -> float:
@@ -172,6 +175,12 @@ def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past
         held = max((d.recommended for d in past if now - config.scale_in_stabilization_s < d.t < now), default=0)
         if held > wanted or panic:
             wanted, reason = min(baseline, max(held, wanted)), f"scale-in held ({reason})"
+    # a queue delay of minutes must not ask for thousands of replicas at once (the simulator found
+    # 1 -> 10^6 decoders in one step): like Knative's max scale-up rate, at most this x what is ready
+    if wanted > current:
+        ceiling = math.ceil(max(current, 1) * config.max_scale_up_rate)
+        if wanted > ceiling:
+            wanted, reason = ceiling, f"{reason}, limited to {config.max_scale_up_rate:g}x"
     replicas = min(max(wanted, config.min_replicas), config.max_replicas)
     return Decision(
         t=now, replicas=replicas, warm_spares=config.warm_spares, reason=reason, panic=panic, recommended=recommended

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+HOLT_MEMORY = 200
+
 
 def holt(rates: Sequence[float], horizon_steps: float, alpha: float = 0.5, beta: float = 0.3) -> float:
     level, trend = float(rates[0]), 0.0
@@ -27,14 +29,18 @@ def season_length(rates: Sequence[float], min_lag: int = 10, min_corr: float = 0
     if len(x) < 2 * min_lag or x.std() == 0:
         return None
     x = x - x.mean()
-    best, best_lag = min_corr, None
-    for lag in range(min_lag, len(x) // 2 + 1):
-        a, b = x[:-lag], x[lag:]
-        denom = np.sqrt((a * a).sum() * (b * b).sum())
-        corr = float((a * b).sum() / denom) if denom else 0.0
-        if corr > best:
-            best, best_lag = corr, lag
-    return best_lag
+    n = len(x)
+    lags = np.arange(min_lag, n // 2 + 1)
+    # every lag at once: products by FFT, each side's energy from cumulative sums (O(n log n); a loop
+    # over lags was O(n^2) and, with an hour of history, took most of a coordinator tick)
+    spectrum = np.fft.rfft(x, 2 * n)
+    products = np.fft.irfft(spectrum * np.conj(spectrum), 2 * n)[lags]
+    energy = np.cumsum(x * x)
+    denom = np.sqrt(energy[n - lags - 1] * (energy[-1] - energy[lags - 1]))
+    corr = np.divide(products, denom, out=np.zeros_like(products), where=denom > 0)
+    if not corr.size or corr.max() <= min_corr:
+        return None
+    return int(lags[int(np.argmax(corr))])
 
 
 def trailing_mean(rates: Sequence[float], width: int) -> np.ndarray:
@@ -51,7 +57,9 @@ def forecast_rate(rates: Sequence[float], horizon_s: float, period_s: float, win
     new session into a burst."""
     steps = horizon_s / period_s
     width = max(1, round((window_s or period_s) / period_s))
-    trend = holt(trailing_mean(rates, width), steps)
+    # Holt forgets geometrically (alpha 0.5): what lies further back than HOLT_MEMORY samples weighs
+    # less than 1e-60 and is left out (a loop over an hour of history took most of a tick)
+    trend = holt(trailing_mean(rates, width)[-HOLT_MEMORY:], steps)
     season = season_length(rates)
     if season is None:
         return trend

@@ -1,0 +1,86 @@
+"""The autoscaling simulator on the two shipped traces at --scale 1, 10, 100 (and one hour at 1000,
+timed): every policy's SLO attainment, latency, replica-seconds and cost against the hindsight
+oracle. Writes benchmarks/results/simulate.json + simulate.png (replicas over time, conv trace,
+scale 10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from common import RESULTS, machine, print_table, write_json  # noqa: E402
+
+from splitasr.cli.simulate import _plot  # noqa: E402
+from splitasr.cloud.simulate.engine import POLICIES, Load, Options, simulate  # noqa: E402
+from splitasr.cloud.simulate.service import ServiceModel  # noqa: E402
+from splitasr.cloud.simulate.trace import load_arrivals, transform  # noqa: E402
+from splitasr.cloud.simulate.workload import SessionModel  # noqa: E402
+
+TRACES = Path(__file__).resolve().parent.parent / "samples" / "traces"
+AZURE_FORMAT = "%Y-%m-%d %H:%M:%S.%f"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--scales", default="1,10,100")
+    parser.add_argument("--timed-scale", type=float, default=1000.0, help="one hour of the conv trace, timed")
+    args = parser.parse_args()
+    profile = SessionModel.from_devset().profile()
+    service = ServiceModel.calibrated(profile.speaking_share)
+    options = Options()
+    out: dict = {"machine": machine(), "slo_s": options.slo_s, "runs": {}}
+    rows = []
+    for trace in ("azure_llm_2023_conv.csv", "azure_llm_2023_code.csv"):
+        arrivals = load_arrivals(TRACES / trace, "TIMESTAMP", time_format=AZURE_FORMAT)
+        for scale in [float(x) for x in args.scales.split(",")]:
+            load = Load.of(transform(arrivals, scale), profile)
+            started = time.perf_counter()
+            results = {p: simulate(p, load, profile, service, options) for p in POLICIES}
+            wall = time.perf_counter() - started
+            key = f"{trace.split('_')[-1].removesuffix('.csv')} x{scale:g}"
+            out["runs"][key] = {"wall_s": round(wall, 1), "policies": results}
+            oracle = results["oracle"]["replica_seconds"]
+            for name, r in results.items():
+                rows.append(
+                    [
+                        key,
+                        name,
+                        f"{r['slo_attainment'] * 100:.3f}%",
+                        f"{r['p50_s']:.2f}",
+                        f"{r['p99_s']:.2f}",
+                        f"{r['replica_seconds'] / oracle:.2f}",
+                        f"{r['cost']:.1f}",
+                    ]
+                )
+            if trace.endswith("conv.csv") and scale == 10:
+                _plot(str(RESULTS / "simulate.png"), results)
+            print(f"{key}: {wall:.1f} s", flush=True)
+    print_table(["trace", "policy", "SLO met", "p50 s", "p99 s", "x oracle replica-s", "cost"], rows)
+    if args.timed_scale:
+        arrivals = load_arrivals(TRACES / "azure_llm_2023_conv.csv", "TIMESTAMP", time_format=AZURE_FORMAT)
+        started = time.perf_counter()
+        load = Load.of(transform(arrivals, args.timed_scale), profile)
+        timed = {p: simulate(p, load, profile, service, options) for p in POLICIES}
+        wall = time.perf_counter() - started
+        peak = max(
+            sum(max(pt[f"replicas_{s}"] for pt in r["timeline"]) for s in ("enc_a", "enc_b", "dec"))
+            for r in timed.values()
+        )
+        out["timed"] = {"scale": args.timed_scale, "wall_s": round(wall, 1), "peak_replicas": peak}
+        print(f"conv x{args.timed_scale:g} (one hour, every policy): {wall:.1f} s, peak {peak} replicas")
+    for run in out["runs"].values():  # timelines make the file large; the plot keeps one
+        for r in run["policies"].values():
+            r.pop("timeline")
+    path = write_json("simulate", out)
+    print(f"wrote {path} and {RESULTS / 'simulate.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The simulation: per-second load through three stage pools under one scaling policy.
+
+Each second, for each stage: the work of the streams speaking (:class:`ServiceModel`), replica
+failures and spot pre-emptions (Poisson, seeded; a lost replica is restarted after a cold start,
+as the local backend does), the queueing delay, and the policy's decision (more replicas are ready
+one cold start later; fewer leave at once). Stage 0 also holds sessions (``max_sessions`` each):
+sessions beyond that are refused and their FINALs count as misses. Each second's FINALs get a
+latency per utterance-length quantile: the FINAL is computed ``speculate_s`` into the pause, so it
+arrives at ``max(endpoint, speculate + own compute + queueing at every stage)`` after the speech
+ends; a FINAL in flight on a replica that failed pays its compute and a reconnect again. Every
+session of a trace starts at or after its first row, so the first ``warmup_s`` (300 s) fill the
+pools and are not counted in the results.
+
+Policies, per stage, all with the same targets: 40 sessions per stage-0 replica (about 0.6 of its
+64-session limit), 0.6 busy cores per encoder-B or decoder replica, no replica limit.
+``hybrid`` is the coordinator's own ``StagePool`` (its autoscaler, no copy); ``hpa``, ``kpa`` and
+``ray`` are :mod:`.baselines`; ``oracle`` knows each second's load in hindsight and has the fewest
+replicas that keep every stage's queueing within its share of the SLO, with no cold start;
+``static`` holds the oracle's peak all along.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from splitasr.cloud.coordinator.autoscaler import Sample
+from splitasr.cloud.coordinator.config import PoolConfig
+from splitasr.cloud.coordinator.controller import StagePool
+from splitasr.cloud.simulate.baselines import HPA, KPA, Observation, RayServe
+from splitasr.cloud.simulate.service import ServiceModel
+from splitasr.cloud.simulate.workload import Profile
+from splitasr.shared.control import STAGES
+
+POLICIES = ("static", "hpa", "kpa", "ray", "hybrid", "oracle")
+TARGET_SESSIONS = 40.0  # per stage-0 replica, every policy: ~0.6 of its 64-session limit
+TARGET_BUSY = 0.6  # per encoder-B / decoder replica, every policy
+RECONNECT_S = 1.0  # a FINAL lost with its replica: the edge reconnects and replays
+
+
+@dataclass(frozen=True)
+class Load:
+    """Per-second totals of a trace through the session model."""
+
+    arrivals: np.ndarray
+    sessions: np.ndarray
+    speaking: np.ndarray
+    finals: np.ndarray
+
+    @classmethod
+    def of(cls, arrival_times: np.ndarray, profile: Profile) -> Load:
+        seconds = int(math.ceil(arrival_times[-1])) + 1 + profile.active.size if arrival_times.size else 1
+        arrivals = np.bincount(np.floor(arrival_times).astype(np.int64), minlength=seconds)[:seconds].astype(float)
+        sessions, speaking, finals = profile.per_second(arrivals)
+        return cls(arrivals, sessions, speaking, finals)
+
+
+@dataclass(frozen=True)
+class Options:
+    slo_s: float = 2.0
+    failure_rate_per_h: float = 0.0  # per replica
+    spot_share: float = 0.0  # of the replicas, spot (cheaper, pre-empted)
+    spot_price: float = 0.3  # relative to on-demand
+    preempt_rate_per_h: float = 0.0  # per spot replica
+    endpoint_s: float = 0.8
+    seed: int = 0
+    timeline_every_s: int = 10
+    warmup_s: int = 300  # sessions of a trace all start at its first row: the first seconds fill the pools, not counted
+
+
+class _Baseline:
+    """A baseline policy per stage, on the stage's natural metric at the common targets."""
+
+    def __init__(self, stage: str, kind: str):
+        per_replica = TARGET_SESSIONS if stage == "enc_a" else TARGET_BUSY
+        if kind == "hpa":
+            self.policy = HPA(target=per_replica)
+        elif kind == "kpa":
+            self.policy = KPA(target=per_replica / KPA.target_utilization)
+        else:
+            self.policy = RayServe(target_ongoing_requests=per_replica)
+        self.stage = stage
+
+    def decide(self, t: float, ready: int, sessions: float, busy: float, delay: float, arrivals: float) -> int:
+        value = sessions if self.stage == "enc_a" else busy
+        return self.policy.decide(Observation(t, ready, value))
+
+
+class _Hybrid:
+    """The coordinator's stage pool itself (``controller.StagePool``), fed samples like the controller."""
+
+    def __init__(self, stage: str, cold_start_s: float):
+        config = dataclasses.replace(
+            PoolConfig().autoscaler_for(stage),
+            cold_start_s=cold_start_s,
+            target_sessions_per_replica=TARGET_SESSIONS,
+            target_busy=TARGET_BUSY,
+            max_replicas=1_000_000,
+        )
+        self.pool = StagePool("sim", stage, config)
+        self.pool.history = deque(maxlen=int(config.stable_window_s + config.arrival_window_s) * 4)
+
+    def decide(self, t: float, ready: int, sessions: float, busy: float, delay: float, arrivals: float) -> int:
+        sample = Sample(t=t, sessions=sessions, queue_delay_s=delay, arrivals=arrivals, replicas=ready, busy=busy)
+        decision = self.pool.decide(sample, t)
+        return decision.replicas + decision.warm_spares
+
+
+def oracle_replicas(
+    service: ServiceModel, stage: str, speaking: np.ndarray, sessions: np.ndarray, budget_s: float
+) -> np.ndarray:
+    """Per second, the fewest replicas keeping this stage's queueing within ``budget_s`` (and stage-0
+    sessions within capacity)."""
+    rho = budget_s / (budget_s + service.service_s[stage])
+    work = speaking * service.busy_per_speaking[stage]
+    replicas = np.maximum(1, np.ceil(work / rho))
+    if stage == "dec":  # its work depends on its replica count (batching): a few fixed-point rounds
+        for _ in range(4):
+            replicas = np.maximum(1, np.ceil(work * service.batch_factor(speaking / replicas) / rho))
+    if stage == "enc_a":
+        replicas = np.maximum(replicas, np.ceil(sessions / service.max_sessions))
+    return replicas.astype(np.int64)
+
+
+IDLE_STEP_S = 300  # through a stretch with no sessions at all, the simulation steps 5 minutes at a time
+
+
+def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> float:
+    order = np.argsort(values)
+    cum = np.cumsum(weights[order])
+    if cum.size == 0 or cum[-1] <= 0:
+        return float("nan")
+    return float(values[order][min(np.searchsorted(cum, q * cum[-1]), cum.size - 1)])
+
+
+def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, options: Options) -> dict:
+    """One policy over the whole load: SLO attainment, latency percentiles, replica-seconds, cost, timeline."""
+    logging.getLogger("splitasr.cloud.coordinator.controller").setLevel(logging.WARNING)
+    rng = np.random.default_rng(options.seed)
+    seconds = load.sessions.size
+    lengths = profile.final_lengths
+    compute = service.final_base_s + service.final_per_audio_s * lengths
+    budget = max(0.05, (options.slo_s - service.speculate_s - float(compute.max())) / len(STAGES))
+    oracle = {s: oracle_replicas(service, s, load.speaking, load.sessions, budget) for s in STAGES}
+    instant = policy in ("oracle", "static")
+    if policy == "static":
+        oracle = {s: np.full(seconds, int(v[options.warmup_s :].max(initial=1))) for s, v in oracle.items()}
+    if policy in ("hpa", "kpa", "ray"):
+        policies = {s: _Baseline(s, policy) for s in STAGES}
+    elif policy == "hybrid":
+        policies = {s: _Hybrid(s, service.cold_start_s[s]) for s in STAGES}
+    else:
+        policies = None
+    ready = {s: int(oracle[s][0]) if instant else 1 for s in STAGES}
+    starting: dict[str, deque[list]] = {s: deque() for s in STAGES}  # [ready at, count], oldest first
+    backlog = dict.fromkeys(STAGES, 0.0)
+    replica_s = dict.fromkeys(STAGES, 0.0)
+    hazard = (options.failure_rate_per_h + options.spot_share * options.preempt_rate_per_h) / 3600
+    rows: list[np.ndarray] = []  # latency per length quantile, for each counted second with FINALs
+    row_weights: list[float] = []
+    active = np.cumsum((load.sessions > 1e-9) | (load.finals > 1e-9))  # prefix counts, for idle stretches
+    timeline = []
+    t = 0
+    while t < seconds:
+        end = min(seconds, t + IDLE_STEP_S)
+        idle = active[end - 1] - (active[t - 1] if t else 0) == 0 and not any(backlog.values())
+        dt = end - t if idle else 1
+        wait, lost = 0.0, 0.0
+        for s in STAGES:
+            if instant:  # hindsight: the replicas are there when the load is
+                ready[s] = int(oracle[s][t])
+            while starting[s] and starting[s][0][0] <= t:
+                ready[s] += starting[s].popleft()[1]
+            failed = min(ready[s], int(rng.poisson(ready[s] * hazard * dt))) if hazard else 0
+            if failed:
+                lost = max(lost, failed / ready[s])
+                ready[s] -= failed
+                if not instant:  # restarted under the same id after a cold start
+                    starting[s].append([t + service.cold_start_s[s], failed])
+            demand = service.demand(s, load.speaking[t], ready[s])
+            backlog[s] = max(0.0, backlog[s] + (demand - ready[s]) * dt)
+            delay = service.wait_s(s, demand, ready[s], backlog[s])
+            wait += delay
+            if not instant:
+                busy = min(demand, float(ready[s]))
+                wanted = policies[s].decide(
+                    float(t), ready[s], load.sessions[t], busy, min(delay, 3600.0), load.arrivals[t]
+                )
+                _resize(ready, starting[s], s, wanted, t + service.cold_start_s[s])
+            if t >= options.warmup_s:
+                replica_s[s] += (ready[s] + sum(n for _, n in starting[s])) * dt
+        if not idle and t >= options.warmup_s and load.finals[t] > 1e-9:
+            refused = max(0.0, load.sessions[t] - ready["enc_a"] * service.max_sessions) / max(load.sessions[t], 1e-9)
+            row = np.maximum(options.endpoint_s, service.speculate_s + compute + wait) + lost * (compute + RECONNECT_S)
+            if refused > 0:
+                row[: int(math.ceil(refused * lengths.size))] = np.inf
+            rows.append(row)
+            row_weights.append(float(load.finals[t]))
+        if t % options.timeline_every_s == 0 or idle:
+            timeline.append(
+                {
+                    "t": t,
+                    "sessions": round(float(load.sessions[t]), 1),
+                    "wait_s": round(min(wait, 1e6), 3),
+                    **{f"replicas_{s}": ready[s] for s in STAGES},
+                }
+            )
+        t += dt
+    flat_l = np.concatenate(rows) if rows else np.zeros(0)
+    flat_w = np.repeat(np.asarray(row_weights) / lengths.size, lengths.size)
+    finals = float(flat_w.sum())
+    met = float(flat_w[flat_l <= options.slo_s].sum())
+    price = options.spot_share * options.spot_price + (1 - options.spot_share)
+    total_rs = sum(replica_s.values())
+    return {
+        "slo_attainment": met / finals if finals else 1.0,
+        "p50_s": _weighted_quantile(flat_l, flat_w, 0.50),
+        "p99_s": _weighted_quantile(flat_l, flat_w, 0.99),
+        "replica_seconds": round(total_rs, 1),
+        "replica_seconds_by_stage": {s: round(v, 1) for s, v in replica_s.items()},
+        "cost": round(total_rs * price / 3600, 3),  # replica-hours at the mix's price
+        "finals": round(finals, 1),
+        "timeline": timeline,
+    }
+
+
+def _resize(ready: dict, starting: deque, stage: str, wanted: int, ready_at: float) -> None:
+    """More replicas start (ready at ``ready_at``); fewer: the newest starting ones go first, then ready ones."""
+    total = ready[stage] + sum(n for _, n in starting)
+    if wanted > total:
+        starting.append([ready_at, wanted - total])
+        return
+    drop = total - wanted
+    while drop and starting:
+        take = min(drop, starting[-1][1])
+        starting[-1][1] -= take
+        drop -= take
+        if not starting[-1][1]:
+            starting.pop()
+    ready[stage] = max(0, ready[stage] - drop)
