@@ -38,6 +38,7 @@ bench: install
 	$(PY) benchmarks/batching.py
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/capacity.py
+	$(PY) benchmarks/simulate.py
 
 chaos: install
 	$(BIN)/splitasr chaos --duration 60 --streams 16 --kill-every-s 5 --hang-s 10 --report benchmarks/results/chaos.json

@@ -183,7 +183,7 @@ def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, o
                 if not instant:  # restarted under the same id after a cold start
                     starting[s].append([t + service.cold_start_s[s], failed])
             demand = service.demand(s, load.speaking[t], ready[s])
-            backlog[s] = max(0.0, backlog[s] + (demand - ready[s]) * dt)
+            backlog[s] = min(max(0.0, backlog[s] + (demand - ready[s]) * dt), service.max_backlog(ready[s]))
             delay = service.wait_s(s, demand, ready[s], backlog[s])
             wait += delay
             if not instant:

@@ -13,7 +13,9 @@
   queue a FINAL arrives ``endpoint_s`` after the speech ends, as measured (capacity p50 0.85 s at
   4-8 streams with an endpoint of 0.8 s).
 - **Queueing** at a stage with utilisation rho < 1: ``service_s x rho / (1 - rho)`` (M/M/1 per
-  replica); above 1 a backlog builds and drains at the spare capacity.
+  replica); above 1 a backlog builds and drains at the spare capacity. It is held to
+  ``2 x queue_budget_s`` of work per replica: past that, shards stop partials and refuse new
+  sessions (``cloud/shard/overload.py``), so the queue a FINAL meets stays about a second long.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class ServiceModel:
     cold_start_s: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 1.0))
     max_sessions: int = 64  # per stage-0 replica
     max_batch: int = 16
+    queue_budget_s: float = 0.5  # shards shed partials past 2x this queue delay (their overload levels)
 
     @classmethod
     def calibrated(cls, speaking_share: float, cold_start_s: float | None = None) -> ServiceModel:
@@ -78,6 +81,10 @@ class ServiceModel:
         if stage == "dec":
             work *= float(self.batch_factor(speaking / max(replicas, 1)))
         return work
+
+    def max_backlog(self, replicas: int) -> float:
+        """Work (core-seconds) a stage's queues hold before the shards shed partials."""
+        return 2 * self.queue_budget_s * replicas
 
     def wait_s(self, stage: str, demand: float, replicas: int, backlog: float) -> float:
         """Queueing delay at a stage: M/M/1 per replica below saturation, plus any backlog."""
