@@ -344,13 +344,14 @@ class EdgeAgent:
     # -- audio ------------------------------------------------------------------------------
     async def run(self, source: AsyncIterator[np.ndarray]) -> AgentReport:
         """Stream ``source`` to the end, wait for every FINAL, return the report."""
-        return await self._run(self._stream(source))
+        return await self._run(lambda: self._stream(source))
 
     async def run_frames(self, frames: AsyncIterator[EdgeFrame]) -> AgentReport:
         """Like :meth:`run`, from frames the edge pipeline made before (:func:`replay_frames`)."""
-        return await self._run(self.send_frames(frames))
+        return await self._run(lambda: self.send_frames(frames))
 
-    async def _run(self, sending: Coroutine) -> AgentReport:
+    async def _run(self, sending: Callable[[], Coroutine]) -> AgentReport:
+        """Connect, run ``sending()`` (made only once connected), wait for every FINAL."""
         # connecting is bounded, so a dead or hung listener costs seconds, not forever
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
         async with aiohttp.ClientSession(timeout=timeout, connector=tls.connector()) as http:
@@ -358,7 +359,7 @@ class EdgeAgent:
                 await self._connect(http)
             reader = asyncio.create_task(self._reader(http))
             try:
-                await sending
+                await sending()
                 self._source_done = True
                 if not self._pending:
                     self._all_final.set()

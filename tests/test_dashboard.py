@@ -42,6 +42,9 @@ def test_dashboard_renders_pool_and_shard_numbers(coordinator_url):
         post(f"{coordinator_url}/v1/register", {**info, "zone": s["zone"]})
         load = {k: s[k] for k in ("final_p50_ms", "final_p95_ms", "final_p99_ms", "sessions")}
         post(f"{coordinator_url}/v1/heartbeat", {"shard_id": s["shard_id"], **load, "queue_delay_s": 0.012})
+    decoder = {"shard_id": "s-dec", "url": "ws://127.0.0.1:9100", "model": "tiny.en", "stage": "dec"}
+    post(f"{coordinator_url}/v1/register", decoder)
+    post(f"{coordinator_url}/v1/heartbeat", {"shard_id": "s-dec", "busy": 0.4, "occupancy": 0.1})
     dom = render(f"{coordinator_url}/ui")
     assert re.search(r'<p id="status">updated [^<]+</p>', dom), dom[:500]
     assert cells(dom, "replicas") == ["2"]
@@ -51,4 +54,8 @@ def test_dashboard_renders_pool_and_shard_numbers(coordinator_url):
     assert cells(dom, "p99") == ["530"]  # worst shard's p99
     for s in SHARDS:
         assert f">{s['shard_id']}<" in dom
-    assert cells(dom, "state") == ["closed", "closed"]
+    assert cells(dom, "state") == ["closed", "closed", "closed"]
+    # every stage is a pool of its own
+    assert cells(dom, "stagename") == ["enc_a", "enc_b", "dec"]
+    assert cells(dom, "stagereplicas") == ["2", "0", "1"]
+    assert cells(dom, "stagebusy") == ["0", "0", "0.4"]

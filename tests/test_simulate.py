@@ -171,8 +171,10 @@ def test_failures_cost_attainment_and_replicas_come_back(tmp_path):
     arrivals = np.sort(np.random.default_rng(2).uniform(0, 1200, 6000))  # 5 sessions/s for 20 minutes
     load = Load.of(arrivals, profile)
     calm = simulate("hybrid", load, profile, service, Options())
-    failing = simulate(
-        "hybrid", load, profile, service, Options(failure_rate_per_h=3600.0)
-    )  # every replica fails about once a second
-    assert failing["slo_attainment"] < calm["slo_attainment"]
-    assert failing["timeline"][-1]["replicas_dec"] >= 1
+    # a failure per replica a minute: FINALs in flight on a lost replica are late, replacements come back
+    some = simulate("hybrid", load, profile, service, Options(failure_rate_per_h=60.0))
+    assert some["p99_s"] > calm["p99_s"] and some["slo_attainment"] >= 0.99
+    assert all(min(p[f"replicas_{s}"] for s in ("enc_a", "enc_b", "dec")) >= 1 for p in some["timeline"])
+    # every replica failing about once a second: the pools cannot stay up
+    brutal = simulate("hybrid", load, profile, service, Options(failure_rate_per_h=3600.0))
+    assert brutal["slo_attainment"] < 0.5 < calm["slo_attainment"]

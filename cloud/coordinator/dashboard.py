@@ -30,6 +30,15 @@ function render(data) {
       `<tr><td class="replicas">${p.replicas}</td><td>${cell(p.desired)}</td><td>${p.spares}</td><td>${p.starting}</td>` +
       `<td class="sessions">${p.sessions}</td><td>${p.queue_delay_ms}</td><td class="p50">${cell(p.final_p50_ms)}</td>` +
       `<td class="p95">${cell(p.final_p95_ms)}</td><td class="p99">${cell(p.final_p99_ms)}</td><td>${p.cold_start_s}</td></tr></table>`;
+    html += `<table class="stages"><tr><th class="l">stage pool</th><th>replicas</th><th>desired</th><th>starting</th>` +
+      `<th>busy cores</th><th>queue delay ms</th><th class="l">last decision</th></tr>`;
+    for (const [name, st] of Object.entries(p.stages || {})) {
+      const last = st.decisions.length ? st.decisions[st.decisions.length - 1] : null;
+      html += `<tr><td class="l stagename">${esc(name)}</td><td class="stagereplicas">${st.replicas}</td>` +
+        `<td>${cell(st.desired)}</td><td>${st.starting}</td><td class="stagebusy">${st.busy}</td>` +
+        `<td>${st.queue_delay_ms}</td><td class="l">${last ? esc(last.reason) : "–"}</td></tr>`;
+    }
+    html += `</table>`;
     html += `<table class="shards"><tr><th class="l">shard</th><th class="l">stage</th><th class="l">zone</th>` +
       `<th class="l">state</th><th>sessions</th><th>queue ms</th><th>p50 ms</th><th>p95 ms</th><th>p99 ms</th><th>heartbeat age s</th></tr>`;
     for (const s of p.shards) {
