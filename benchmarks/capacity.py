@@ -48,6 +48,7 @@ from common import line_plot, machine, print_table, write_json  # noqa: E402
 from streaming import pct, true_end_latencies  # noqa: E402
 
 from splitasr.cloud.coordinator.launch import CoordinatorProcess  # noqa: E402
+from splitasr.cloud.shard.roles import ROLES  # noqa: E402
 from splitasr.edge.agent import AgentOptions, EdgeAgent, EdgeFrame, record_frames, replay_frames  # noqa: E402
 from splitasr.edge.audio_in import file_source  # noqa: E402
 from splitasr.shared import protocol as p  # noqa: E402
@@ -58,7 +59,7 @@ from splitasr.shared.wer import WERTally  # noqa: E402
 
 ADMIN = "capacity-bench"
 SYSTEMS = ("split", "monolith", "faster-whisper")
-STAGE_OF = {"enc_a": "enc_a", "enc_b": "enc_b", "cross_kv": "dec", "dec_step": "dec"}
+STAGE_OF = {onnx: role for role, cls in ROLES.items() for onnx in cls.onnx_stages}  # ONNX stage -> shard role
 
 
 def pool_config(whole_chain: bool, max_replicas: int) -> dict:

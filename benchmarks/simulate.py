@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from common import RESULTS, machine, print_table, write_json  # noqa: E402
 
-from splitasr.cli.simulate import _plot  # noqa: E402
+from splitasr.cli.simulate import plot_timelines  # noqa: E402
 from splitasr.cloud.simulate.engine import POLICIES, Load, Options, simulate  # noqa: E402
 from splitasr.cloud.simulate.service import ServiceModel  # noqa: E402
 from splitasr.cloud.simulate.trace import load_arrivals, transform  # noqa: E402
@@ -59,7 +59,7 @@ def main() -> int:
                     ]
                 )
             if trace.endswith("conv.csv") and scale == 10:
-                _plot(str(RESULTS / "simulate.png"), results)
+                plot_timelines(str(RESULTS / "simulate.png"), results)
             print(f"{key}: {wall:.1f} s", flush=True)
     print_table(["trace", "policy", "SLO met", "p50 s", "p99 s", "x oracle replica-s", "cost"], rows)
     if args.timed_scale:

@@ -103,11 +103,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         }
         Path(args.json).write_text(json.dumps(payload, indent=1))
     if args.plot:
-        _plot(args.plot, results)
+        plot_timelines(args.plot, results)
     return 0
 
 
-def _plot(path: str, results: dict) -> None:
+def plot_timelines(path: str, results: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

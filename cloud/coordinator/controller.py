@@ -31,11 +31,11 @@ START_ORDER = ("dec", "enc_b", "enc_a")  # a stage's next stage is up before it 
 class StagePool:
     """One stage's autoscaling state: its samples, decisions, pin and measured cold starts."""
 
-    def __init__(self, model: str, stage: str, config: AutoscalerConfig):
+    def __init__(self, model: str, stage: str, config: AutoscalerConfig, history: int = 3600):
         self.model = model
         self.stage = stage
         self.config = config
-        self.history: deque[Sample] = deque(maxlen=3600)
+        self.history: deque[Sample] = deque(maxlen=history)  # samples kept (one per period)
         self.decisions: deque[Decision] = deque(maxlen=600)
         self.changes: deque[Decision] = deque(maxlen=100)  # decisions that changed the replica count
         self.pinned: int | None = None  # `splitasr scale POOL N [--stage S]`
@@ -80,11 +80,6 @@ class PoolController:
         self.start_errors: list[str] = []
         self._started_seen: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
-
-    # stage 0's state, as the status API and older callers know it
-    @property
-    def stage0_pool(self) -> StagePool:
-        return self.stages["enc_a"]
 
     # -- shards ---------------------------------------------------------------------------------
     def spec(self, stage: str, zone: str | None = None) -> ShardSpec:
@@ -131,9 +126,6 @@ class PoolController:
         """Live shards of one stage of the pool: breaker not open, not draining."""
         return [r for r in self.registry.shards(self.pool.model, stage) if not r.draining and r.breaker.allows(now)]
 
-    def stage0(self, now: float) -> list[ShardRecord]:
-        return self.live("enc_a", now)
-
     # -- persistence (the backend's state store, when it has one) --------------------------------
     def restore(self) -> None:
         """The pinned sizes and load history the last coordinator of this state left."""
@@ -179,7 +171,7 @@ class PoolController:
 
     def tick(self, now: float) -> dict[str, Decision]:
         """One decision period for every stage: sample, decide, assign routed/spare/drain, start."""
-        sessions = sum(r.load.sessions for r in self.stage0(now))
+        sessions = sum(r.load.sessions for r in self.live("enc_a", now))
         arrivals = self._arrivals()
         state = self.backend.state if self.backend is not None else None
         decisions = {}

@@ -43,13 +43,30 @@ def _trim(samples: deque[tuple[float, float]], now: float, keep_s: float) -> Non
         samples.popleft()
 
 
+@dataclass(kw_only=True)
+class _Bounded:
+    """What the three share: replica bounds, and their current decision, which starts at what is ready."""
+
+    min_replicas: int = 1
+    max_replicas: int = 1_000_000
+
+    def __post_init__(self) -> None:
+        self._current: int | None = None
+
+    def _begin(self, obs: Observation) -> int:
+        if self._current is None:
+            self._current = max(self.min_replicas, obs.ready)
+        return self._current
+
+    def _clamp(self, replicas: int) -> int:
+        return max(self.min_replicas, min(self.max_replicas, replicas))
+
+
 @dataclass
-class HPA:
+class HPA(_Bounded):
     """``value``: the pool's summed metric (e.g. busy cores); ``target``: per pod (e.g. 0.6)."""
 
     target: float
-    min_replicas: int = 1
-    max_replicas: int = 1_000_000
     sync_period_s: float = 15.0
     tolerance: float = 0.1
     downscale_stabilization_s: float = 300.0
@@ -57,13 +74,12 @@ class HPA:
     scale_up_percent: float = 100.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._last_sync: float | None = None
-        self._current: int | None = None
         self._recommendations: deque[tuple[float, float]] = deque()
 
     def decide(self, obs: Observation) -> int:
-        if self._current is None:
-            self._current = max(self.min_replicas, obs.ready)
+        self._begin(obs)
         if self._last_sync is not None and obs.t - self._last_sync < self.sync_period_s:
             return self._current
         self._last_sync = obs.t
@@ -77,17 +93,15 @@ class HPA:
         else:
             limit = max(math.ceil(ready * (1 + self.scale_up_percent / 100)), ready + self.scale_up_pods)
             wanted = min(wanted, limit)
-        self._current = max(self.min_replicas, min(self.max_replicas, wanted))
+        self._current = self._clamp(wanted)
         return self._current
 
 
 @dataclass
-class KPA:
+class KPA(_Bounded):
     """``value``: the pool's concurrency (e.g. sessions); ``target``: concurrency per pod."""
 
     target: float
-    min_replicas: int = 1
-    max_replicas: int = 1_000_000
     tick_s: float = 2.0
     stable_window_s: float = 60.0
     panic_window_percent: float = 10.0
@@ -97,16 +111,15 @@ class KPA:
     max_scale_down_rate: float = 2.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._samples: deque[tuple[float, float]] = deque()
         self._last_tick: float | None = None
-        self._current: int | None = None
         self._panic_since: float | None = None
 
     def decide(self, obs: Observation) -> int:
         self._samples.append((obs.t, obs.value))
         _trim(self._samples, obs.t, self.stable_window_s)
-        if self._current is None:
-            self._current = max(self.min_replicas, obs.ready)
+        self._begin(obs)
         if self._last_tick is not None and obs.t - self._last_tick < self.tick_s:
             return self._current
         self._last_tick = obs.t
@@ -122,34 +135,31 @@ class KPA:
         wanted = max(panic, self._current) if self._panic_since is not None else stable
         wanted = min(wanted, math.ceil(self.max_scale_up_rate * ready))
         wanted = max(wanted, math.floor(ready / self.max_scale_down_rate))
-        self._current = max(self.min_replicas, min(self.max_replicas, wanted))
+        self._current = self._clamp(wanted)
         return self._current
 
 
 @dataclass
-class RayServe:
+class RayServe(_Bounded):
     """``value``: ongoing requests across the pool; ``target_ongoing_requests`` per replica."""
 
     target_ongoing_requests: float = 2.0
-    min_replicas: int = 1
-    max_replicas: int = 1_000_000
     look_back_period_s: float = 30.0
     upscale_delay_s: float = 30.0
     downscale_delay_s: float = 600.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         self._samples: deque[tuple[float, float]] = deque()
-        self._current: int | None = None
         self._since: float | None = None  # when the decision started to point the same way
         self._direction = 0
 
     def decide(self, obs: Observation) -> int:
         self._samples.append((obs.t, obs.value))
         _trim(self._samples, obs.t, self.look_back_period_s)
-        if self._current is None:
-            self._current = max(self.min_replicas, obs.ready)
+        self._begin(obs)
         total = _window_mean(self._samples, obs.t, self.look_back_period_s)
-        wanted = max(self.min_replicas, min(self.max_replicas, math.ceil(total / self.target_ongoing_requests)))
+        wanted = self._clamp(math.ceil(total / self.target_ongoing_requests))
         direction = (wanted > self._current) - (wanted < self._current)
         if direction == 0:
             self._direction, self._since = 0, None

@@ -22,7 +22,6 @@ replicas that keep every stage's queueing within its share of the SLO, with no c
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -102,8 +101,8 @@ class _Hybrid:
             target_busy=TARGET_BUSY,
             max_replicas=1_000_000,
         )
-        self.pool = StagePool("sim", stage, config)
-        self.pool.history = deque(maxlen=int(config.stable_window_s + config.arrival_window_s) * 4)
+        # the windows decide() reads, with room to spare: an hour of samples made every decision 10x slower
+        self.pool = StagePool("sim", stage, config, history=int(config.stable_window_s + config.arrival_window_s) * 4)
 
     def decide(self, t: float, ready: int, sessions: float, busy: float, delay: float, arrivals: float) -> int:
         sample = Sample(t=t, sessions=sessions, queue_delay_s=delay, arrivals=arrivals, replicas=ready, busy=busy)
@@ -140,14 +139,13 @@ def _weighted_quantile(values: np.ndarray, weights: np.ndarray, q: float) -> flo
 
 def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, options: Options) -> dict:
     """One policy over the whole load: SLO attainment, latency percentiles, replica-seconds, cost, timeline."""
-    logging.getLogger("splitasr.cloud.coordinator.controller").setLevel(logging.WARNING)
     rng = np.random.default_rng(options.seed)
     seconds = load.sessions.size
     lengths = profile.final_lengths
     compute = service.final_base_s + service.final_per_audio_s * lengths
     budget = max(0.05, (options.slo_s - service.speculate_s - float(compute.max())) / len(STAGES))
-    oracle = {s: oracle_replicas(service, s, load.speaking, load.sessions, budget) for s in STAGES}
-    instant = policy in ("oracle", "static")
+    instant = policy in ("oracle", "static")  # replicas from hindsight, computed here; the others decide
+    oracle = {s: oracle_replicas(service, s, load.speaking, load.sessions, budget) for s in STAGES} if instant else {}
     if policy == "static":
         oracle = {s: np.full(seconds, int(v[options.warmup_s :].max(initial=1))) for s, v in oracle.items()}
     if policy in ("hpa", "kpa", "ray"):
