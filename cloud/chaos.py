@@ -194,12 +194,14 @@ class Injector:
         self.faults: list[Fault] = []
         self.skipped: list[dict] = []  # faults not struck: no stage had a second live replica
         self.hung: set[int] = set()
+        self._coordinator = asyncio.Lock()  # held while the coordinator restarts: a strike asks it for targets
 
     def _shards(self) -> list[dict]:
         return strike_targets(self.cluster.get("/v1/pools")["pools"], self.hung)
 
     async def _strike(self, kind: str, started: float) -> Fault | None:
-        shards = await asyncio.to_thread(self._shards)  # the coordinator's view, as admin (pids)
+        async with self._coordinator:  # a kill due while the coordinator restarts waits for the new one
+            shards = await asyncio.to_thread(self._shards)  # the coordinator's view, as admin (pids)
         if not shards:  # every stage is down to its last live replica: wait for the next turn
             self.skipped.append({"kind": kind, "at_s": round(time.monotonic() - started, 2)})
             log.info("chaos: no stage has two live replicas; %s skipped", kind)
@@ -234,7 +236,8 @@ class Injector:
         fault = Fault("coordinator", round(time.monotonic() - started, 2), "coordinator", pid, time.monotonic())
         self.faults.append(fault)
         log.info("chaos: restarting the coordinator (pid %d) at %.1f s", pid, fault.at_s)
-        await asyncio.to_thread(self.cluster.restart)
+        async with self._coordinator:
+            await asyncio.to_thread(self.cluster.restart)
         fault.recovered_s = round(time.monotonic() - fault.at, 2)
 
     async def run(self, done: asyncio.Event) -> None:
