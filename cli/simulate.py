@@ -28,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--spot-price", type=float, default=d.spot_price, help="spot price relative to on-demand")
     p.add_argument("--preempt-rate-per-hour", type=float, default=0.0, help="pre-emptions per spot replica-hour")
     p.add_argument("--cold-start-s", type=float, default=None, help="per replica (default: measured, 1 s)")
+    p.add_argument("--target-sessions", type=float, default=d.target_sessions, help="per stage-0 replica, every policy")
+    p.add_argument("--target-busy", type=float, default=d.target_busy, help="per later-stage replica, every policy")
+    p.add_argument(
+        "--hybrid",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another autoscaler setting for the hybrid (e.g. scale_in_stabilization_s=60); repeatable",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="write the results here")
     p.add_argument("--plot", default=None, metavar="PNG", help="load, replicas and latency over time")
@@ -66,6 +75,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         spot_price=args.spot_price,
         preempt_rate_per_h=args.preempt_rate_per_hour,
         seed=args.seed,
+        target_sessions=args.target_sessions,
+        target_busy=args.target_busy,
+        hybrid=parse_settings(args.hybrid),
     )
     results = {p: simulate(p, load, profile, service, options) for p in policies}
     wall = time.perf_counter() - started
@@ -105,6 +117,22 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     if args.plot:
         plot_timelines(args.plot, results)
     return 0
+
+
+def parse_settings(pairs: list[str]) -> tuple[tuple[str, float], ...]:
+    """``KEY=VALUE`` strings with numeric values, as ``Options.hybrid`` takes them."""
+    from splitasr.shared.errors import ConfigError
+
+    out = []
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        try:
+            out.append((key.strip(), float(value)))
+        except ValueError:
+            sep = ""
+        if not sep:
+            raise ConfigError(f"--hybrid takes KEY=NUMBER, got {pair!r}")
+    return tuple(out)
 
 
 def plot_timelines(path: str, results: dict) -> None:

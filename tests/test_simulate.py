@@ -178,3 +178,30 @@ def test_failures_cost_attainment_and_replicas_come_back(tmp_path):
     # every replica failing about once a second: the pools cannot stay up
     brutal = simulate("hybrid", load, profile, service, Options(failure_rate_per_h=3600.0))
     assert brutal["slo_attainment"] < 0.5 < calm["slo_attainment"]
+
+
+def test_targets_and_hybrid_settings_are_options_and_bad_ones_are_refused(tmp_path):
+    from splitasr.cli.simulate import parse_settings
+    from splitasr.cloud.simulate.engine import Options
+    from splitasr.shared.errors import ConfigError
+
+    assert parse_settings(["scale_in_stabilization_s=30", "warm_spares=0"]) == (
+        ("scale_in_stabilization_s", 30.0),
+        ("warm_spares", 0.0),
+    )
+    for bad in (["hold"], ["scale_in_stabilization_s=soon"]):
+        with pytest.raises(ConfigError, match="KEY=NUMBER"):
+            parse_settings(bad)
+    with pytest.raises(ConfigError, match="unknown hybrid autoscaler settings"):
+        Options(hybrid=(("signal", 1.0),))
+    with pytest.raises(ConfigError):
+        Options(target_busy=1.5)
+    rows = (TRACES / "azure_llm_2023_conv.csv").read_text().splitlines()[:1501]
+    trace = tmp_path / "slice.csv"
+    trace.write_text("\n".join(rows) + "\n")
+    args = ["--time-column", "TIMESTAMP", "--time-format", AZURE_FORMAT, "--policies", "hybrid,oracle"]
+    loose = simulate_cli(tmp_path, trace, *args)["policies"]["hybrid"]
+    tight = simulate_cli(
+        tmp_path, trace, *args, "--target-busy", "0.9", "--target-sessions", "50", "--hybrid", "warm_spares=0"
+    )["policies"]["hybrid"]
+    assert tight["replica_seconds"] < loose["replica_seconds"]  # fuller replicas, no spare: fewer of them

@@ -42,7 +42,8 @@ def test_scale_up_is_at_most_ten_times_what_is_ready():
 def test_queue_delay_at_a_stage_scales_it_even_when_busy_looks_low():
     config = later_stage_autoscaler(target_busy=0.5, predictive=False, target_queue_delay_s=0.1)
     history = [dataclasses.replace(s, queue_delay_s=0.35) for s in busy_history(0.4, 1)]
-    assert decide(config, history, 30.0).replicas == 4  # 1 replica x 0.35 s / 0.1 s
+    # busy asks for 1 (0.4 / 0.5); the queue beyond target, 1 x (0.35 - 0.1) core-s, needs one more to drain in 2 s
+    assert decide(config, history, 30.0).replicas == 2
 
 
 def test_predictive_scales_each_stage_in_proportion_to_its_service_time():
@@ -133,3 +134,15 @@ def test_next_stage_choice_prefers_the_replica_with_less_queue_delay():
             await client.close()
 
     asyncio.run(main())
+
+
+def test_queued_work_keeps_the_replicas_and_adds_the_ones_that_drain_it_without_running_away():
+    config = later_stage_autoscaler(target_busy=0.5, predictive=False, max_replicas=10**6, target_queue_delay_s=0.2)
+    # 10 replicas report low busy but 1.2 s of queue: no scale-in, and 10 x 1.0 core-s drained in 2 s = +5
+    history = [dataclasses.replace(s, queue_delay_s=1.2) for s in busy_history(1.0, 10)]
+    assert decide(config, history, 30.0).replicas == 15
+    # a queue within target asks for nothing beyond the demand
+    history = [dataclasses.replace(s, queue_delay_s=0.15) for s in busy_history(1.0, 10)]
+    assert decide(config, history, 30.0).replicas == 2
+    with pytest.raises(ConfigError):
+        later_stage_autoscaler(backlog_drain_s=0)

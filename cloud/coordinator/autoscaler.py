@@ -4,9 +4,16 @@ Every stage of every model (stage 0, encoder B, decoder) is decided by this code
 is its *demand* in replicas: stage 0 counts sessions (``signal="sessions"``: sessions / target per
 replica); the later stages count work (``signal="busy"``: the sum over replicas of the busy
 fraction, or the decoder's batch occupancy when higher, / the target busy fraction). Queue delay at
-the stage is the second signal. The predictive part forecasts session arrivals one lead time ahead
+the stage is the second signal: work queued beyond the target delay (about replicas x excess delay,
+in core-seconds) keeps at least the current replicas and adds those that drain it within
+``backlog_drain_s``.
+(It used to ask for ``replicas x delay / target`` instead, which the simulator showed running away
+on bursts: M/M/1 delay grows without bound near saturation, and each decision multiplied the pool.)
+The predictive part forecasts session arrivals one lead time ahead
 and turns them into demand through Little's law and each stage's measured demand per session, so
-each stage scales in proportion to its own service time.
+each stage scales in proportion to its own service time. Every stage also follows the sessions
+connected now, projected one lead time ahead on their recent rise (feed-forward from stage 0), at
+its demand per session, so a jump in sessions scales the decoders before their queues show it.
 
 Pure functions of (config, metric history, now): no clock, no I/O, so tests drive them with a
 fake clock. The caller appends one :class:`Sample` per decision period and applies the decision.
@@ -29,6 +36,7 @@ class AutoscalerConfig:
     target_busy: float = 0.6  # signal "busy": busy fraction (or decoder occupancy) per replica
     target_sessions_per_replica: float = 4.0
     target_queue_delay_s: float = 0.15
+    backlog_drain_s: float = 2.0  # queued work beyond the target delay is drained within this
     stable_window_s: float = 60.0
     panic_window_s: float = 6.0
     panic_threshold: float = 2.0  # panic when the panic-window load reaches 2x what the replicas hold
@@ -50,7 +58,7 @@ class AutoscalerConfig:
             )
         if self.panic_window_s <= 0 or self.stable_window_s < self.panic_window_s:
             raise ConfigError("need 0 < panic_window_s <= stable_window_s")
-        if self.target_sessions_per_replica <= 0 or self.target_queue_delay_s <= 0:
+        if self.target_sessions_per_replica <= 0 or self.target_queue_delay_s <= 0 or self.backlog_drain_s <= 0:
             raise ConfigError("targets must be positive")
         if not 0 < self.target_busy <= 1:
             raise ConfigError(f"target_busy must be in (0, 1], got {self.target_busy}")
@@ -107,13 +115,17 @@ def _load(config: AutoscalerConfig, samples: list[Sample], use_latest: bool) -> 
 
 
 def _load_replicas(config: AutoscalerConfig, samples: list[Sample], replicas: int, use_latest: bool = False) -> int:
-    """Replicas needed for the window's demand and queue delay."""
+    """Replicas needed for the window's demand. Work queued beyond the target delay (``replicas x
+    excess delay`` core-seconds) means every replica is busy whatever the demand signal says (stage 0
+    counts sessions, not work): then the stage needs at least its replicas, plus those that drain
+    the queue within ``backlog_drain_s``."""
     if not samples:
         return replicas
     wanted, delay = _load(config, samples, use_latest)
-    by_demand = math.ceil(wanted)
-    by_delay = math.ceil(replicas * delay / config.target_queue_delay_s) if delay > config.target_queue_delay_s else 0
-    return max(by_demand, by_delay)
+    backlog = replicas * max(0.0, delay - config.target_queue_delay_s)
+    if backlog <= 0:
+        return math.ceil(wanted)
+    return max(math.ceil(wanted), replicas) + math.ceil(backlog / config.backlog_drain_s)
 
 
 def _panicking(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> bool:
@@ -157,16 +169,47 @@ def predictive(config: AutoscalerConfig, history: Sequence[Sample], now: float) 
     return math.ceil(rate * config.mean_session_s * demand_per_session(config, samples, now))
 
 
+def projected_sessions(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
+    """Sessions one lead time from now: the panic window's mean, or, while the count rises clearly
+    (a least-squares slope over twice its standard error) and the pool is predictive, the fitted line
+    one lead time ahead.
+    Never projected downwards (scale-in waits for the load itself), and noise is not a trend."""
+    recent = _window(history, now, config.panic_window_s)
+    if not recent:
+        return 0.0
+    n = len(recent)
+    mean_t = sum(s.t for s in recent) / n
+    mean_y = sum(s.sessions for s in recent) / n
+    sxx = sum((s.t - mean_t) ** 2 for s in recent)
+    if n < 3 or sxx <= 0:
+        return mean_y
+    slope = sum((s.t - mean_t) * (s.sessions - mean_y) for s in recent) / sxx
+    residual = sum((s.sessions - mean_y - slope * (s.t - mean_t)) ** 2 for s in recent) / (n - 2)
+    if not config.predictive or slope <= 0 or slope <= 2 * math.sqrt(residual / sxx):
+        return mean_y
+    return max(mean_y + slope * (now - mean_t), recent[-1].sessions) + slope * config.lead_time_s
+
+
+def feed_forward(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> int:
+    """Replicas for the sessions projected one lead time ahead at the stage's demand per session.
+    A later stage's busy fraction cannot show more work than its replicas can do and lags a jump in
+    sessions by the time the work takes to reach it; stage 0's session count does not."""
+    return math.ceil(projected_sessions(config, history, now) * demand_per_session(config, history, now) - 1e-9)
+
+
 def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past: Sequence[Decision] = ()) -> Decision:
     """The pool's decision at ``now`` from its samples and its earlier decisions (for scale-in hold)."""
     current = history[-1].replicas if history else config.min_replicas
     recent = [s for s in history if s.t > now - config.stable_window_s]
     wanted, panic = reactive(config, recent, now)
     reason = f"reactive {wanted}" + (" (panic)" if panic else "")
+    following = feed_forward(config, history, now)
+    if following > wanted:
+        wanted, reason = following, f"sessions {following} > {reason}"
     if config.predictive:
         ahead = predictive(config, history, now)
         if ahead > wanted:
-            wanted, reason = ahead, f"predictive {ahead} > reactive {wanted}"
+            wanted, reason = ahead, f"predictive {ahead} > {reason}"
     recommended = wanted
     # replicas still starting are not in ``current`` yet: asking for fewer than last time is a scale-in too
     baseline = max(current, past[-1].replicas if past else 0)

@@ -4,15 +4,20 @@ Each second, for each stage: the work of the streams speaking (:class:`ServiceMo
 failures and spot pre-emptions (Poisson, seeded; a lost replica is restarted after a cold start,
 as the local backend does), the queueing delay, and the policy's decision (more replicas are ready
 one cold start later; fewer leave at once). Stage 0 also holds sessions (``max_sessions`` each):
-sessions beyond that are refused and their FINALs count as misses. Each second's FINALs get a
+sessions beyond that are refused, and their edges retry (``RECONNECT_S`` apart on average) with
+their audio kept: the FINALs due from sessions still waiting (the newest ones, whose utterances the
+session profile says have ended by their age) are late by the time they have waited plus a retry;
+the others are not delayed. (An earlier version counted a share of *every* session's FINALs as lost
+while any session waited, which the edge does not do.) Each second's FINALs get a
 latency per utterance-length quantile: the FINAL is computed ``speculate_s`` into the pause, so it
 arrives at ``max(endpoint, speculate + own compute + queueing at every stage)`` after the speech
 ends; a FINAL in flight on a replica that failed pays its compute and a reconnect again. Every
 session of a trace starts at or after its first row, so the first ``warmup_s`` (300 s) fill the
 pools and are not counted in the results.
 
-Policies, per stage, all with the same targets: 40 sessions per stage-0 replica (about 0.6 of its
-64-session limit), 0.6 busy cores per encoder-B or decoder replica, no replica limit.
+Policies, per stage, all with the same targets (``Options``; by default 40 sessions per stage-0
+replica, about 0.6 of its 64-session limit, and 0.6 busy cores per encoder-B or decoder replica),
+no replica limit.
 ``hybrid`` is the coordinator's own ``StagePool`` (its autoscaler, no copy); ``hpa``, ``kpa`` and
 ``ray`` are :mod:`.baselines`; ``oracle`` knows each second's load in hindsight and has the fewest
 replicas that keep every stage's queueing within its share of the SLO, with no cold start;
@@ -28,17 +33,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from splitasr.cloud.coordinator.autoscaler import Sample
+from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Sample
 from splitasr.cloud.coordinator.config import PoolConfig
 from splitasr.cloud.coordinator.controller import StagePool
 from splitasr.cloud.simulate.baselines import HPA, KPA, Observation, RayServe
 from splitasr.cloud.simulate.service import ServiceModel
 from splitasr.cloud.simulate.workload import Profile
 from splitasr.shared.control import STAGES
+from splitasr.shared.errors import ConfigError
 
 POLICIES = ("static", "hpa", "kpa", "ray", "hybrid", "oracle")
-TARGET_SESSIONS = 40.0  # per stage-0 replica, every policy: ~0.6 of its 64-session limit
-TARGET_BUSY = 0.6  # per encoder-B / decoder replica, every policy
 RECONNECT_S = 1.0  # a FINAL lost with its replica: the edge reconnects and replays
 
 
@@ -70,13 +74,24 @@ class Options:
     seed: int = 0
     timeline_every_s: int = 10
     warmup_s: int = 300  # sessions of a trace all start at its first row: the first seconds fill the pools, not counted
+    target_sessions: float = 40.0  # per stage-0 replica, every policy: ~0.6 of its 64-session limit
+    target_busy: float = 0.6  # per encoder-B / decoder replica, every policy
+    hybrid: tuple[tuple[str, float], ...] = ()  # the hybrid's other autoscaler settings (AutoscalerConfig fields)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.target_busy <= 1 or self.target_sessions <= 0 or self.slo_s <= 0:
+            raise ConfigError("need 0 < target_busy <= 1, target_sessions > 0 and slo_s > 0")
+        known = {f.name for f in dataclasses.fields(AutoscalerConfig) if f.type in ("float", "int", "bool")}
+        unknown = sorted({k for k, _ in self.hybrid} - known)
+        if unknown:
+            raise ConfigError(f"unknown hybrid autoscaler settings {unknown}; known: {sorted(known)}")
 
 
 class _Baseline:
     """A baseline policy per stage, on the stage's natural metric at the common targets."""
 
-    def __init__(self, stage: str, kind: str):
-        per_replica = TARGET_SESSIONS if stage == "enc_a" else TARGET_BUSY
+    def __init__(self, stage: str, kind: str, options: Options):
+        per_replica = options.target_sessions if stage == "enc_a" else options.target_busy
         if kind == "hpa":
             self.policy = HPA(target=per_replica)
         elif kind == "kpa":
@@ -93,13 +108,16 @@ class _Baseline:
 class _Hybrid:
     """The coordinator's stage pool itself (``controller.StagePool``), fed samples like the controller."""
 
-    def __init__(self, stage: str, cold_start_s: float):
+    def __init__(self, stage: str, cold_start_s: float, options: Options):
+        base = PoolConfig().autoscaler_for(stage)
+        settings = {k: type(getattr(base, k))(v) for k, v in options.hybrid}  # ints stay ints
         config = dataclasses.replace(
-            PoolConfig().autoscaler_for(stage),
+            base,
             cold_start_s=cold_start_s,
-            target_sessions_per_replica=TARGET_SESSIONS,
-            target_busy=TARGET_BUSY,
+            target_sessions_per_replica=options.target_sessions,
+            target_busy=options.target_busy,
             max_replicas=1_000_000,
+            **settings,
         )
         # the windows decide() reads, with room to spare: an hour of samples made every decision 10x slower
         self.pool = StagePool("sim", stage, config, history=int(config.stable_window_s + config.arrival_window_s) * 4)
@@ -149,9 +167,9 @@ def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, o
     if policy == "static":
         oracle = {s: np.full(seconds, int(v[options.warmup_s :].max(initial=1))) for s, v in oracle.items()}
     if policy in ("hpa", "kpa", "ray"):
-        policies = {s: _Baseline(s, policy) for s in STAGES}
+        policies = {s: _Baseline(s, policy, options) for s in STAGES}
     elif policy == "hybrid":
-        policies = {s: _Hybrid(s, service.cold_start_s[s]) for s in STAGES}
+        policies = {s: _Hybrid(s, service.cold_start_s[s], options) for s in STAGES}
     else:
         policies = None
     ready = {s: int(oracle[s][0]) if instant else 1 for s in STAGES}
@@ -193,10 +211,12 @@ def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, o
             if t >= options.warmup_s:
                 replica_s[s] += (ready[s] + sum(n for _, n in starting[s])) * dt
         if not idle and t >= options.warmup_s and load.finals[t] > 1e-9:
-            refused = max(0.0, load.sessions[t] - ready["enc_a"] * service.max_sessions) / max(load.sessions[t], 1e-9)
             row = np.maximum(options.endpoint_s, service.speculate_s + compute + wait) + lost * (compute + RECONNECT_S)
-            if refused > 0:
-                row[: int(math.ceil(refused * lengths.size))] = np.inf
+            waiting = load.sessions[t] - ready["enc_a"] * service.max_sessions
+            if waiting > 1e-9:
+                age, due = _waiting(load.arrivals, profile, t, waiting)
+                late = min(1.0, due / load.finals[t])
+                row[: int(math.ceil(late * lengths.size))] += age + RECONNECT_S
             rows.append(row)
             row_weights.append(float(load.finals[t]))
         if t % options.timeline_every_s == 0 or idle:
@@ -225,6 +245,16 @@ def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, o
         "finals": round(finals, 1),
         "timeline": timeline,
     }
+
+
+def _waiting(arrivals: np.ndarray, profile: Profile, t: int, waiting: float) -> tuple[int, float]:
+    """The ``waiting`` sessions are the newest: how long the oldest of them has waited (s), and the
+    FINALs due from them at ``t`` (their utterances that have ended by their age)."""
+    span = min(t + 1, profile.active.size)
+    recent = arrivals[t - span + 1 : t + 1][::-1]  # by age 0, 1, ...
+    connected = np.cumsum(recent * profile.active[:span])
+    age = min(int(np.searchsorted(connected, waiting)) + 1, span)
+    return age, float(recent[:age] @ profile.finals[:age])
 
 
 def _resize(ready: dict, starting: deque, stage: str, wanted: int, ready_at: float) -> None:

@@ -87,9 +87,11 @@ class ServiceModel:
         return 2 * self.queue_budget_s * replicas
 
     def wait_s(self, stage: str, demand: float, replicas: int, backlog: float) -> float:
-        """Queueing delay at a stage: M/M/1 per replica below saturation, plus any backlog."""
+        """Queueing delay at a stage: M/M/1 per replica below saturation, plus any backlog, held to
+        the shedding bound (twice the queue budget) like the backlog: near saturation the M/M/1 term
+        grows without bound, but past the bound the shards stop partials."""
         if replicas <= 0:
             return float("inf") if demand > 0 or backlog > 0 else 0.0
         rho = demand / replicas
         queue = self.service_s[stage] * rho / (1 - rho) if rho < 1 else 0.0
-        return queue + backlog / replicas
+        return min(queue + backlog / replicas, 2 * self.queue_budget_s)
