@@ -39,6 +39,8 @@ bench: install
 	$(PY) benchmarks/streaming.py
 	$(PY) benchmarks/capacity.py
 	$(PY) benchmarks/simulate.py
+	$(PY) benchmarks/calibrate.py
+	$(PY) benchmarks/calibrate.py --rate 0.4 --name calibrate-high
 
 chaos: install
 	$(BIN)/splitasr chaos --duration 60 --streams 16 --kill-every-s 5 --hang-s 10 --report benchmarks/results/chaos.json

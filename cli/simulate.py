@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="KEY=VALUE",
         help="another autoscaler setting for the hybrid (e.g. scale_in_stabilization_s=60); repeatable",
     )
+    p.add_argument("--zones", default="", help="zones and their share of sessions, e.g. 'a=0.7,b=0.3'")
+    p.add_argument("--cross-zone-s", type=float, default=d.cross_zone_s, help="on a FINAL served from another zone")
+    p.add_argument("--hang-share", type=float, default=0.0, help="share of failures that are hangs, not crashes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="FILE", help="write the results here")
     p.add_argument("--plot", default=None, metavar="PNG", help="load, replicas and latency over time")
@@ -77,7 +80,10 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         seed=args.seed,
         target_sessions=args.target_sessions,
         target_busy=args.target_busy,
-        hybrid=parse_settings(args.hybrid),
+        hybrid=parse_settings(args.hybrid, "--hybrid"),
+        zones=parse_settings(args.zones.split(",") if args.zones else [], "--zones"),
+        cross_zone_s=args.cross_zone_s,
+        hang_share=args.hang_share,
     )
     results = {p: simulate(p, load, profile, service, options) for p in policies}
     wall = time.perf_counter() - started
@@ -119,8 +125,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_settings(pairs: list[str]) -> tuple[tuple[str, float], ...]:
-    """``KEY=VALUE`` strings with numeric values, as ``Options.hybrid`` takes them."""
+def parse_settings(pairs: list[str], flag: str) -> tuple[tuple[str, float], ...]:
+    """``KEY=VALUE`` strings with numeric values, as ``Options.hybrid`` and ``.zones`` take them."""
     from splitasr.shared.errors import ConfigError
 
     out = []
@@ -131,7 +137,7 @@ def parse_settings(pairs: list[str]) -> tuple[tuple[str, float], ...]:
         except ValueError:
             sep = ""
         if not sep:
-            raise ConfigError(f"--hybrid takes KEY=NUMBER, got {pair!r}")
+            raise ConfigError(f"{flag} takes KEY=NUMBER, got {pair!r}")
     return tuple(out)
 
 

@@ -185,13 +185,13 @@ def test_targets_and_hybrid_settings_are_options_and_bad_ones_are_refused(tmp_pa
     from splitasr.cloud.simulate.engine import Options
     from splitasr.shared.errors import ConfigError
 
-    assert parse_settings(["scale_in_stabilization_s=30", "warm_spares=0"]) == (
+    assert parse_settings(["scale_in_stabilization_s=30", "warm_spares=0"], "--hybrid") == (
         ("scale_in_stabilization_s", 30.0),
         ("warm_spares", 0.0),
     )
     for bad in (["hold"], ["scale_in_stabilization_s=soon"]):
         with pytest.raises(ConfigError, match="KEY=NUMBER"):
-            parse_settings(bad)
+            parse_settings(bad, "--hybrid")
     with pytest.raises(ConfigError, match="unknown hybrid autoscaler settings"):
         Options(hybrid=(("signal", 1.0),))
     with pytest.raises(ConfigError):
@@ -202,6 +202,53 @@ def test_targets_and_hybrid_settings_are_options_and_bad_ones_are_refused(tmp_pa
     args = ["--time-column", "TIMESTAMP", "--time-format", AZURE_FORMAT, "--policies", "hybrid,oracle"]
     loose = simulate_cli(tmp_path, trace, *args)["policies"]["hybrid"]
     tight = simulate_cli(
-        tmp_path, trace, *args, "--target-busy", "0.9", "--target-sessions", "50", "--hybrid", "warm_spares=0"
+        tmp_path,
+        trace,
+        *args,
+        "--target-busy",
+        "0.9",
+        "--target-sessions",
+        "50",
+        "--hybrid",
+        "warm_spares=0",
+        "--hybrid",
+        "max_replicas=500",
     )["policies"]["hybrid"]
     assert tight["replica_seconds"] < loose["replica_seconds"]  # fuller replicas, no spare: fewer of them
+
+
+def test_zones_go_through_the_router_and_hangs_through_the_breaker():
+    import random
+
+    from splitasr.cloud.coordinator.breaker import BreakerConfig
+    from splitasr.cloud.simulate.engine import Load, Options, simulate
+    from splitasr.cloud.simulate.placement import cross_zone_share, hang_detection_s, spread
+    from splitasr.cloud.simulate.service import ServiceModel
+    from splitasr.cloud.simulate.workload import SessionModel
+    from splitasr.shared.errors import ConfigError
+
+    rng = random.Random(0)
+    assert spread(5, 2) == [3, 2] and spread(1, 3) == [1, 0, 0]
+    # 70 of 100 sessions in zone a, one 64-session replica per zone: 6 overflow to zone b
+    assert cross_zone_share(100, {"a": 0.7, "b": 0.3}, 2, 64, rng) == pytest.approx(0.06)
+    assert cross_zone_share(100, {"a": 0.5, "b": 0.5}, 2, 64, rng) == 0.0
+    assert cross_zone_share(100, {"a": 1.0}, 1, 64, rng) == 0.0
+    # heartbeat silence opens the breaker after its timeout, less the phase of the hang
+    assert hang_detection_s(BreakerConfig(heartbeat_timeout_s=2.0), heartbeat_s=1.0) == pytest.approx(1.5, abs=0.05)
+    with pytest.raises(ConfigError, match="add up to 1"):
+        Options(zones=(("a", 0.7), ("b", 0.7)))
+
+    profile = SessionModel.from_devset().profile(sessions=2000)
+    service = ServiceModel.calibrated(profile.speaking_share)
+    load = Load.of(np.sort(np.random.default_rng(3).uniform(0, 900, 3000)), profile)
+    # every session in zone a, which has about half of the replicas: the router sends the overflow to b
+    tight = {"target_sessions": 58.0, "target_busy": 0.9}
+    even = simulate("hybrid", load, profile, service, Options(**tight))
+    skewed = simulate(
+        "hybrid", load, profile, service, Options(**tight, zones=(("a", 1.0), ("b", 0.0)), cross_zone_s=0.5)
+    )
+    assert even["cross_zone_share"] == 0 and 0.02 < skewed["cross_zone_share"] < 0.5
+    assert skewed["p99_s"] > even["p99_s"] + 0.4
+    crashes = simulate("hybrid", load, profile, service, Options(failure_rate_per_h=60.0))
+    hangs = simulate("hybrid", load, profile, service, Options(failure_rate_per_h=60.0, hang_share=1.0))
+    assert hangs["p99_s"] > crashes["p99_s"]

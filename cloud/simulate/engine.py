@@ -1,19 +1,22 @@
 """The simulation: per-second load through three stage pools under one scaling policy.
 
 Each second, for each stage: the work of the streams speaking (:class:`ServiceModel`), replica
-failures and spot pre-emptions (Poisson, seeded; a lost replica is restarted after a cold start,
-as the local backend does), the queueing delay, and the policy's decision (more replicas are ready
-one cold start later; fewer leave at once). Stage 0 also holds sessions (``max_sessions`` each):
+failures and spot pre-emptions (Poisson, seeded; a lost replica is restarted after a cold start, as
+the local backend does), the queueing delay, and the policy's decision (more replicas are ready one
+cold start later; fewer leave at once). Stage 0 also holds sessions (``max_sessions`` each):
 sessions beyond that are refused, and their edges retry (``RECONNECT_S`` apart on average) with
 their audio kept: the FINALs due from sessions still waiting (the newest ones, whose utterances the
 session profile says have ended by their age) are late by the time they have waited plus a retry;
 the others are not delayed. (An earlier version counted a share of *every* session's FINALs as lost
-while any session waited, which the edge does not do.) Each second's FINALs get a
-latency per utterance-length quantile: the FINAL is computed ``speculate_s`` into the pause, so it
-arrives at ``max(endpoint, speculate + own compute + queueing at every stage)`` after the speech
-ends; a FINAL in flight on a replica that failed pays its compute and a reconnect again. Every
-session of a trace starts at or after its first row, so the first ``warmup_s`` (300 s) fill the
-pools and are not counted in the results.
+while any session waited, which the edge does not do.) Each second's FINALs get a latency per
+utterance-length quantile: the FINAL is computed ``speculate_s`` into the pause, so it arrives at
+``lag + max(endpoint, speculate + own compute + queueing at every stage)`` after the speech ends
+(``lag``: the edge's endpointing lag, measured); a FINAL in flight on a replica that failed pays
+its compute and a reconnect again, and for a hang (``hang_share`` of failures) the time the
+coordinator's breaker takes to see it. With ``zones``, stage-0 replicas are spread over them and
+the coordinator's router places each zone's sessions (:mod:`.placement`); those served from another
+zone pay ``cross_zone_s``. Every session of a trace starts at or after its first row, so the first
+``warmup_s`` (300 s) fill the pools and are not counted in the results.
 
 Policies, per stage, all with the same targets (``Options``; by default 40 sessions per stage-0
 replica, about 0.6 of its 64-session limit, and 0.6 busy cores per encoder-B or decoder replica),
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import random
 from collections import deque
 from dataclasses import dataclass
 
@@ -37,8 +41,9 @@ from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Sample
 from splitasr.cloud.coordinator.config import PoolConfig
 from splitasr.cloud.coordinator.controller import StagePool
 from splitasr.cloud.simulate.baselines import HPA, KPA, Observation, RayServe
+from splitasr.cloud.simulate.placement import cross_zone_share, hang_detection_s
 from splitasr.cloud.simulate.service import ServiceModel
-from splitasr.cloud.simulate.workload import Profile
+from splitasr.cloud.simulate.workload import Profile, speech_per_second
 from splitasr.shared.control import STAGES
 from splitasr.shared.errors import ConfigError
 
@@ -62,6 +67,21 @@ class Load:
         sessions, speaking, finals = profile.per_second(arrivals)
         return cls(arrivals, sessions, speaking, finals)
 
+    @classmethod
+    def of_sessions(
+        cls, starts: np.ndarray, start: np.ndarray, end: np.ndarray, owner: np.ndarray, endpoint_s: float
+    ) -> Load:
+        """Exact totals of given sessions (session ``starts``; utterance ``start``/``end`` from their
+        session's start, ``owner`` the session of each), e.g. to replay the same sessions as a real run."""
+        first, last = starts[owner] + start, starts[owner] + end
+        seconds = int(math.ceil((last + endpoint_s).max())) + 2
+        arrivals = np.bincount(np.floor(starts).astype(np.int64), minlength=seconds)[:seconds].astype(float)
+        speaking, finals = speech_per_second(first, last, seconds, endpoint_s)
+        closes = starts.astype(float)
+        np.maximum.at(closes, owner, last + endpoint_s)
+        connected, _ = speech_per_second(starts.astype(float), closes, seconds, 0.0)  # session spans
+        return cls(arrivals, connected, speaking, finals)
+
 
 @dataclass(frozen=True)
 class Options:
@@ -77,10 +97,17 @@ class Options:
     target_sessions: float = 40.0  # per stage-0 replica, every policy: ~0.6 of its 64-session limit
     target_busy: float = 0.6  # per encoder-B / decoder replica, every policy
     hybrid: tuple[tuple[str, float], ...] = ()  # the hybrid's other autoscaler settings (AutoscalerConfig fields)
+    zones: tuple[tuple[str, float], ...] = ()  # (zone, share of the sessions); stage 0 spread over them
+    cross_zone_s: float = 0.05  # on a FINAL whose session the router placed in another zone
+    hang_share: float = 0.0  # of failures, hangs: found by the breaker on heartbeat silence, not at once
 
     def __post_init__(self) -> None:
         if not 0 < self.target_busy <= 1 or self.target_sessions <= 0 or self.slo_s <= 0:
             raise ConfigError("need 0 < target_busy <= 1, target_sessions > 0 and slo_s > 0")
+        if not 0 <= self.hang_share <= 1 or self.cross_zone_s < 0:
+            raise ConfigError("need 0 <= hang_share <= 1 and cross_zone_s >= 0")
+        if self.zones and (min(v for _, v in self.zones) < 0 or abs(sum(v for _, v in self.zones) - 1) > 1e-6):
+            raise ConfigError(f"zone shares must be >= 0 and add up to 1, got {dict(self.zones)}")
         known = {f.name for f in dataclasses.fields(AutoscalerConfig) if f.type in ("float", "int", "bool")}
         unknown = sorted({k for k, _ in self.hybrid} - known)
         if unknown:
@@ -111,14 +138,13 @@ class _Hybrid:
     def __init__(self, stage: str, cold_start_s: float, options: Options):
         base = PoolConfig().autoscaler_for(stage)
         settings = {k: type(getattr(base, k))(v) for k, v in options.hybrid}  # ints stay ints
-        config = dataclasses.replace(
-            base,
-            cold_start_s=cold_start_s,
-            target_sessions_per_replica=options.target_sessions,
-            target_busy=options.target_busy,
-            max_replicas=1_000_000,
-            **settings,
-        )
+        defaults = {
+            "cold_start_s": cold_start_s,
+            "target_sessions_per_replica": options.target_sessions,
+            "target_busy": options.target_busy,
+            "max_replicas": 1_000_000,
+        }
+        config = dataclasses.replace(base, **{**defaults, **settings})
         # the windows decide() reads, with room to spare: an hour of samples made every decision 10x slower
         self.pool = StagePool("sim", stage, config, history=int(config.stable_window_s + config.arrival_window_s) * 4)
 
@@ -161,6 +187,7 @@ def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, o
     seconds = load.sessions.size
     lengths = profile.final_lengths
     compute = service.final_base_s + service.final_per_audio_s * lengths
+    lags = service.endpoint_lags(lengths.size, options.seed)  # the VAD sees the end a little late
     budget = max(0.05, (options.slo_s - service.speculate_s - float(compute.max())) / len(STAGES))
     instant = policy in ("oracle", "static")  # replicas from hindsight, computed here; the others decide
     oracle = {s: oracle_replicas(service, s, load.speaking, load.sessions, budget) for s in STAGES} if instant else {}
@@ -177,6 +204,11 @@ def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, o
     backlog = dict.fromkeys(STAGES, 0.0)
     replica_s = dict.fromkeys(STAGES, 0.0)
     hazard = (options.failure_rate_per_h + options.spot_share * options.preempt_rate_per_h) / 3600
+    # a FINAL lost with its replica: found at once (crash) or by the breaker (hang), then replayed elsewhere
+    detect_s = options.hang_share * hang_detection_s()
+    shares = dict(options.zones)
+    router_rng = random.Random(options.seed)
+    cross_total = cross_weight = 0.0
     rows: list[np.ndarray] = []  # latency per length quantile, for each counted second with FINALs
     row_weights: list[float] = []
     active = np.cumsum((load.sessions > 1e-9) | (load.finals > 1e-9))  # prefix counts, for idle stretches
@@ -211,7 +243,18 @@ def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, o
             if t >= options.warmup_s:
                 replica_s[s] += (ready[s] + sum(n for _, n in starting[s])) * dt
         if not idle and t >= options.warmup_s and load.finals[t] > 1e-9:
-            row = np.maximum(options.endpoint_s, service.speculate_s + compute + wait) + lost * (compute + RECONNECT_S)
+            row = (
+                lags
+                + np.maximum(options.endpoint_s, service.speculate_s + compute + wait)
+                + lost * (compute + RECONNECT_S + detect_s)
+            )
+            cross = cross_zone_share(load.sessions[t], shares, ready["enc_a"], service.max_sessions, router_rng)
+            if cross > 0:  # the sessions placed away are any of the second's, whatever their lengths
+                row[np.linspace(0, lengths.size - 1, int(round(cross * lengths.size))).astype(np.int64)] += (
+                    options.cross_zone_s
+                )
+            cross_total += cross * float(load.finals[t])
+            cross_weight += float(load.finals[t])
             waiting = load.sessions[t] - ready["enc_a"] * service.max_sessions
             if waiting > 1e-9:
                 age, due = _waiting(load.arrivals, profile, t, waiting)
@@ -243,6 +286,7 @@ def simulate(policy: str, load: Load, profile: Profile, service: ServiceModel, o
         "replica_seconds_by_stage": {s: round(v, 1) for s, v in replica_s.items()},
         "cost": round(total_rs * price / 3600, 3),  # replica-hours at the mix's price
         "finals": round(finals, 1),
+        "cross_zone_share": round(cross_total / cross_weight, 4) if cross_weight else 0.0,
         "timeline": timeline,
     }
 

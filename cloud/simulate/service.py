@@ -12,6 +12,10 @@
   Stage 0 starts it 0.25 s into the pause (speculative finals) and sends it at the EOU, so with no
   queue a FINAL arrives ``endpoint_s`` after the speech ends, as measured (capacity p50 0.85 s at
   4-8 streams with an endpoint of 0.8 s).
+- **Endpointing lag**: the edge sends the EOU ``endpoint_s`` after its VAD sees the speech end, which
+  is a little after the last voiced sample. Its distribution is end -> FINAL less the endpoint at one
+  stream with no load (``benchmarks/results/streaming-solo.json``: p50 / p95 / p99 of 53 / 129 /
+  212 ms), spread over each second's FINALs independently of their length.
 - **Queueing** at a stage with utilisation rho < 1: ``service_s x rho / (1 - rho)`` (M/M/1 per
   replica); above 1 a backlog builds and drains at the spare capacity. It is held to
   ``2 x queue_budget_s`` of work per replica: past that, shards stop partials and refuse new
@@ -46,6 +50,16 @@ def _busy_per_stream() -> dict[str, float]:
     return {stage: step["busy_cores"][stage] / CALIBRATION_STREAMS for stage in STAGES}
 
 
+def _endpoint_lag(row: str = "silence 0.8 s, N=1") -> tuple[tuple[float, float], ...]:
+    """(quantile, lag s) from one unloaded stream's end -> FINAL less its endpoint silence."""
+    result = json.loads((RESULTS / "streaming-solo.json").read_text())["results"][row]
+    points = [
+        (q, result[f"end_to_final_ms_p{round(q * 100)}"] / 1000 - result["endpoint_silence_s"])
+        for q in (0.5, 0.95, 0.99)
+    ]
+    return ((0.0, 0.0), *points, (1.0, points[-1][1]))
+
+
 @dataclass(frozen=True)
 class ServiceModel:
     busy_per_speaking: dict[str, float]  # cores one speaking stream keeps busy, per stage
@@ -60,6 +74,13 @@ class ServiceModel:
     max_sessions: int = 64  # per stage-0 replica
     max_batch: int = 16
     queue_budget_s: float = 0.5  # shards shed partials past 2x this queue delay (their overload levels)
+    endpoint_lag_s: tuple[tuple[float, float], ...] = ((0.0, 0.0), (1.0, 0.0))  # (quantile, lag) points
+
+    def endpoint_lags(self, n: int, seed: int = 0) -> np.ndarray:
+        """``n`` lag quantiles in an order unrelated to length (a fixed shuffle)."""
+        q, lag = zip(*self.endpoint_lag_s, strict=True)
+        values = np.interp((np.arange(n) + 0.5) / n, q, lag)
+        return np.random.default_rng(seed).permutation(values)
 
     @classmethod
     def calibrated(cls, speaking_share: float, cold_start_s: float | None = None) -> ServiceModel:
@@ -67,7 +88,9 @@ class ServiceModel:
         sizes, cost = _decoder_batch_curve()
         per_stream = {k: v / speaking_share for k, v in _busy_per_stream().items()}
         extra = {"cold_start_s": dict.fromkeys(STAGES, cold_start_s)} if cold_start_s else {}
-        return cls(per_stream, sizes, cost, CALIBRATION_STREAMS * speaking_share, **extra)
+        return cls(
+            per_stream, sizes, cost, CALIBRATION_STREAMS * speaking_share, endpoint_lag_s=_endpoint_lag(), **extra
+        )
 
     def batch_factor(self, speaking_per_replica: np.ndarray | float) -> np.ndarray:
         """Decoder work per stream relative to the calibration step, for streams speaking per replica."""

@@ -51,6 +51,21 @@ class Profile:
         return tuple(np.maximum(x, 0.0) for x in out)  # FFT rounding leaves tiny negatives where there is nothing
 
 
+def speech_per_second(
+    start: np.ndarray, end: np.ndarray, horizon: int, endpoint_s: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per second up to ``horizon``: utterances being spoken (overlap of each [start, end) with the
+    second) and utterances whose EOU falls in it (``endpoint_s`` after the speech ends)."""
+    speaking = np.zeros(horizon)
+    for offset in range(int(np.ceil((end - start).max(initial=0))) + 1):
+        second = np.floor(start).astype(np.int64) + offset
+        overlap = np.clip(np.minimum(end, second + 1) - np.maximum(start, second), 0, 1)
+        keep = (overlap > 0) & (second < horizon)
+        np.add.at(speaking, second[keep], overlap[keep])
+    finals = np.bincount(np.floor(end + endpoint_s).astype(np.int64), minlength=horizon)[:horizon]
+    return speaking, finals.astype(float)
+
+
 @dataclass(frozen=True)
 class SessionModel:
     utterance_s: tuple[float, ...]
@@ -75,17 +90,18 @@ class SessionModel:
         ends_before = np.cumsum(step) - step  # time from the first utterance of all, per utterance
         session_start = np.maximum.accumulate(np.where(first, ends_before, 0.0))
         start = ends_before - session_start
-        end = start + lengths
-        horizon = int(np.ceil((end + self.endpoint_s).max())) + 2
-        speaking = np.zeros(horizon)
-        for offset in range(int(np.ceil(lengths.max())) + 1):  # overlap of [start, end) with each second
-            second = np.floor(start).astype(np.int64) + offset
-            overlap = np.clip(np.minimum(end, second + 1) - np.maximum(start, second), 0, 1)
-            keep = (overlap > 0) & (second < horizon)
-            np.add.at(speaking, second[keep], overlap[keep])
-        finals = np.bincount(np.floor(end + self.endpoint_s).astype(np.int64), minlength=horizon)[:horizon]
-        last = np.zeros(sessions)
-        np.maximum.at(last, owner, end + self.endpoint_s)
-        active = np.array([(last > a).mean() for a in range(horizon)])
-        grid = (np.arange(quantiles) + 0.5) / quantiles
-        return Profile(active, speaking / sessions, finals / sessions, np.quantile(lengths, grid))
+        return profile_of(start, start + lengths, owner, sessions, self.endpoint_s, quantiles)
+
+
+def profile_of(
+    start: np.ndarray, end: np.ndarray, owner: np.ndarray, sessions: int, endpoint_s: float, quantiles: int = 32
+) -> Profile:
+    """The profile of given sessions: utterance ``start``/``end`` from their session's start, ``owner``
+    the session of each (0 .. sessions - 1); a session stays connected until its last EOU."""
+    horizon = int(np.ceil((end + endpoint_s).max())) + 2
+    speaking, finals = speech_per_second(start, end, horizon, endpoint_s)
+    last = np.zeros(sessions)
+    np.maximum.at(last, owner, end + endpoint_s)
+    active = np.array([(last > a).mean() for a in range(horizon)])
+    grid = (np.arange(quantiles) + 0.5) / quantiles
+    return Profile(active, speaking / sessions, finals / sessions, np.quantile(end - start, grid))
