@@ -92,11 +92,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_shard(args: argparse.Namespace) -> int:
-    from splitasr.cloud.shard.config import ShardConfig
     from splitasr.cloud.shard.server import serve
+
+    asyncio.run(serve(shard_config(args)))
+    return 0
+
+
+def shard_config(args: argparse.Namespace):
+    """The :class:`ShardConfig` of parsed ``splitasr shard`` flags (also used by the Ray backend's actors)."""
+    from splitasr.cloud.shard.config import ShardConfig
     from splitasr.shared.auth import secret_from_env
 
-    config = ShardConfig(
+    return ShardConfig(
         model=args.model,
         role=args.stage,
         next_urls=tuple(args.next),
@@ -128,5 +135,3 @@ def cmd_shard(args: argparse.Namespace) -> int:
         idle_timeout_s=args.idle_timeout_s,
         hello_timeout_s=args.hello_timeout_s,
     )
-    asyncio.run(serve(config))
-    return 0

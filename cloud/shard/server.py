@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 import weakref
 from collections.abc import Callable
@@ -165,8 +166,9 @@ def _write_ready_file(path: str, payload: dict) -> None:
     os.replace(tmp, path)
 
 
-async def serve(config: ShardConfig) -> None:
-    """Run a shard until SIGTERM/SIGINT; writes ``config.ready_file`` once ready (with the bound port)."""
+async def serve(config: ShardConfig, stop: asyncio.Event | None = None) -> None:
+    """Run a shard until SIGTERM/SIGINT (in the main thread) or ``stop`` is set; writes
+    ``config.ready_file`` once ready (with the bound port)."""
     guard_server_loop(asyncio.get_running_loop())
     app = create_app(config)
     # keepalive_timeout also closes connections that never send a request (half-open, slow headers)
@@ -177,10 +179,11 @@ async def serve(config: ShardConfig) -> None:
     await site.start()
     host, port = runner.addresses[0][:2]
     log.info("%s %s shard listening on %s:%d", config.model, config.role, host, port)
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if threading.current_thread() is threading.main_thread():  # a Ray actor's loop runs in another thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     ready_wait = asyncio.create_task(app[READY].wait())
     stop_wait = asyncio.create_task(stop.wait())
     await asyncio.wait({ready_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
