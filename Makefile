@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 # TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu).
 TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX ?=
-EXTRAS ?= export,multilingual,dev
+EXTRAS ?= export,multilingual,dev,ray
 
 .PHONY: install demo test lint bench chaos clean
 

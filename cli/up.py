@@ -7,8 +7,10 @@ import argparse
 import json
 import signal
 import threading
+from pathlib import Path
 
 from splitasr.models.sources import is_installed
+from splitasr.shared.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +23,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--workdir", default=None, help="shard logs and ready files (default: a temp dir)")
     p.add_argument("--tls-cert", default=None, metavar="PEM", help="serve the coordinator on https:// (chain)")
     p.add_argument("--tls-key", default=None, metavar="PEM", help="the key of --tls-cert")
+    p.add_argument("--backend", choices=["local", "ray"], default=None, help="where shards run (default local)")
+    p.add_argument(
+        "--address", default=None, help="with --backend ray: auto or HOST:PORT of a running Ray (default: start one)"
+    )
+    p.add_argument(
+        "--detached",
+        action="store_true",
+        help="with --backend ray: run the coordinator as a detached named actor on the cluster and return",
+    )
     p.add_argument("--static", action="store_true", help="fixed chains, no coordinator")
     p.add_argument("--models", default=None, help="comma-separated (default: tiny.en, plus base when installed)")
     p.add_argument("--stage0-replicas", type=int, default=2)
@@ -28,6 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--int8", action="store_true")
     p.add_argument("--cluster-file", default=None, help="write the shard list (JSON) here once all are ready")
     p.set_defaults(func=cmd_up)
+    d = sub.add_parser("down", help="stop the detached coordinator of a Ray cluster (and every shard it started)")
+    d.add_argument("--address", default="auto", help="the Ray cluster: auto or HOST:PORT (default auto)")
+    d.add_argument("--namespace", default="splitasr", help="Ray namespace of the coordinator actor")
+    d.set_defaults(func=cmd_down)
 
 
 def default_models() -> list[str]:
@@ -66,9 +81,37 @@ def cmd_up_coordinator(args: argparse.Namespace) -> int:
     from splitasr.cloud.coordinator.run import run_coordinator
 
     port = args.port if args.port is not None else (None if args.config else 7070)
+    backend = "ray" if args.address and not args.backend else args.backend
     config = load_config(
-        args.config, host=args.host, port=port, zeroconf=args.zeroconf, tls_cert=args.tls_cert, tls_key=args.tls_key
+        args.config,
+        host=args.host,
+        port=port,
+        zeroconf=args.zeroconf,
+        tls_cert=args.tls_cert,
+        tls_key=args.tls_key,
+        backend=backend,
+        ray_address=args.address,
     )
     print(f"admin token: {config.admin_token}  (export SPLITASR_ADMIN_TOKEN=... for scale/drain)", file=sys.stderr)
+    if args.detached:
+        if config.backend != "ray":
+            raise ConfigError("--detached runs the coordinator as a Ray actor: it needs --backend ray")
+        from splitasr.cloud.coordinator.ray_coordinator import start_detached
+
+        info = start_detached(config)
+        print(f"coordinator at {info['url']} (detached Ray actor; `splitasr down` stops it)", flush=True)
+        if args.ready_file:
+            Path(args.ready_file).write_text(json.dumps(info))
+        return 0
     asyncio.run(run_coordinator(config, ready_file=args.ready_file, workdir=args.workdir))
+    return 0
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from splitasr.cloud.coordinator.ray_coordinator import stop_detached
+
+    if not stop_detached(args.address, args.namespace):
+        print(f"no detached coordinator in Ray namespace {args.namespace!r}", flush=True)
+        return 1
+    print("detached coordinator stopped", flush=True)
     return 0

@@ -11,6 +11,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from pydantic import TypeAdapter, ValidationError
 
@@ -41,6 +42,8 @@ class PoolConfig:
     autoscaler: AutoscalerConfig = field(default_factory=AutoscalerConfig)  # stage 0 (enc_a)
     enc_b_autoscaler: AutoscalerConfig = field(default_factory=later_stage_autoscaler)
     dec_autoscaler: AutoscalerConfig = field(default_factory=later_stage_autoscaler)
+    # Ray backend: what each stage's shard asks for, e.g. {"dec": {"CPU": 2, "GPU": 1}} (CPU: threads)
+    stage_resources: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def autoscaler_for(self, stage: str) -> AutoscalerConfig:
         """The autoscaler of one stage's pool; the later stages' minimum is ``enc_b`` / ``dec``."""
@@ -56,6 +59,12 @@ class PoolConfig:
             raise ConfigError(f"pool {self.model}: enc_b and dec need at least 1 replica")
         if not self.zones:
             raise ConfigError(f"pool {self.model}: zones must not be empty")
+        for stage, wanted in self.stage_resources.items():
+            if stage not in ("enc_a", "enc_b", "dec") or any(v < 0 for v in wanted.values()):
+                raise ConfigError(
+                    f"pool {self.model}: stage_resources takes enc_a, enc_b, dec with amounts >= 0, "
+                    f"got {stage}: {wanted}"
+                )
         for stage in ("enc_b", "dec"):
             if getattr(self, f"{stage}_autoscaler").min_replicas != 1:
                 raise ConfigError(
@@ -73,6 +82,14 @@ class ClusterConfig:
     decision_period_s: float = 1.0
     tls_cert: str | None = None  # serve https:// with this certificate chain (PEM) ...
     tls_key: str | None = None  # ... and its key
+    backend: str = "local"  # local: child processes; ray: one actor per shard on a Ray cluster
+    ray_address: str | None = None  # None: a private local Ray; "auto" or HOST:PORT: a running cluster
+    ray_namespace: str = "splitasr"
+    shard_host: str = "127.0.0.1"  # where Ray shards listen: "node" for their node's address
+    zone_resources: bool = False  # Ray: zones as custom resources "zone:<name>" instead of node labels
+    # the URL shards use to reach the coordinator (default: the address it binds); behind a
+    # Kubernetes Service, e.g. http://splitasr-coordinator:7070
+    public_url: str | None = None
 
     def __post_init__(self) -> None:
         models = [p.model for p in self.pools]
@@ -84,6 +101,12 @@ class ClusterConfig:
             raise ConfigError("zeroconf advertises the coordinator's address: give --host a concrete LAN address")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("coordinator TLS needs both tls_cert and tls_key")
+        if self.backend not in ("local", "ray"):
+            raise ConfigError(f"backend must be local or ray, got {self.backend!r}")
+        if self.ray_address is not None and self.backend != "ray":
+            raise ConfigError("ray_address needs backend: ray")
+        if self.public_url is not None and urlsplit(self.public_url).scheme not in ("http", "https"):
+            raise ConfigError(f"public_url must be an http:// or https:// URL, got {self.public_url!r}")
         if self.decision_period_s <= 0:
             raise ConfigError(f"decision_period_s must be positive, got {self.decision_period_s}")
 

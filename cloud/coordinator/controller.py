@@ -122,6 +122,17 @@ class PoolController:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def starting(self, stage: str) -> int:
+        """Shards of ``stage`` on their way: the ones this controller is starting, and the ones the
+        backend restarts under their old id (a crashed process, a lost Ray node), which it does not
+        start a second replacement for."""
+        restarting = sum(
+            1
+            for h in (self.backend.list() if self.backend is not None else ())
+            if h.spec.model == self.pool.model and h.spec.stage == stage and h.state == "starting" and h.restarts
+        )
+        return self.stages[stage].starting + restarting
+
     def live(self, stage: str, now: float) -> list[ShardRecord]:
         """Live shards of one stage of the pool: breaker not open, not draining."""
         return [r for r in self.registry.shards(self.pool.model, stage) if not r.draining and r.breaker.allows(now)]
@@ -197,7 +208,7 @@ class PoolController:
             r.spare = True
         for r in extra:
             self.drain(r.info.shard_id)
-        missing = decision.replicas + decision.warm_spares - len(live) - self.stages[stage].starting
+        missing = decision.replicas + decision.warm_spares - len(live) - self.starting(stage)
         for _ in range(max(0, missing)):
             self._spawn(self._start(stage))
 

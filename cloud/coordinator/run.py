@@ -1,4 +1,4 @@
-"""Run a coordinator with the local process backend: the embedded default of ``splitasr up``."""
+"""Run a coordinator: the local process backend (the embedded default of ``splitasr up``) or Ray."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import json
 import logging
 import os
 import signal
+import threading
 from pathlib import Path
 
 from aiohttp import web
 
-from splitasr.cloud.coordinator.backend import LocalProcessBackend
+from splitasr.cloud.coordinator.backend import Backend, LocalProcessBackend
 from splitasr.cloud.coordinator.config import ClusterConfig
 from splitasr.cloud.coordinator.service import Coordinator, create_app
 from splitasr.cloud.coordinator.state import StateStore
@@ -36,8 +37,9 @@ async def run_coordinator(
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     guard_server_loop(loop)
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if threading.current_thread() is threading.main_thread():  # as a Ray actor it runs in another thread
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
     # with a workdir, the coordinator's state survives a restart: the shards it started are adopted
     state = StateStore(Path(workdir) / STATE_FILE) if workdir else None
     if state is not None:
@@ -53,9 +55,9 @@ async def run_coordinator(
     same_port = await _listen(runner, config, int(state.get("port") or 0) if state is not None else 0)
     host, port = runner.addresses[0][:2]
     scheme = "https" if config.tls_cert else "http"
-    url = f"{scheme}://{host}:{port}"
-    backend = LocalProcessBackend(url, Path(workdir) if workdir else None, state=state)
-    if state is not None:
+    url = config.public_url or f"{scheme}://{host}:{port}"
+    backend = _backend(config, url, workdir, state)
+    if state is not None and isinstance(backend, LocalProcessBackend):
         state.put("port", str(port))
         adopted = backend.adopt()
         if adopted and not same_port:  # they would heartbeat to a port nobody listens on: stop them
@@ -92,6 +94,23 @@ async def run_coordinator(
         if state is not None:
             state.put("owner_pid", "0")  # stopped cleanly: every shard it started is stopped too
             state.close()
+
+
+def _backend(config: ClusterConfig, url: str, workdir: str | None, state: StateStore | None) -> Backend:
+    if config.backend == "local":
+        return LocalProcessBackend(url, Path(workdir) if workdir else None, state=state)
+    from splitasr.cloud.coordinator.ray_backend import RayBackend
+
+    backend = RayBackend(
+        url,
+        address=config.ray_address,
+        namespace=config.ray_namespace,
+        shard_host=config.shard_host,
+        zone_resources=config.zone_resources,
+        stage_resources={p.model: p.stage_resources for p in config.pools},
+    )
+    backend.state = state  # pins survive a restart; the actors themselves are not adopted
+    return backend
 
 
 async def _listen(runner: web.AppRunner, config: ClusterConfig, last_port: int) -> bool:

@@ -75,6 +75,7 @@ class Coordinator:
         self._breaker_seen: dict[str, str] = {}
         self._registered = asyncio.Event()  # set at every registration
         self._loop_task: asyncio.Task | None = None
+        self.closing = False  # set by close(): /readyz answers 503 from then on
 
     def attach(self, backend: Backend) -> None:
         """Use ``backend`` to start and stop shards; its exit reports open breakers at once."""
@@ -170,6 +171,7 @@ class Coordinator:
         self._loop_task = asyncio.get_running_loop().create_task(self.run())
 
     async def close(self) -> None:
+        self.closing = True
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
@@ -398,7 +400,19 @@ async def ui_handler(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
+    """Liveness: the process serves HTTP."""
     return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    """Readiness: a backend is attached (shards can register) and the coordinator is not closing.
+
+    Not gated on the pools being up: the shards it starts register through the same address (a
+    Kubernetes Service sends nothing to an unready pod), so that would never become ready."""
+    c = request.app[COORDINATOR]
+    ready = c.backend is not None and not c.closing
+    body = {"status": "ready" if ready else "not ready", "control_loop": c._loop_task is not None}
+    return web.json_response(body, status=200 if ready else 503)
 
 
 def create_app(coordinator: Coordinator) -> web.Application:
@@ -413,4 +427,5 @@ def create_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/ui", ui_handler)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
     return app
