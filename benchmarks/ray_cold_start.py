@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+
+os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # keep Ray on loopback (read when ray is imported)
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,6 +30,21 @@ from tests.ray_cluster import ray_nodes  # noqa: E402
 STAGES = ("enc_a", "enc_b", "dec")
 
 
+async def chain(backend) -> dict[str, float]:
+    """Start a decoder, an encoder B feeding it and an encoder A feeding that, one after the other
+    (a stage needs its next stage's URL), then stop them; start → ready of each."""
+    handles, next_urls = [], ()
+    try:
+        for stage in reversed(STAGES):
+            handle = await backend.start(ShardSpec("tiny.en", stage, int8=True, next_urls=next_urls))
+            handles.append(handle)
+            next_urls = (handle.url,)
+    finally:
+        for handle in handles:
+            await backend.stop(handle.shard_id)
+    return {h.spec.stage: h.cold_start_s for h in handles}
+
+
 async def measure(address: str, rounds: int) -> dict[str, dict[str, list[float]]]:
     from splitasr.cloud.coordinator.ray_backend import RayBackend
 
@@ -34,18 +52,16 @@ async def measure(address: str, rounds: int) -> dict[str, dict[str, list[float]]
     times: dict[str, dict[str, list[float]]] = {name: {s: [] for s in STAGES} for name in backends}
     try:
         for backend in backends.values():  # warm-up, not counted
-            handle = await backend.start(ShardSpec("tiny.en", "dec", int8=True))
-            await backend.stop(handle.shard_id)
+            await chain(backend)
         for r in range(rounds):
-            for stage in STAGES:
-                order = list(backends.items()) if r % 2 == 0 else list(reversed(backends.items()))
-                for name, backend in order:
-                    handle = await backend.start(ShardSpec("tiny.en", stage, int8=True))
-                    times[name][stage].append(handle.cold_start_s)
-                    await backend.stop(handle.shard_id)
+            order = list(backends.items()) if r % 2 == 0 else list(reversed(backends.items()))
+            for name, backend in order:
+                for stage, seconds in (await chain(backend)).items():
+                    times[name][stage].append(seconds)
     finally:
         for backend in backends.values():
             await backend.close()
+        backends["ray actor"].ray.shutdown()
     return times
 
 

@@ -96,6 +96,8 @@ def cmd_up_coordinator(args: argparse.Namespace) -> int:
     if args.detached:
         if config.backend != "ray":
             raise ConfigError("--detached runs the coordinator as a Ray actor: it needs --backend ray")
+        if not config.ray_address:  # a private Ray would end with this command, and the actor with it
+            raise ConfigError("--detached needs a running Ray cluster: give --address auto or HOST:PORT")
         from splitasr.cloud.coordinator.ray_coordinator import start_detached
 
         info = start_detached(config)

@@ -21,6 +21,9 @@ def ray_nodes(zones: tuple[str, ...], cpus_per_node: int = 4) -> Iterator[tuple[
     from ray.cluster_utils import Cluster
 
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # inherited by every Ray process started here
+    # Ray "resolves" a 127.0.0.1 bootstrap address to the machine's outward address; this keeps
+    # every driver (benchmark, coordinator) on loopback
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
     cluster = Cluster(initialize_head=True, head_node_args={**NODE, "num_cpus": 0, "_system_config": HEALTH})
     try:
         nodes = {cluster.add_node(**NODE, num_cpus=cpus_per_node, labels={"zone": z}): z for z in zones}

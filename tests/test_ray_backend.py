@@ -9,18 +9,24 @@ b), all on 127.0.0.1, object store capped, no dashboard, no usage stats. The coo
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import subprocess
+import sys
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from splitasr.edge.agent import AgentOptions, EdgeAgent
 from splitasr.edge.audio_in import file_source
-from tests.cluster import CoordinatorProcess, EdgeStreams, stream_base, wait_until
+from tests import ray_cluster
+from tests.cluster import ADMIN_TOKEN, CoordinatorProcess, EdgeStreams, stream_base, wait_until
+from tests.ray_cluster import node_of
 
-ray = pytest.importorskip("ray", reason="the Ray backend needs the ray extra (make install installs it)")
-from ray.cluster_utils import Cluster  # noqa: E402
+pytest.importorskip("ray", reason="the Ray backend needs the ray extra (make install installs it)")
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +36,6 @@ LONG = [
     REAL / "en_librivox_sonnet001_lines02-13.flac",  # 43 s
     REAL / "en_mfa_acoustic_corpus.flac",  # 27 s
 ]
-NODE = {"node_ip_address": "127.0.0.1", "object_store_memory": 100 * 1024 * 1024, "include_dashboard": False}
 ZONES = ("a", "a", "b")
 
 CONFIG = {
@@ -52,36 +57,16 @@ CONFIG = {
 
 @pytest.fixture(scope="module")
 def ray_nodes():
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"  # inherited by every Ray process started here
-    # Ray "resolves" a 127.0.0.1 bootstrap address to the machine's outward address; this keeps the
-    # coordinator's driver (and everything else) on loopback
-    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
-    # a lost node is declared dead after ~2 s of missed health checks (default ~15 s)
-    health = {"health_check_period_ms": 500, "health_check_timeout_ms": 500, "health_check_failure_threshold": 4}
-    cluster = Cluster(initialize_head=True, head_node_args={**NODE, "num_cpus": 0, "_system_config": health})
-    try:  # logical CPUs: room for every shard on the two nodes left after one is removed
-        nodes = {cluster.add_node(**NODE, num_cpus=4, labels={"zone": zone}): zone for zone in ZONES}
-        cluster.wait_for_nodes()
-        yield cluster, nodes
-    finally:
-        cluster.shutdown()
+    # 4 logical CPUs per node: room for every shard on the two nodes left after one is removed
+    with ray_cluster.ray_nodes(ZONES, cpus_per_node=4) as nodes:
+        yield nodes
 
 
 @pytest.fixture(scope="module")
 def cluster(ray_nodes, tmp_path_factory, tiny_artifacts):
-    ray_cluster, _ = ray_nodes
-    with CoordinatorProcess(tmp_path_factory.mktemp("ray"), {**CONFIG, "ray_address": ray_cluster.address}) as c:
+    cluster_, _ = ray_nodes
+    with CoordinatorProcess(tmp_path_factory.mktemp("ray"), {**CONFIG, "ray_address": cluster_.address}) as c:
         yield c
-
-
-def raylet_of(pid: int) -> int:
-    """The pid of the raylet that started a Ray worker process (its parent)."""
-    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-
-
-def node_of(nodes: dict, pid: int):
-    parent = raylet_of(pid)
-    return next(n for n in nodes if n.all_processes["raylet"][0].process.pid == parent)
 
 
 def test_shards_are_actors_placed_by_zone_label(cluster, ray_nodes):
@@ -93,8 +78,61 @@ def test_shards_are_actors_placed_by_zone_label(cluster, ray_nodes):
     assert sorted(s["zone"] for s in shards if s["stage"] == "enc_a") == ["a", "b"]
 
 
+def splitasr(*args: str, timeout_s: float = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "SPLITASR_ADMIN_TOKEN": ADMIN_TOKEN}
+    cmd = [sys.executable, "-m", "splitasr.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, env=env)
+
+
+def answers(url: str) -> int | None:
+    """HTTP status of GET ``url`` as admin; None when nothing listens there."""
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def test_detached_coordinator_outlives_up_and_stops_with_down(ray_nodes, tmp_path, tiny_artifacts):
+    """`up --backend ray --detached` returns once the coordinator actor has its pool up; the
+    coordinator keeps serving after the command exited; `down` stops it and its shards."""
+    cluster_, _ = ray_nodes
+    namespace = "splitasr-detached-test"  # zone a: two nodes, room next to the module's cluster
+    pool = {"model": "tiny.en", "zones": ["a"], "autoscaler": {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0}}
+    config = {"backend": "ray", "port": 0, "ray_namespace": namespace, "decision_period_s": 0.5}
+    (tmp_path / "cluster.yaml").write_text(json.dumps({**config, "pools": [{**pool, "enc_b": 1, "dec": 1}]}))
+    ready = tmp_path / "ready.json"
+    address = cluster_.address
+    up = splitasr("up", "--config", str(tmp_path / "cluster.yaml"), "--address", address, "--detached",
+                  "--ready-file", str(ready))  # fmt: skip
+    assert up.returncode == 0, up.stderr[-3000:]
+    url = json.loads(ready.read_text())["url"]
+    try:
+        assert answers(url + "/readyz") == 200
+        pools = wait_until(lambda: len(shards_of(url)) == 3 and shards_of(url), 60, "3 shards of the detached pool")
+        pids = [s["pid"] for s in pools]
+        assert sorted(s["stage"] for s in pools) == ["dec", "enc_a", "enc_b"]
+    finally:
+        down = splitasr("down", "--address", address, "--namespace", namespace, timeout_s=180)
+    assert down.returncode == 0, down.stderr[-3000:]
+    assert answers(url + "/healthz") is None  # the coordinator is gone ...
+    wait_until(lambda: not any(Path(f"/proc/{pid}").exists() for pid in pids), 30, "its shards to exit")
+    again = splitasr("down", "--address", address, "--namespace", namespace)
+    assert again.returncode == 1 and "no detached coordinator" in again.stdout
+    assert splitasr("up", "--backend", "ray", "--detached").returncode == 2  # no cluster to outlive the command
+
+
+def shards_of(url: str) -> list[dict]:
+    request = urllib.request.Request(url + "/v1/pools", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return [s for p in json.loads(resp.read())["pools"] for s in p["shards"]]
+
+
 def test_node_removed_under_streams_loses_no_utterance(cluster, ray_nodes):
-    ray_cluster, nodes = ray_nodes
+    cluster_, nodes = ray_nodes
     edges = EdgeStreams()
     finals_at: dict[str, list[float]] = {}
     try:
@@ -117,7 +155,7 @@ def test_node_removed_under_streams_loses_no_utterance(cluster, ray_nodes):
         victim = node_of(nodes, victim_shard["pid"])
         on_victim = {sid for sid, s in before.items() if node_of(nodes, s["pid"]) is victim}
         removed_at = time.time()
-        ray_cluster.remove_node(victim, allow_graceful=False)
+        cluster_.remove_node(victim, allow_graceful=False)
 
         def restarted():
             now = {s["shard_id"]: s for s in cluster.pool()["shards"] if s["breaker"] != "open"}
@@ -133,7 +171,9 @@ def test_node_removed_under_streams_loses_no_utterance(cluster, ray_nodes):
         next_final_s = [min(t for t in finals_at[d] if t > removed_at) - removed_at for d in affected]
         print(
             f"removed node with {sorted(on_victim)}; restarted in {restart_s:.1f} s; "
-            f"next FINAL of the {len(affected)} affected streams after {[round(s, 1) for s in next_final_s]} s"
+            f"next FINAL of the {len(affected)} affected streams after {[round(s, 1) for s in next_final_s]} s; "
+            f"utterances {sum(r.utterances for r in reports)}, FINALs {sum(len(r.finals) for r in reports)}, "
+            f"duplicates {sum(r.duplicate_finals for r in reports)}"
         )
     finally:
         edges.close()

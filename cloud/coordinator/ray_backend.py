@@ -41,13 +41,16 @@ ZONE_LABEL = "zone"
 def connect(address: str | None, namespace: str):
     """The ``ray`` module, connected: to a running cluster (``auto`` or HOST:PORT), or to a private
     Ray started on loopback (None). Usage stats stay off unless the environment turns them on."""
+    loopback = address is None or address.rsplit(":", 1)[0] in ("127.0.0.1", "localhost")
+    if loopback:  # Ray "resolves" 127.0.0.1 to the machine's outward address unless told (read on import)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray's usage report would leave the machine
     try:
         import ray
     except ImportError:
         raise ConfigError("the Ray backend needs the ray extra: pip install 'splitasr[ray]'") from None
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # Ray's usage report would leave the machine
     if not ray.is_initialized():
-        local = {"_node_ip_address": "127.0.0.1"} if address is None else {}
+        local = {"_node_ip_address": "127.0.0.1"} if loopback else {}
         ray.init(address=address, namespace=namespace, include_dashboard=False, log_to_driver=False, **local)
     return ray
 
