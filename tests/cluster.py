@@ -17,6 +17,13 @@ from splitasr.cloud.coordinator import launch
 from splitasr.edge.agent import AgentOptions, AgentReport, EdgeAgent
 from splitasr.edge.audio_in import file_source
 
+#: long real-speech recordings (several utterances with pauses) for streams under faults
+REAL_EN = Path(__file__).resolve().parent.parent / "samples" / "real" / "en"
+LONG_REAL = [
+    REAL_EN / "en_ljspeech_LJ001-0026_to_0030_concat.flac",  # 35 s
+    REAL_EN / "en_librivox_sonnet001_lines02-13.flac",  # 43 s
+    REAL_EN / "en_mfa_acoustic_corpus.flac",  # 27 s
+]
 ADMIN_TOKEN = "test-admin-token"
 
 

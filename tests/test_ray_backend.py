@@ -24,18 +24,13 @@ from splitasr.edge.agent import AgentOptions, EdgeAgent
 from splitasr.edge.audio_in import file_source
 from tests import ray_cluster
 from tests.cluster import ADMIN_TOKEN, CoordinatorProcess, EdgeStreams, stream_base, wait_until
+from tests.cluster import LONG_REAL as LONG
 from tests.ray_cluster import node_of
 
 pytest.importorskip("ray", reason="the Ray backend needs the ray extra (make install installs it)")
 
 pytestmark = pytest.mark.integration
 
-REAL = Path(__file__).resolve().parent.parent / "samples" / "real" / "en"
-LONG = [
-    REAL / "en_ljspeech_LJ001-0026_to_0030_concat.flac",  # 35 s
-    REAL / "en_librivox_sonnet001_lines02-13.flac",  # 43 s
-    REAL / "en_mfa_acoustic_corpus.flac",  # 27 s
-]
 ZONES = ("a", "a", "b")
 
 CONFIG = {

@@ -13,21 +13,15 @@ import os
 import re
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from splitasr.shared.protocol import http_url
+from tests.cluster import LONG_REAL as LONG
 from tests.cluster import CoordinatorProcess, EdgeStreams, wait_until
 
 pytestmark = pytest.mark.integration
 
-REAL = Path(__file__).resolve().parent.parent / "samples" / "real" / "en"
-LONG = [
-    REAL / "en_ljspeech_LJ001-0026_to_0030_concat.flac",  # 35 s
-    REAL / "en_librivox_sonnet001_lines02-13.flac",  # 43 s
-    REAL / "en_mfa_acoustic_corpus.flac",  # 27 s
-]
 
 DECODER_BOUND = {
     "decision_period_s": 0.5,
