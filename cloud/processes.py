@@ -48,8 +48,19 @@ def shard_command(
     the cluster secret through its inherited environment (generated here if this process has none)."""
     ensure_cluster_secret()
     ready_file.unlink(missing_ok=True)
-    cmd = [sys.executable, "-m", "splitasr.cli", "--log-level", "INFO", "shard", "--model", spec.model]
-    cmd += ["--stage", spec.stage, "--threads", str(spec.threads), "--ready-file", str(ready_file)]
+    return [sys.executable, "-m", "splitasr.cli"] + shard_args(spec, ready_file, coordinator_url, shard_id)
+
+
+def shard_args(
+    spec: ShardSpec, ready_file: Path | None, coordinator_url: str | None = None, shard_id: str | None = None
+) -> list[str]:
+    """The ``splitasr`` arguments of a spec's shard (``--log-level INFO shard …``), the one place the
+    command line is built: :func:`shard_command` runs them as a process, the Ray backend's actors
+    parse them in their worker (``ready_file`` None: the actor picks its own)."""
+    cmd = ["--log-level", "INFO", "shard", "--model", spec.model]
+    cmd += ["--stage", spec.stage, "--threads", str(spec.threads)]
+    if ready_file is not None:
+        cmd += ["--ready-file", str(ready_file)]
     cmd += ["--zone", spec.zone, "--region", spec.region]
     if spec.int8:
         cmd.append("--int8")

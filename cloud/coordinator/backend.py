@@ -45,6 +45,11 @@ class ShardHandle:
         return None if self.ready_at is None else self.ready_at - self.started_at
 
 
+def new_shard_id(spec: ShardSpec) -> str:
+    """The id of a new shard of ``spec`` (a restarted shard keeps its old one)."""
+    return f"{spec.model}-{spec.stage}-{uuid.uuid4().hex[:6]}"
+
+
 class Backend(abc.ABC):
     #: called with (shard id, exit code) when a shard's process is seen to exit; the coordinator
     #: uses it to open that shard's breaker at once instead of waiting for heartbeat silence
@@ -161,8 +166,7 @@ class LocalProcessBackend(Backend):
         return self._procs[shard_id].log_file
 
     async def start(self, spec: ShardSpec, shard_id: str | None = None) -> ShardHandle:
-        shard_id = shard_id or f"{spec.model}-{spec.stage}-{uuid.uuid4().hex[:6]}"
-        handle = ShardHandle(shard_id, spec, started_at=time.monotonic())
+        handle = ShardHandle(shard_id or new_shard_id(spec), spec, started_at=time.monotonic())
         return await self._launch(handle)
 
     async def _launch(self, handle: ShardHandle) -> ShardHandle:

@@ -23,12 +23,11 @@ import logging
 import os
 import tempfile
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from splitasr.cloud.coordinator.backend import Backend, ShardHandle
-from splitasr.cloud.processes import ShardSpec, shard_command
+from splitasr.cloud.coordinator.backend import Backend, ShardHandle, new_shard_id
+from splitasr.cloud.processes import ShardSpec, shard_args
 from splitasr.shared.auth import SECRET_ENV, ensure_cluster_secret
 from splitasr.shared.errors import ConfigError, ProcessStartError
 from splitasr.shared.limits import Backoff
@@ -55,12 +54,18 @@ def connect(address: str | None, namespace: str):
     return ray
 
 
+def init_worker(env: dict[str, str]) -> None:
+    """Set up the Ray worker process of an actor: the environment it was given (the cluster
+    secret, tokens), and logging to the worker's log files."""
+    os.environ.update(env)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
 class ShardActor:
     """Runs one shard server in this Ray worker process (wrapped with ``ray.remote`` on first use)."""
 
     def __init__(self, argv: list[str], env: dict[str, str]):
-        os.environ.update(env)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        init_worker(env)
         self.argv = argv
         self.stop_event: asyncio.Event | None = None
         self.task: asyncio.Task | None = None
@@ -160,14 +165,13 @@ class RayBackend(Backend):
         return options
 
     async def start(self, spec: ShardSpec, shard_id: str | None = None) -> ShardHandle:
-        shard_id = shard_id or f"{spec.model}-{spec.stage}-{uuid.uuid4().hex[:6]}"
-        return await self._launch(ShardHandle(shard_id, spec, started_at=time.monotonic()))
+        return await self._launch(ShardHandle(shard_id or new_shard_id(spec), spec, started_at=time.monotonic()))
 
     async def _launch(self, handle: ShardHandle) -> ShardHandle:
-        argv = shard_command(handle.spec, Path("ready.json"), self.coordinator_url, handle.shard_id)
-        argv = argv[argv.index("splitasr.cli") + 1 :] + ["--host", self.shard_host]
+        argv = shard_args(handle.spec, None, self.coordinator_url, handle.shard_id) + ["--host", self.shard_host]
         env = {SECRET_ENV: ensure_cluster_secret()}
-        actor = self.remote_actor.options(**self.placement(handle.spec)).remote(argv, env)
+        options = self.placement(handle.spec)
+        actor = self.remote_actor.options(**options).remote(argv, env)
         handle.state, handle.started_at = "starting", time.monotonic()
         entry = _Actor(handle, actor)
         self._actors[handle.shard_id] = entry
@@ -178,8 +182,7 @@ class RayBackend(Backend):
             self.ray.kill(actor)
             handle.state = "exited"
             why = "no node has room for it" if isinstance(exc, asyncio.TimeoutError) else str(exc)[-1500:]
-            where = self.placement(handle.spec)
-            raise ProcessStartError(f"shard {handle.shard_id} ({where}) did not start: {why}") from None
+            raise ProcessStartError(f"shard {handle.shard_id} ({options}) did not start: {why}") from None
         handle.info, handle.pid, handle.url = info, info["pid"], info["url"]
         handle.ready_at, handle.state = time.monotonic(), "ready"
         entry.watcher = asyncio.get_running_loop().create_task(self._watch(entry))

@@ -10,13 +10,11 @@ with ``host: node`` the address of the node Ray placed it on.
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 import tempfile
 from pathlib import Path
 
 from splitasr.cloud.coordinator.config import ClusterConfig
-from splitasr.cloud.coordinator.ray_backend import connect, until_ready
+from splitasr.cloud.coordinator.ray_backend import connect, init_worker, until_ready
 from splitasr.shared.auth import SECRET_ENV, ensure_cluster_secret
 
 ACTOR_NAME = "splitasr-coordinator"
@@ -25,12 +23,10 @@ READY_TIMEOUT_S = 600.0  # it exports the stages on first use, then starts every
 
 class CoordinatorActor:
     def __init__(self, config: ClusterConfig, env: dict[str, str]):
-        os.environ.update(env)
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        init_worker(env)
         self.config = config
         self.stop_event: asyncio.Event | None = None
         self.task: asyncio.Task | None = None
-        self.info: dict | None = None
 
     async def start(self) -> dict:
         """Serve the coordinator and start its pools; answers {url, pid} once the cluster is ready
