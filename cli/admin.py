@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("device_id")
     p.add_argument("--ttl-hours", type=float, default=24 * 30, help="lifetime (default 30 days)")
     p.set_defaults(func=cmd_token)
+    from splitasr.cli import rollout
+
+    rollout.register(sub)
 
 
 def call(base: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
@@ -82,16 +85,22 @@ def cmd_status(args: argparse.Namespace) -> int:
         return 0
     for pool in status["pools"]:
         print(
-            f"pool {pool['model']} ({', '.join(pool['languages'])}): {pool['replicas']} replicas "
+            f"pool {pool['model']} ({', '.join(pool['languages'])}) version {pool.get('version', 'default')}: "
+            f"{pool['replicas']} replicas "
             f"(desired {pool['desired']}, spares {pool['spares']}, starting {pool['starting']}), "
             f"{pool['sessions']} sessions, FINAL p50/p95/p99 "
             f"{pool['final_p50_ms']}/{pool['final_p95_ms']}/{pool['final_p99_ms']} ms, "
             f"queue {pool['queue_delay_ms']} ms, cold start {pool['cold_start_s']} s"
         )
+        r = pool.get("rollout")
+        if r:
+            share = f"canary share {r['share']:.0%}"
+            print(f"  rollout {r['stable']} -> {r['canary']}: {r['status']}, {share} {r['reason']}")
         for s in pool["shards"]:
             state = "draining" if s["draining"] else "spare" if s["spare"] else s["breaker"]
             print(
-                f"  {s['shard_id']:28} {s['stage']:5} zone {s['zone']:8} {state:9} sessions {s['sessions']:3}  "
+                f"  {s['shard_id']:28} {s['stage']:5} {s.get('config_version', ''):8} zone {s['zone']:8} {state:9} "
+                f"sessions {s['sessions']:3}  "
                 f"p50 {s['final_p50_ms']:6.0f} ms  p99 {s['final_p99_ms']:6.0f} ms  {s.get('url', '')}"
             )
         for stage, st in pool.get("stages", {}).items():

@@ -71,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--zone", default="local", help="locality label used by the router")
     p.add_argument("--region", default="local", help="locality label used by the router")
+    p.add_argument("--config-version", default="default", help="the pool version this shard runs (rollouts)")
+    p.add_argument(
+        "--inject-fault",
+        default=None,
+        metavar="FAULT",
+        help="stage 0, for canary and chaos tests only: slow:MS (delay FINALs), empty or garbage (their text)",
+    )
     p.add_argument(
         "--insecure",
         action="store_true",
@@ -128,6 +135,8 @@ def shard_config(args: argparse.Namespace):
         tls_key=args.tls_key,
         zone=args.zone,
         region=args.region,
+        config_version=args.config_version,
+        inject_fault=args.inject_fault,
         secret=secret_from_env(),
         insecure=args.insecure,
         require_ticket=args.require_ticket,

@@ -31,6 +31,7 @@ class ShardSpec:
     int8: bool = False
     next_urls: tuple[str, ...] = ()
     extra_args: tuple[str, ...] = ()  # more ``splitasr shard`` flags
+    version: str = "default"  # the pool version (``--config-version``)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -61,7 +62,7 @@ def shard_args(
     cmd += ["--stage", spec.stage, "--threads", str(spec.threads)]
     if ready_file is not None:
         cmd += ["--ready-file", str(ready_file)]
-    cmd += ["--zone", spec.zone, "--region", spec.region]
+    cmd += ["--zone", spec.zone, "--region", spec.region, "--config-version", spec.version]
     if spec.int8:
         cmd.append("--int8")
     for url in spec.next_urls:

@@ -51,7 +51,9 @@ class ShardInfo(_Message):
     url: WsUrl
     model: Name  # the pool: one model, e.g. "tiny.en" (English) or "base" (multilingual)
     stage: Stage  # enc_a (stage 0), enc_b or dec
-    version: Text = ""
+    version: Text = ""  # the stage export's version (manifest)
+    config_version: Name = "default"  # the pool version it runs (cluster config ``versions:``)
+    weights_sha256: Annotated[str, Field(max_length=64, pattern=r"^[0-9a-f]*$")] = ""
     zone: Name = "local"
     region: Name = "local"
     capacity: Annotated[int, Field(ge=1, le=100_000)] = 64  # sessions (stage 0)
@@ -71,6 +73,10 @@ class ShardLoad(_Message):
     busy: Share = 0.0  # share of the last seconds the stage's worker spent computing
     occupancy: Share = 0.0  # decoder: mean running batch / its batch limit
     requests: Count = 0  # stage requests served, cumulative
+    # stage 0, cumulative (canary guards compare versions on them)
+    finals: Count = 0  # FINALs sent
+    empty_finals: Count = 0  # ... of them with no text for an utterance that had audio
+    final_errors: Count = 0  # utterances answered with an error instead of a FINAL
 
 
 class Heartbeat(ShardLoad):
@@ -85,6 +91,7 @@ class RouteQuery(_Message):
     region: Name | None = None
     model: Name | None = None
     stage: Stage | None = None
+    version: Name | None = None  # a next stage of this pool version (default: the pool's stable one)
     # a new stream's identity: with ``Authorization: Bearer <device token>``, each stage-0 candidate
     # comes with a route ticket for this session (shards started with --require-ticket ask for one)
     device: Name | None = None

@@ -67,10 +67,18 @@ class EdgeStreams:
         self.agents: list[EdgeAgent] = []
 
     def start(
-        self, clip: Path, coordinator: str, zone: str | None = None, device_id: str = "edge", **options
+        self,
+        clip: Path,
+        coordinator: str,
+        zone: str | None = None,
+        device_id: str = "edge",
+        session_id: str | None = None,
+        **options,
     ) -> concurrent.futures.Future[AgentReport]:
         agent_options = AgentOptions(coordinator=coordinator, zone=zone, device_id=device_id, language="en", **options)
         agent = EdgeAgent(agent_options)
+        if session_id is not None:
+            agent.session_id = session_id
         self.agents.append(agent)
         return asyncio.run_coroutine_threadsafe(agent.run(file_source(clip, realtime=True)), self.loop)
 

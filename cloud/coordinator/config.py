@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,19 @@ def later_stage_autoscaler(**overrides) -> AutoscalerConfig:
     return AutoscalerConfig(**{**LATER_STAGE_DEFAULTS, **overrides})
 
 
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+DEFAULT_VERSION = "default"  # a pool's own settings
+
+
+@dataclass(frozen=True)
+class PoolVersion:
+    """A named variant of a pool's shard settings, for canary rollouts (``versions:`` of a pool)."""
+
+    int8: bool | None = None  # None: the pool's
+    threads: int | None = None
+    shard_args: tuple[str, ...] = ()  # added to the pool's
+
+
 @dataclass(frozen=True)
 class PoolConfig:
     model: str = "tiny.en"
@@ -44,6 +58,24 @@ class PoolConfig:
     dec_autoscaler: AutoscalerConfig = field(default_factory=later_stage_autoscaler)
     # Ray backend: what each stage's shard asks for, e.g. {"dec": {"CPU": 2, "GPU": 1}} (CPU: threads)
     stage_resources: dict[str, dict[str, float]] = field(default_factory=dict)
+    versions: dict[str, PoolVersion] = field(default_factory=dict)  # rollout targets by name
+    version: str = DEFAULT_VERSION  # the version its shards run (stable; a canary's once promoted)
+
+    def for_version(self, name: str) -> PoolConfig:
+        """This pool's settings in version ``name`` (``default``: as configured); ConfigError if unknown."""
+        if name == DEFAULT_VERSION:
+            return dataclasses.replace(self, version=name)
+        if name not in self.versions:
+            known = ", ".join([DEFAULT_VERSION, *self.versions])
+            raise ConfigError(f"pool {self.model} has no version {name!r}; versions: {known}")
+        v = self.versions[name]
+        return dataclasses.replace(
+            self,
+            version=name,
+            int8=self.int8 if v.int8 is None else v.int8,
+            threads=self.threads if v.threads is None else v.threads,
+            shard_args=self.shard_args + v.shard_args,
+        )
 
     def autoscaler_for(self, stage: str) -> AutoscalerConfig:
         """The autoscaler of one stage's pool; the later stages' minimum is ``enc_b`` / ``dec``."""
@@ -65,6 +97,11 @@ class PoolConfig:
                     f"pool {self.model}: stage_resources takes enc_a, enc_b, dec with amounts >= 0, "
                     f"got {stage}: {wanted}"
                 )
+        for name in [*self.versions, self.version]:
+            if not VERSION_NAME.match(name):
+                raise ConfigError(f"pool {self.model}: version names are [A-Za-z0-9._-]{{1,64}}, got {name!r}")
+        if self.version != DEFAULT_VERSION and self.version not in self.versions:
+            raise ConfigError(f"pool {self.model}: version {self.version!r} is not in its versions")
         for stage in ("enc_b", "dec"):
             if getattr(self, f"{stage}_autoscaler").min_replicas != 1:
                 raise ConfigError(
@@ -128,7 +165,8 @@ class ClusterConfig:
 SCALERS = {"autoscaler": {}, "enc_b_autoscaler": LATER_STAGE_DEFAULTS, "dec_autoscaler": LATER_STAGE_DEFAULTS}
 
 
-def _build(cls, raw: dict, where: str):
+def build_checked(cls, raw: dict, where: str):
+    """``cls`` (a config dataclass) from ``raw``: unknown keys, wrong types and non-finite numbers are ConfigErrors."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping, got {type(raw).__name__}")
     names = {f.name: f for f in dataclasses.fields(cls)}
@@ -161,15 +199,18 @@ def load_config(path: str | Path | None = None, **overrides) -> ClusterConfig:
             raise ConfigError(f"cannot read cluster config {path}: {exc}") from None
     pools = []
     for i, pool in enumerate(raw.pop("pools", [{}]) if isinstance(raw, dict) else []):
-        pool = dict(pool) if isinstance(pool, dict) else _build(PoolConfig, pool, f"pools[{i}]")
+        pool = dict(pool) if isinstance(pool, dict) else build_checked(PoolConfig, pool, f"pools[{i}]")
+        if isinstance(pool.get("versions"), dict):
+            versions = pool["versions"].items()
+            pool["versions"] = {n: build_checked(PoolVersion, v, f"pools[{i}].versions.{n}") for n, v in versions}
         for key, defaults in SCALERS.items():
             if key in pool:
                 given = pool[key]
                 if isinstance(given, dict):
                     given = {**defaults, **given}
-                pool[key] = _build(AutoscalerConfig, given, f"pools[{i}].{key}")
-        pools.append(_build(PoolConfig, pool, f"pools[{i}]"))
-    config = _build(ClusterConfig, {**raw, "pools": pools}, str(path or "cluster config"))
+                pool[key] = build_checked(AutoscalerConfig, given, f"pools[{i}].{key}")
+        pools.append(build_checked(PoolConfig, pool, f"pools[{i}]"))
+    config = build_checked(ClusterConfig, {**raw, "pools": pools}, str(path or "cluster config"))
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     token = config.admin_token or os.environ.get("SPLITASR_ADMIN_TOKEN") or secrets.token_urlsafe(18)
     return dataclasses.replace(config, admin_token=token)

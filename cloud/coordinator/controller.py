@@ -19,7 +19,7 @@ from collections import Counter, deque
 
 from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Decision, Sample, decide
 from splitasr.cloud.coordinator.backend import Backend, ShardSpec
-from splitasr.cloud.coordinator.config import PoolConfig
+from splitasr.cloud.coordinator.config import DEFAULT_VERSION, PoolConfig
 from splitasr.cloud.coordinator.registry import STAGES, Registry, ShardRecord
 from splitasr.shared.errors import ProcessStartError
 
@@ -31,9 +31,12 @@ START_ORDER = ("dec", "enc_b", "enc_a")  # a stage's next stage is up before it 
 class StagePool:
     """One stage's autoscaling state: its samples, decisions, pin and measured cold starts."""
 
-    def __init__(self, model: str, stage: str, config: AutoscalerConfig, history: int = 3600):
+    def __init__(
+        self, model: str, stage: str, config: AutoscalerConfig, history: int = 3600, version: str = DEFAULT_VERSION
+    ):
         self.model = model
         self.stage = stage
+        self.version = version
         self.config = config
         self.history: deque[Sample] = deque(maxlen=history)  # samples kept (one per period)
         self.decisions: deque[Decision] = deque(maxlen=600)
@@ -45,8 +48,10 @@ class StagePool:
 
     @property
     def key(self) -> str:
-        """Its name in the state store (stage 0 keeps the pool's name, as before stages scaled)."""
-        return self.model if self.stage == "enc_a" else f"{self.model}/{self.stage}"
+        """Its name in the state store (stage 0 keeps the pool's name, as before stages scaled; a
+        version other than the default is named after ``@``)."""
+        name = self.model if self.version == DEFAULT_VERSION else f"{self.model}@{self.version}"
+        return name if self.stage == "enc_a" else f"{name}/{self.stage}"
 
     def measured_cold_start(self, seconds: float) -> None:
         self.cold_starts.append(seconds)
@@ -73,10 +78,14 @@ class PoolController:
         self.backend = backend
         self.stages = {
             stage: StagePool(
-                pool.model, stage, dataclasses.replace(pool.autoscaler_for(stage), decision_period_s=period_s)
+                pool.model,
+                stage,
+                dataclasses.replace(pool.autoscaler_for(stage), decision_period_s=period_s),
+                version=pool.version,
             )
             for stage in (("enc_a",) if pool.whole_chain else STAGES)
         }
+        self.retiring = False  # a rolled-back canary or a replaced stable version: starts nothing
         self.start_errors: list[str] = []
         self._started_seen: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -91,12 +100,21 @@ class PoolController:
             threads=self.pool.threads,
             int8=self.pool.int8,
             extra_args=self.pool.shard_args + (("--whole-chain",) if self.pool.whole_chain else ()),
+            version=self.pool.version,
         )
+
+    def mine(self, handle_spec: ShardSpec) -> bool:
+        """A backend handle's spec belongs to this pool version."""
+        return handle_spec.model == self.pool.model and handle_spec.version == self.pool.version
+
+    def records(self, stage: str | None = None) -> list[ShardRecord]:
+        """The registry's shards of this pool version (``stage`` None: every stage)."""
+        return self.registry.shards(self.pool.model, stage, self.pool.version)
 
     async def start_chain(self) -> None:
         """Each stage's initial replicas (minimum, at least one, plus warm spares), decoder first;
         shards the backend already has (adopted from the last coordinator) count."""
-        have = Counter(h.spec.stage for h in self.backend.list() if h.spec.model == self.pool.model)
+        have = Counter(h.spec.stage for h in self.backend.list() if self.mine(h.spec))
         for stage in (s for s in START_ORDER if s in self.stages):
             config = self.stages[stage].config
             initial = max(config.min_replicas, 1) + config.warm_spares
@@ -129,13 +147,13 @@ class PoolController:
         restarting = sum(
             1
             for h in (self.backend.list() if self.backend is not None else ())
-            if h.spec.model == self.pool.model and h.spec.stage == stage and h.state == "starting" and h.restarts
+            if self.mine(h.spec) and h.spec.stage == stage and h.state == "starting" and h.restarts
         )
         return self.stages[stage].starting + restarting
 
     def live(self, stage: str, now: float) -> list[ShardRecord]:
         """Live shards of one stage of the pool: breaker not open, not draining."""
-        return [r for r in self.registry.shards(self.pool.model, stage) if not r.draining and r.breaker.allows(now)]
+        return [r for r in self.records(stage) if not r.draining and r.breaker.allows(now)]
 
     # -- persistence (the backend's state store, when it has one) --------------------------------
     def restore(self) -> None:
@@ -161,7 +179,7 @@ class PoolController:
     def _arrivals(self) -> int:
         """New sessions across the pool's stage-0 shards since the last period."""
         arrivals = 0
-        for r in self.registry.shards(self.pool.model, "enc_a"):
+        for r in self.records("enc_a"):
             seen = self._started_seen.get(r.info.shard_id, 0)
             started = r.load.sessions_started
             arrivals += started - seen if started >= seen else started  # a restart resets the counter
@@ -186,16 +204,14 @@ class PoolController:
         arrivals = self._arrivals()
         state = self.backend.state if self.backend is not None else None
         decisions = {}
+        if self.retiring:  # its shards are drained stage by stage (rollouts.py); nothing to decide
+            return decisions
         for stage, pool in self.stages.items():
             sample = self.sample(stage, now, sessions, arrivals)
             if state is not None:
                 state.add_sample(pool.key, now, dataclasses.asdict(sample))
             decisions[stage] = pool.decide(sample, now)
             self.apply(stage, decisions[stage], now)
-        # forget shards that drained and went silent
-        for r in self.registry.shards(self.pool.model):
-            if r.draining and not r.breaker.allows(now):
-                self.registry.remove(r.info.shard_id)
         return decisions
 
     def apply(self, stage: str, decision: Decision, now: float) -> None:
@@ -212,9 +228,13 @@ class PoolController:
         for _ in range(max(0, missing)):
             self._spawn(self._start(stage))
 
-    def drain(self, shard_id: str) -> None:
+    def drain(self, shard_id: str, now: bool = False) -> None:
+        """Route nothing more to a shard and let it go (``now``: stage 0 moves its sessions at once)."""
         record = self.registry.records.get(shard_id)
-        if record is None or record.draining:
+        if record is None or (record.draining and record.drain_now >= now):
+            return
+        record.drain_now = record.drain_now or now
+        if record.draining:
             return
         record.draining = True
         if self.backend is not None:  # shards started by hand (no backend) exit on their own

@@ -22,6 +22,7 @@ class ShardRecord:
     load: ShardLoad = field(default_factory=ShardLoad)
     breaker: Breaker = field(default_factory=Breaker)
     draining: bool = False
+    drain_now: bool = False  # stage 0: move its sessions at once, not between utterances
     spare: bool = False  # warm spare: ready, not routed to until promoted
     routed: int = 0  # streams sent here since its last heartbeat (not yet in its load)
 
@@ -72,18 +73,23 @@ class Registry:
     def remove(self, shard_id: str) -> ShardRecord | None:
         return self.records.pop(shard_id, None)
 
-    def shards(self, model: str | None = None, stage: str | None = None) -> list[ShardRecord]:
+    def shards(
+        self, model: str | None = None, stage: str | None = None, version: str | None = None
+    ) -> list[ShardRecord]:
+        """Shards of one pool (model), stage and pool version; None: any."""
         return [
             r
             for r in self.records.values()
-            if (model is None or r.info.model == model) and (stage is None or r.info.stage == stage)
+            if (model is None or r.info.model == model)
+            and (stage is None or r.info.stage == stage)
+            and (version is None or r.info.config_version == version)
         ]
 
     def available(self, record: ShardRecord, now: float) -> bool:
         return record.breaker.allows(now) and not record.draining and not record.spare
 
-    def views(self, model: str, stage: str, now: float) -> list[ShardView]:
-        """Router input for one pool and stage."""
+    def views(self, model: str, stage: str, now: float, version: str | None = None) -> list[ShardView]:
+        """Router input for one pool, stage and version."""
         return [
             ShardView(
                 shard_id=r.info.shard_id,
@@ -96,5 +102,5 @@ class Registry:
                 capacity=r.info.capacity,
                 available=self.available(r, now),
             )
-            for r in self.shards(model, stage)
+            for r in self.shards(model, stage, version)
         ]

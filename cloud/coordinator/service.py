@@ -1,7 +1,8 @@
 """The coordinator process: registry, routing, pool controllers and the dashboard over HTTP JSON.
 
 Routes: ``POST /v1/register``, ``POST /v1/heartbeat`` (shards), ``GET /v1/route`` (edges and
-shards), ``GET /v1/pools`` (status), ``POST /v1/scale`` and ``POST /v1/drain`` (admin token),
+shards), ``GET /v1/pools`` and ``GET /v1/rollouts`` (status), ``POST /v1/scale``, ``POST /v1/drain``
+and ``POST /v1/rollout`` (admin token),
 ``GET /metrics`` (Prometheus) and ``GET /ui`` (dashboard).
 """
 
@@ -21,10 +22,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from splitasr.cloud.coordinator.autoscaler import Decision
 from splitasr.cloud.coordinator.backend import Backend
 from splitasr.cloud.coordinator.breaker import BreakerConfig, BreakerState
-from splitasr.cloud.coordinator.config import ClusterConfig
+from splitasr.cloud.coordinator.config import ClusterConfig, PoolConfig, build_checked
 from splitasr.cloud.coordinator.controller import PoolController
 from splitasr.cloud.coordinator.dashboard import DASHBOARD_HTML
 from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad, ShardRecord
+from splitasr.cloud.coordinator.rollout import DEFAULT_STEPS, Guards, parse_interval, parse_steps
+from splitasr.cloud.coordinator.rollouts import Rollouts
 from splitasr.cloud.coordinator.router import RouteRequest, route
 from splitasr.shared import tls
 from splitasr.shared.auth import ClusterAuth, bearer, ensure_cluster_secret
@@ -50,6 +53,12 @@ class CoordinatorMetrics:
             "splitasr_pool_desired_replicas", "Autoscaler decision per stage", ["pool", "stage"], registry=self.registry
         )
         self.routes = Counter("splitasr_routes_total", "Route requests", ["pool", "outcome"], registry=self.registry)
+        self.canary_share = Gauge(
+            "splitasr_rollout_canary_share", "New sessions' share sent to the canary", ["pool"], registry=self.registry
+        )
+        self.rollout_events = Counter(
+            "splitasr_rollout_events_total", "Rollout decisions", ["pool", "event"], registry=self.registry
+        )
 
 
 class Coordinator:
@@ -66,9 +75,10 @@ class Coordinator:
         self.backend = backend
         self.clock = clock
         self.registry = Registry(breaker or BreakerConfig())
-        self.controllers = {
-            p.model: PoolController(p, self.registry, backend, config.decision_period_s) for p in config.pools
-        }
+        self.controllers = {p.model: self._controller(p) for p in config.pools}
+        self.rollouts = Rollouts(
+            {p.model: p for p in config.pools}, self.registry, self.controllers, self._controller, clock
+        )
         self.metrics = CoordinatorMetrics()
         self.rng = random.Random()
         self.events: deque[dict] = deque(maxlen=200)  # breaker changes, for status and the dashboard
@@ -77,13 +87,25 @@ class Coordinator:
         self._loop_task: asyncio.Task | None = None
         self.closing = False  # set by close(): /readyz answers 503 from then on
 
+    def _controller(self, pool: PoolConfig) -> PoolController:
+        return PoolController(pool, self.registry, self.backend, self.config.decision_period_s)
+
     def attach(self, backend: Backend) -> None:
-        """Use ``backend`` to start and stop shards; its exit reports open breakers at once."""
+        """Use ``backend`` to start and stop shards; its exit reports open breakers at once. Pool
+        versions and rollouts come back from the backend's state store, when it has one."""
         self.backend = backend
         backend.on_exit = self.shard_exited
         for controller in self.controllers.values():
             controller.backend = backend
+        self.rollouts.restore(backend.state)
+        for controller in self.rollouts.all_controllers():
+            controller.backend = backend
             controller.restore()
+
+    def controller_of(self, record: ShardRecord) -> PoolController:
+        """The controller of a shard's pool version (the stable one if that version is gone)."""
+        found = self.rollouts.version_controller(record.info.model, record.info.config_version)
+        return found or self.controllers[record.info.model]
 
     async def wait_registered(self, shard_ids: set[str], timeout_s: float) -> None:
         """Return once every shard in ``shard_ids`` has registered (raises TimeoutError)."""
@@ -120,19 +142,34 @@ class Coordinator:
     # -- control loop ---------------------------------------------------------------------------
     def tick(self) -> None:
         now = self.clock()
-        for model, controller in self.controllers.items():
+        for controller in self.rollouts.all_controllers():
+            name = controller.stages["enc_a"].key  # the model, or model@version for another version
             decisions = controller.tick(now) if self.backend is not None else {}
             for stage, decision in decisions.items():
-                self.metrics.desired.labels(model, stage).set(decision.replicas)
+                self.metrics.desired.labels(name, stage).set(decision.replicas)
             for stage in controller.stages:
-                self.metrics.replicas.labels(model, stage).set(
+                self.metrics.replicas.labels(name, stage).set(
                     sum(1 for r in controller.live(stage, now) if not r.spare)
                 )
+        seen = len(self.rollouts.log)
+        self.rollouts.tick(now)
+        self._count_rollout_events(list(self.rollouts.log)[seen:] if len(self.rollouts.log) > seen else [])
+        # forget shards that drained and went silent
+        for r in list(self.registry.records.values()):
+            if r.draining and not r.breaker.allows(now):
+                self.registry.remove(r.info.shard_id)
         self._note_breakers(now)
         self.metrics.shards.clear()
         for r in self.registry.records.values():
             state = "draining" if r.draining else "spare" if r.spare else r.breaker.tick(now).value
             self.metrics.shards.labels(r.info.model, r.info.stage, state).inc()
+
+    def _count_rollout_events(self, entries: list[dict]) -> None:
+        for e in entries:
+            self.metrics.rollout_events.labels(e["pool"], e["event"]).inc()
+        for model in self.controllers:
+            r = self.rollouts.rollouts.get(model)
+            self.metrics.canary_share.labels(model).set(r.share if r is not None and r.status == "running" else 0.0)
 
     async def probe(self, http: aiohttp.ClientSession) -> None:
         """Probe ``/healthz`` of shards whose heartbeat is late: late and not answering opens the breaker
@@ -196,20 +233,31 @@ class Coordinator:
             model, stage = query.model or "", query.stage
             if model not in self.controllers:
                 raise ConfigError(f"no pool {model!r}")
+            controller = self.rollouts.version_controller(model, query.version)
+            if controller is None:
+                raise ConfigError(f"pool {model} has no version {query.version!r}")
+            choices = [controller]
         else:
             pool = self.config.pool_for(query.language)
             if pool is None:
                 served = sorted({lang for p in self.config.pools for lang in p.languages})
                 raise ConfigError(f"no pool serves language {query.language!r}; served: {', '.join(served)}")
             model, stage = pool.model, "enc_a"
+            chosen = self.rollouts.controller_for_stream(model, query.session, self.rng)
+            choices = [chosen] if chosen is self.controllers[model] else [chosen, self.controllers[model]]
         request = RouteRequest(pool=model, zone=query.zone, region=query.region)
-        ordered = route(self.registry.views(model, stage, now), request, self.rng)
+        for controller in choices:  # a canary without a shard to offer falls back to stable
+            version = controller.pool.version
+            ordered = route(self.registry.views(model, stage, now, version), request, self.rng)
+            if ordered:
+                break
         self.metrics.routes.labels(model, "ok" if ordered else "none").inc()
         if ordered and stage == "enc_a":  # the stream will most likely land on the first candidate
             self.registry.records[ordered[0].shard_id].routed += 1
         return {
             "pool": model,
             "stage": stage,
+            "version": version,
             "candidates": [
                 {
                     "shard_id": v.shard_id,
@@ -239,6 +287,8 @@ class Coordinator:
             out.append(
                 {
                     "model": model,
+                    "version": c.pool.version,
+                    "rollout": self.rollouts.rollouts[model].to_dict() if model in self.rollouts.rollouts else None,
                     "languages": list(c.pool.languages),
                     **stages["enc_a"],  # stage 0's figures at the top, as before every stage scaled
                     "sessions": sum(r.load.sessions for r in stage0),
@@ -337,7 +387,7 @@ async def heartbeat(request: web.Request) -> web.Response:
     record = c.registry.heartbeat(beat.shard_id, load, c.clock())
     if record is None:
         return _error(404, "unknown shard; register again")
-    return web.json_response({"ok": True, "drain": record.draining})
+    return web.json_response({"ok": True, "drain": record.draining, "drain_now": record.drain_now})
 
 
 async def route_handler(request: web.Request) -> web.Response:
@@ -386,8 +436,40 @@ async def drain_handler(request: web.Request) -> web.Response:
     record = c.registry.records.get(shard_id) if isinstance(shard_id, str) else None
     if record is None:
         return _error(404, f"no shard {shard_id!r}")
-    c.controllers[record.info.model].drain(shard_id)
+    c.controller_of(record).drain(shard_id)
     return web.json_response({"ok": True, "shard_id": shard_id, "sessions": record.load.sessions})
+
+
+async def rollouts_handler(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COORDINATOR].rollouts.status())
+
+
+async def rollout_handler(request: web.Request) -> web.Response:
+    """``POST /v1/rollout`` {pool, action: start|abort|promote, to, steps, interval_s, guards}."""
+    c = request.app[COORDINATOR]
+    c.check_admin(request)
+    body = await _json_body(request)
+    pool, action = body.get("pool"), body.get("action")
+    try:
+        if not isinstance(pool, str) or pool not in c.controllers:
+            return _error(404, f"no pool {pool!r}; pools are {', '.join(c.controllers)}")
+        if action == "start":
+            to = body.get("to")
+            if not isinstance(to, str):
+                raise ConfigError("rollout start needs `to`: a version of the pool")
+            guards = build_checked(Guards, body.get("guards", {}), "guards")
+            steps = parse_steps(body.get("steps", list(DEFAULT_STEPS)))
+            r = c.rollouts.start(pool, to, steps, parse_interval(body.get("interval_s", 60)), guards)
+        elif action == "abort":
+            r = c.rollouts.abort(pool)
+        elif action == "promote":
+            r = c.rollouts.promote(pool)
+        else:
+            raise ConfigError(f"action must be start, abort or promote, got {action!r}")
+    except ConfigError as exc:
+        return _error(400, str(exc))
+    c.tick()
+    return web.json_response({"ok": True, "rollout": r.to_dict()})
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
@@ -424,6 +506,8 @@ def create_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/v1/pools", pools_handler)
     app.router.add_post("/v1/scale", scale_handler)
     app.router.add_post("/v1/drain", drain_handler)
+    app.router.add_get("/v1/rollouts", rollouts_handler)
+    app.router.add_post("/v1/rollout", rollout_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/ui", ui_handler)
     app.router.add_get("/healthz", healthz)

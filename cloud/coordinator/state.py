@@ -27,7 +27,10 @@ CREATE TABLE IF NOT EXISTS shards (
 );
 CREATE TABLE IF NOT EXISTS samples (pool TEXT NOT NULL, t REAL NOT NULL, sample TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS samples_pool_t ON samples (pool, t);
+CREATE TABLE IF NOT EXISTS rollouts (pool TEXT PRIMARY KEY, state TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS decisions (t REAL NOT NULL, pool TEXT NOT NULL, entry TEXT NOT NULL);
 """
+DECISIONS_KEPT = 1000
 SAMPLES_KEPT = 3600  # per pool: an hour of one-second samples
 
 
@@ -108,6 +111,27 @@ class StateStore:
     def samples(self, pool: str) -> list[dict]:
         rows = self.db.execute("SELECT sample FROM samples WHERE pool = ? ORDER BY t", (pool,)).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    # -- rollouts (rollouts.py) -----------------------------------------------------------------
+    def put_rollout(self, pool: str, state: dict) -> None:
+        self.db.execute("INSERT OR REPLACE INTO rollouts (pool, state) VALUES (?, ?)", (pool, json.dumps(state)))
+
+    def rollouts(self) -> list[dict]:
+        return [json.loads(r[0]) for r in self.db.execute("SELECT state FROM rollouts ORDER BY pool").fetchall()]
+
+    def add_decision(self, entry: dict) -> None:
+        """One entry of the rollout decision log (the newest DECISIONS_KEPT are kept)."""
+        self.db.execute(
+            "INSERT INTO decisions (t, pool, entry) VALUES (?, ?, ?)", (entry["time"], entry["pool"], json.dumps(entry))
+        )
+        self.db.execute(
+            "DELETE FROM decisions WHERE t < (SELECT MIN(t) FROM (SELECT t FROM decisions ORDER BY t DESC LIMIT ?))",
+            (DECISIONS_KEPT,),
+        )
+
+    def decisions(self, limit: int = 200) -> list[dict]:
+        rows = self.db.execute("SELECT entry FROM decisions ORDER BY t DESC LIMIT ?", (limit,)).fetchall()
+        return [json.loads(r[0]) for r in reversed(rows)]
 
     def close(self) -> None:
         self.db.close()

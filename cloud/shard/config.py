@@ -39,6 +39,8 @@ class ShardConfig:
     shard_id: str | None = None  # default: generated (<model>-<role>-<8 hex>)
     zone: str = "local"
     region: str = "local"
+    config_version: str = "default"  # the pool version this shard runs (reported at registration)
+    inject_fault: str | None = None  # stage 0: slow:MS | empty | garbage (canary/chaos tests; faults.py)
     heartbeat_s: float = 1.0
     orphan_after_s: float = 0.0  # exit when the coordinator has been unreachable this long (0: never)
     tls_cert: str | None = None  # serve wss:// and https:// with this certificate chain (PEM) ...
@@ -55,12 +57,20 @@ class ShardConfig:
     audio_burst_s: float = 60.0  # ... after a burst of this many seconds (a reconnect replays what has no FINAL)
 
     @property
+    def fault(self):
+        from splitasr.cloud.shard.faults import Fault
+
+        return Fault.parse(self.inject_fault) if self.inject_fault else None
+
+    @property
     def auth(self) -> ClusterAuth | None:
         return ClusterAuth(self.secret) if self.secret else None
 
     def __post_init__(self) -> None:
         if self.shard_id is None:  # route tickets and registration name the shard: one id, fixed at start
             object.__setattr__(self, "shard_id", f"{self.model}-{self.role}-{uuid.uuid4().hex[:8]}")
+        if self.inject_fault is not None:
+            self.fault  # noqa: B018  (a bad spec is a ConfigError at start)
         if self.require_ticket and (self.role != "enc_a" or not self.secret):
             raise ConfigError("--require-ticket is for stage-0 (enc_a) shards with a cluster secret")
         if not self.secret and not self.insecure:

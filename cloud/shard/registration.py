@@ -30,7 +30,8 @@ class CoordinatorLink:
         token: str,  # this shard's credential (shared/auth.py)
         load: Callable[[], dict],
         on_drain: Callable[[], None],
-        next_stage: tuple[str, str] | None = None,  # (model, stage) to resolve
+        on_drain_now: Callable[[], None] | None = None,  # stage 0: move every session at once
+        next_stage: tuple[str, str, str] | None = None,  # (model, stage, pool version) to resolve
         on_next_stage: Callable[[list[tuple[str, float]]], None] | None = None,  # (url, queue delay) pairs
         interval_s: float = 1.0,
         orphan_after_s: float = 0.0,  # call on_orphan after this long without reaching the coordinator
@@ -41,6 +42,7 @@ class CoordinatorLink:
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.load = load
         self.on_drain = on_drain
+        self.on_drain_now = on_drain_now or on_drain
         self.next_stage = next_stage
         self.on_next_stage = on_next_stage
         self.interval_s = interval_s
@@ -64,12 +66,15 @@ class CoordinatorLink:
                 await self._register(http)
                 return
             answer = await resp.json()
-        if answer.get("drain"):
+        if answer.get("drain_now"):
+            self.on_drain_now()
+        elif answer.get("drain"):
             self.on_drain()
 
     async def _resolve(self, http: aiohttp.ClientSession) -> None:
-        model, stage = self.next_stage
-        async with http.get(f"{self.base}/v1/route", params={"model": model, "stage": stage}) as resp:
+        model, stage, version = self.next_stage
+        params = {"model": model, "stage": stage, "version": version}
+        async with http.get(f"{self.base}/v1/route", params=params) as resp:
             if resp.status == 200:
                 answer = parse(RouteAnswer, await resp.json(), "route answer")
                 replicas = [(c.url, c.queue_delay_s) for c in answer.candidates]

@@ -223,6 +223,8 @@ def _coordinator_link(app: web.Application, url: str, on_orphan: Callable[[], No
         "model": config.model,
         "stage": config.role,
         "version": worker.artifacts.version,
+        "config_version": config.config_version,
+        "weights_sha256": worker.artifacts.manifest["weights_sha256"],
         "zone": config.zone,
         "region": config.region,
         "capacity": config.max_sessions,
@@ -230,13 +232,14 @@ def _coordinator_link(app: web.Application, url: str, on_orphan: Callable[[], No
     }
     next_stage = None
     if config.role in NEXT_ROLE and not config.next_urls and not config.whole_chain:
-        next_stage = (config.model, NEXT_ROLE[config.role])
+        next_stage = (config.model, NEXT_ROLE[config.role], config.config_version)
     return CoordinatorLink(
         config.coordinator_url,
         info,
         token=config.auth.shard_token(info["shard_id"]) if config.auth else "",
         load=stage0.load if stage0 is not None else worker.load,
         on_drain=stage0.start_drain if stage0 is not None else worker.start_drain,
+        on_drain_now=(lambda: stage0.start_drain(now=True)) if stage0 is not None else None,
         next_stage=next_stage,
         on_next_stage=worker.client.set_replicas if next_stage is not None else None,
         interval_s=config.heartbeat_s,

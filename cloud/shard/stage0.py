@@ -54,6 +54,7 @@ class Stage0:
         self.active_sessions = 0
         self.sessions_started = 0
         self.draining = False
+        self.moving_now = False  # draining with every session asked to move at once
         self.drained = asyncio.Event()  # set when draining and the last session left
         self.connections: set = set()  # stream Connections, to send DRAIN to
         self.live_sessions: dict[str, Any] = {}  # session id -> its Connection
@@ -61,15 +62,21 @@ class Stage0:
         self.device_sessions: Counter[str] = Counter()  # device -> live sessions
         self.device_audio: dict[str, TokenBucket] = {}  # device -> its audio rate limit (while it has sessions)
         self.final_ms: deque[float] = deque(maxlen=256)
+        self.finals = 0  # cumulative, for the canary guards: FINALs sent ...
+        self.empty_finals = 0  # ... empty ones of utterances that had audio ...
+        self.final_errors = 0  # ... and utterances answered with an error
+        self.fault = config.fault  # injected (canary/chaos tests), None in production
 
-    def start_drain(self) -> None:
-        """Take no new sessions; move each session off between utterances; exit when none is left."""
-        if self.draining:
+    def start_drain(self, now: bool = False) -> None:
+        """Take no new sessions; move each session off between utterances (``now``: at once, open
+        utterances are replayed elsewhere); exit when none is left."""
+        if self.draining and (not now or self.moving_now):
             return
         self.draining = True
-        log.info("draining: %d sessions to move", self.active_sessions)
+        self.moving_now = self.moving_now or now
+        log.info("draining%s: %d sessions to move", " now" if now else "", self.active_sessions)
         for conn in list(self.connections):
-            conn.spawn(conn.drain_if_idle())
+            conn.spawn(conn.drain_now() if now else conn.drain_if_idle())
         self.session_closed()
 
     def session_closed(self) -> None:
@@ -89,6 +96,9 @@ class Stage0:
             "final_p95_ms": pick(0.95),
             "final_p99_ms": pick(0.99),
             "sessions_started": self.sessions_started,
+            "finals": self.finals,
+            "empty_finals": self.empty_finals,
+            "final_errors": self.final_errors,
             "overload_level": self.overload.update(now),
         }
 

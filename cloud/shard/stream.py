@@ -267,11 +267,18 @@ class Connection:
             )
         except StageUnavailableError as exc:
             # the edge keeps the utterance and replays it elsewhere; nothing is lost
+            self.stage0.final_errors += 1
             await self.send_error(ProtocolError(p.E_INTERNAL, str(exc), retryable=True), u.utt)
             return
         except ProtocolError as exc:
+            self.stage0.final_errors += 1
             await self.send_error(exc, u.utt)
             return
+        if self.stage0.fault is not None:  # a deliberately bad version (canary tests)
+            await asyncio.sleep(self.stage0.fault.delay_s)
+            text = self.stage0.fault.text(text)
+        self.stage0.finals += 1
+        self.stage0.empty_finals += not text.strip()
         u.final = p.Final(
             utt=u.utt,
             text=text,
@@ -286,6 +293,15 @@ class Connection:
         await self.send(u.final)
         if self.stage0.draining:
             await self.drain_if_idle()
+
+    async def drain_now(self) -> None:
+        """Ask the edge to move at once, open utterances too: it replays those without a FINAL
+        elsewhere (a rolled-back version: its answers are not wanted)."""
+        if self.session is None or self.drained:
+            return
+        self.drained = True
+        log.info("session %s: DRAIN now", self.session.session_id)
+        await self.send(p.Drain(reason="shard version rolled back"))
 
     async def drain_if_idle(self) -> None:
         """While draining: between utterances (every one ended and answered), ask the edge to move."""

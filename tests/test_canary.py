@@ -1,0 +1,160 @@
+"""Canary rollouts on a real cluster (``splitasr up`` + local shard processes + real-speech edges).
+
+A deliberately slow canary version is rolled back by its p99 guard, by itself, within two step
+intervals, while the sessions on the stable version see no error and every utterance gets exactly
+one FINAL; a good canary goes through every step to 100 % and becomes the stable version, and the
+old version's shards are retired (drained stage by stage) without losing an utterance.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from splitasr.cloud.coordinator.rollout import to_canary
+from tests.cluster import LONG_REAL, CoordinatorProcess, EdgeStreams, stream_base, wait_until
+
+pytestmark = pytest.mark.integration
+
+FIXED = {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0, "predictive": False}
+CONFIG = {
+    "decision_period_s": 0.5,
+    "pools": [
+        {
+            "model": "tiny.en",
+            "zones": ["a"],
+            "autoscaler": FIXED,
+            "versions": {
+                "slow": {"shard_args": ["--inject-fault", "slow:5000"]},  # every FINAL 5 s late
+                "v2": {"threads": 1},
+            },
+        }
+    ],
+}
+INTERVAL_S = 20.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, tiny_artifacts):
+    with CoordinatorProcess(tmp_path_factory.mktemp("canary"), CONFIG) as c:
+        yield c
+
+
+@pytest.fixture
+def edges():
+    streams = EdgeStreams()
+    yield streams
+    streams.close()
+
+
+def sessions(n: int, canary: int, share: float, tag: str) -> list[tuple[str, bool]]:
+    """``n`` session ids of which ``canary`` hash into the canary share (so the split is known)."""
+    picked, i = [], 0
+    want = {True: canary, False: n - canary}
+    while any(want.values()):
+        sid = f"{tag}-{i:04d}"
+        side = to_canary(sid, share)
+        if want[side]:
+            want[side] -= 1
+            picked.append((sid, side))
+        i += 1
+    return picked
+
+
+def rollout(cluster) -> dict:
+    return next(r for r in cluster.get("/v1/rollouts")["rollouts"] if r["pool"] == "tiny.en")
+
+
+def log_time(cluster, event: str, after: float) -> float:
+    entry = next(e for e in cluster.get("/v1/rollouts")["log"] if e["event"] == event and e["time"] >= after)
+    return entry["time"]
+
+
+def versions_of(cluster) -> dict[str, str]:
+    """stage-0 shard url -> its pool version."""
+    return {stream_base(s["url"]): s["config_version"] for s in cluster.stage0()}
+
+
+def stream(cluster, edges, picked, tag: str):
+    futures = []
+    for i, (sid, _) in enumerate(picked):
+        futures.append(edges.start(LONG_REAL[i % len(LONG_REAL)], cluster.url, device_id=f"{tag}-{i}", session_id=sid))
+    return futures
+
+
+def finished(futures) -> list:
+    reports = [f.result(timeout=240) for f in futures]
+    for r in reports:
+        assert r.utterances >= 2 and r.duplicate_finals == 0
+        assert sorted(f.utt for f in r.finals) == list(range(r.utterances)), "an utterance lost or answered twice"
+    return reports
+
+
+def start(cluster, version: str, steps: str) -> None:
+    done = cluster.cli("rollout", "start", "tiny.en", "--to", version, "--steps", steps, "--interval", f"{INTERVAL_S}s")
+    assert done.returncode == 0, done.stderr
+
+
+def test_a_slow_canary_is_rolled_back_and_a_good_one_promoted(cluster, edges):
+    # -- 1. the slow canary ------------------------------------------------------------------
+    t0 = time.time()
+    start(cluster, "slow", "50,100")
+    bad = cluster.cli("rollout", "start", "tiny.en", "--to", "v2")
+    assert bad.returncode != 0 and "already rolling out slow" in bad.stderr
+    wait_until(lambda: rollout(cluster)["share"] == 0.5, 90, "the slow canary to serve")
+    serving_at = log_time(cluster, "started-step", t0)
+    stable_errors_before = sum(s["final_errors"] for s in cluster.stage0() if s["config_version"] == "default")
+    picked = sessions(6, 3, 0.5, "slow")
+    futures = stream(cluster, edges, picked, "slow")
+    try:
+        wait_until(lambda: rollout(cluster)["status"] != "running", 3 * INTERVAL_S, "the slow canary's rollback")
+    except TimeoutError as exc:
+        raise AssertionError(f"{exc}: {rollout(cluster)}; {cluster.stage0()}") from None
+    r = rollout(cluster)
+    rolled_back_at = log_time(cluster, "rolled_back", t0)
+    assert r["status"] == "rolled_back" and r["reason"].startswith("p99 FINAL latency"), r
+    assert rolled_back_at - serving_at < 2 * INTERVAL_S
+    reports = finished(futures)
+    by_url = versions_of(cluster)
+    canary_sessions = [rep for rep, (_, side) in zip(reports, picked, strict=True) if side]
+    stable_sessions = [rep for rep, (_, side) in zip(reports, picked, strict=True) if not side]
+    for rep in stable_sessions:  # never moved, never an error
+        assert rep.reconnects == 0 and len({stream_base(u) for u in rep.shards}) == 1
+        assert by_url.get(stream_base(rep.shards[0])) == "default"
+    moved = [r for r in canary_sessions if len(r.shards) >= 2 and by_url.get(stream_base(r.shards[-1])) == "default"]
+    assert moved, f"no canary session moved to stable: {[(r.shards, r.utterances) for r in canary_sessions]} {by_url}"
+    stable_errors = sum(s["final_errors"] for s in cluster.stage0() if s["config_version"] == "default")
+    assert stable_errors == stable_errors_before == 0
+    wait_until(lambda: not [s for s in cluster.pool()["shards"] if s["config_version"] == "slow"], 60, "retired")
+    print(
+        f"\nslow canary: rolled back {rolled_back_at - serving_at:.1f} s after it began serving "
+        f"(interval {INTERVAL_S:.0f} s): {r['reason']}; "
+        f"{sum(rep.utterances for rep in reports)} utterances, {sum(len(rep.finals) for rep in reports)} FINALs, "
+        f"{len(moved)} of {len(canary_sessions)} canary sessions moved to stable"
+    )
+
+    # -- 2. the good canary ------------------------------------------------------------------
+    t1 = time.time()
+    start(cluster, "v2", "50,100")
+    wait_until(lambda: rollout(cluster)["share"] == 0.5, 90, "the v2 canary to serve")
+    serving_at = log_time(cluster, "started-step", t1)
+    picked = sessions(4, 2, 0.5, "good")
+    futures = stream(cluster, edges, picked, "good")
+    wait_until(lambda: rollout(cluster)["share"] == 1.0, 4 * INTERVAL_S, "the v2 canary's 100% step")
+    futures += stream(cluster, edges, sessions(2, 2, 1.0, "late"), "late")  # new sessions: all on the canary
+    wait_until(lambda: rollout(cluster)["status"] != "running", 4 * INTERVAL_S, "the v2 canary's promotion")
+    r = rollout(cluster)
+    assert r["status"] == "promoted", r
+    promoted_at = log_time(cluster, "promoted", t1)
+    assert cluster.get("/v1/rollouts")["stable"] == {"tiny.en": "v2"} and cluster.pool()["version"] == "v2"
+    reports = finished(futures)
+    wait_until(
+        lambda: {s["config_version"] for s in cluster.pool()["shards"]} == {"v2"}, 90, "the default version retired"
+    )
+    assert {s["stage"] for s in cluster.pool()["shards"]} == {"enc_a", "enc_b", "dec"}
+    print(
+        f"good canary: promoted {promoted_at - serving_at:.1f} s after it began serving (2 steps of "
+        f"{INTERVAL_S:.0f} s); {sum(rep.utterances for rep in reports)} utterances, "
+        f"{sum(len(rep.finals) for rep in reports)} FINALs, duplicates {sum(rep.duplicate_finals for rep in reports)}"
+    )
