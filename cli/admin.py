@@ -46,9 +46,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("device_id")
     p.add_argument("--ttl-hours", type=float, default=24 * 30, help="lifetime (default 30 days)")
     p.set_defaults(func=cmd_token)
-    from splitasr.cli import rollout
+    from splitasr.cli import flags, rollout
 
     rollout.register(sub)
+    flags.register(sub)
 
 
 def call(base: str, path: str, body: dict | None = None, token: str | None = None) -> dict:
@@ -92,6 +93,9 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{pool['final_p50_ms']}/{pool['final_p95_ms']}/{pool['final_p99_ms']} ms, "
             f"queue {pool['queue_delay_ms']} ms, cold start {pool['cold_start_s']} s"
         )
+        for rule in pool.get("flags", []):
+            values = {k: v for k, v in rule["set"].items() if v is not None}
+            print(f"  flags: {values} for {rule['share']:.0%} of devices")
         r = pool.get("rollout")
         if r:
             share = f"canary share {r['share']:.0%}"

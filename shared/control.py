@@ -77,6 +77,7 @@ class ShardLoad(_Message):
     finals: Count = 0  # FINALs sent
     empty_finals: Count = 0  # ... of them with no text for an utterance that had audio
     final_errors: Count = 0  # utterances answered with an error instead of a FINAL
+    flags_version: Count = 0  # the feature flags (shared/flags.py) this shard applies
 
 
 class Heartbeat(ShardLoad):

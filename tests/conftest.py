@@ -95,3 +95,13 @@ def shards(tmp_path_factory, tiny_artifacts):
     chain = ChainSpec("tiny.en", enc_a=1, int8=True, shard_args=args)
     with LocalCluster([chain], workdir=tmp_path_factory.mktemp("shards")) as cluster:
         yield cluster
+
+
+@pytest.fixture
+def edges():
+    """Edge agents on a background loop (tests/cluster.py), closed after the test."""
+    from tests.cluster import EdgeStreams
+
+    streams = EdgeStreams()
+    yield streams
+    streams.close()

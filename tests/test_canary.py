@@ -13,7 +13,8 @@ import time
 import pytest
 
 from splitasr.cloud.coordinator.rollout import to_canary
-from tests.cluster import LONG_REAL, CoordinatorProcess, EdgeStreams, stream_base, wait_until
+from tests.browser import cells, render
+from tests.cluster import LONG_REAL, CoordinatorProcess, stream_base, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -39,13 +40,6 @@ INTERVAL_S = 20.0
 def cluster(tmp_path_factory, tiny_artifacts):
     with CoordinatorProcess(tmp_path_factory.mktemp("canary"), CONFIG) as c:
         yield c
-
-
-@pytest.fixture
-def edges():
-    streams = EdgeStreams()
-    yield streams
-    streams.close()
 
 
 def sessions(n: int, canary: int, share: float, tag: str) -> list[tuple[str, bool]]:
@@ -127,6 +121,9 @@ def test_a_slow_canary_is_rolled_back_and_a_good_one_promoted(cluster, edges):
     stable_errors = sum(s["final_errors"] for s in cluster.stage0() if s["config_version"] == "default")
     assert stable_errors == stable_errors_before == 0
     wait_until(lambda: not [s for s in cluster.pool()["shards"] if s["config_version"] == "slow"], 60, "retired")
+    dom = render(f"{cluster.url}/ui")
+    assert cells(dom, "rollout")[0].startswith("default → slow: rolled_back, canary share 0% p99 FINAL latency")
+    assert "rolled_back" in cells(dom, "change")
     print(
         f"\nslow canary: rolled back {rolled_back_at - serving_at:.1f} s after it began serving "
         f"(interval {INTERVAL_S:.0f} s): {r['reason']}; "
@@ -158,3 +155,49 @@ def test_a_slow_canary_is_rolled_back_and_a_good_one_promoted(cluster, edges):
         f"{INTERVAL_S:.0f} s); {sum(rep.utterances for rep in reports)} utterances, "
         f"{sum(len(rep.finals) for rep in reports)} FINALs, duplicates {sum(rep.duplicate_finals for rep in reports)}"
     )
+
+
+def test_feature_flags_change_shards_at_run_time(cluster, edges):
+    """Partials off and on again, and a decoder batch limit, pushed in heartbeats without restarts."""
+
+    def applied(version: int) -> bool:
+        return all(s["flags_version"] == version for s in cluster.pool()["shards"] if s["breaker"] != "open")
+
+    def set_flags(*args: str) -> int:
+        done = cluster.cli("flags", "set", "tiny.en", *args)
+        assert done.returncode == 0, done.stderr
+        version = cluster.get("/v1/flags")["version"]
+        wait_until(lambda: applied(version), 15, f"every shard to apply flags version {version}")
+        return version
+
+    clip = LONG_REAL[2]
+    set_flags("partials=false", "max_batch=4")
+    off = edges.start(clip, cluster.url, device_id="flags-off").result(timeout=180)
+    assert off.partials == 0 and off.utterances >= 2 and len(off.finals) == off.utterances
+    set_flags("partials=true", "partial_interval_s=0.4")
+    on = edges.start(clip, cluster.url, device_id="flags-on").result(timeout=180)
+    assert on.partials >= 5 and len(on.finals) == on.utterances
+
+    for bad, message in [
+        (["loudness=3"], "Extra inputs are not permitted"),
+        (["max_batch=4", "--share", "0.5"], "max_batch apply to whole shards"),
+        (["partial_interval_s=0"], "greater than or equal to 0.1"),
+        (["partials"], "flags are FLAG=VALUE"),
+    ]:
+        done = cluster.cli("flags", "set", "tiny.en", *bad)
+        assert done.returncode != 0 and message in done.stderr, (bad, done.stderr)
+    listed = cluster.cli("flags", "list")
+    assert listed.returncode == 0 and "{'partials': False, 'max_batch': 4} for 100% of devices" in listed.stdout
+    status = cluster.cli("status")
+    assert "flags: {'partials': True, 'partial_interval_s': 0.4} for 100% of devices" in status.stdout
+    dom = render(f"{cluster.url}/ui")
+    assert cells(dom, "flags") == [
+        '{"partials":false,"max_batch":4} for 100% of devices; '
+        '{"partials":true,"partial_interval_s":0.4} for 100% of devices'
+    ]
+    assert cells(dom, "change")[:2] == ["flags", "flags"]
+    cleared = cluster.cli("flags", "clear", "tiny.en")
+    assert cleared.returncode == 0 and "2 rules cleared" in cleared.stdout
+    version = cluster.get("/v1/flags")["version"]
+    wait_until(lambda: applied(version), 15, "the cleared flags to reach every shard")
+    print(f"\nflags: partials off -> {off.partials} partials; on at 0.4 s -> {on.partials} partials")

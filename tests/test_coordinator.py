@@ -54,13 +54,6 @@ def cluster(tmp_path_factory, tiny_artifacts):
         yield c
 
 
-@pytest.fixture
-def edges():
-    streams = EdgeStreams()
-    yield streams
-    streams.close()
-
-
 def routed(cluster: CoordinatorProcess) -> list[dict]:
     return [s for s in cluster.stage0() if s["breaker"] != "open" and not s["draining"] and not s["spare"]]
 

@@ -30,6 +30,13 @@ function render(data) {
       `<tr><td class="replicas">${p.replicas}</td><td>${cell(p.desired)}</td><td>${p.spares}</td><td>${p.starting}</td>` +
       `<td class="sessions">${p.sessions}</td><td>${p.queue_delay_ms}</td><td class="p50">${cell(p.final_p50_ms)}</td>` +
       `<td class="p95">${cell(p.final_p95_ms)}</td><td class="p99">${cell(p.final_p99_ms)}</td><td>${p.cold_start_s}</td></tr></table>`;
+    const r = p.rollout;
+    const flags = (p.flags || []).map(f => JSON.stringify(Object.fromEntries(Object.entries(f.set).filter(([, v]) => v !== null))) +
+      " for " + Math.round(f.share * 100) + "% of devices").join("; ");
+    html += `<table class="version"><tr><th class="l">version</th><th class="l">rollout</th><th class="l">flags</th></tr>` +
+      `<tr><td class="l poolversion">${esc(p.version || "default")}</td>` +
+      `<td class="l rollout">${r ? esc(r.stable + " → " + r.canary + ": " + r.status + ", canary share " + Math.round(r.share * 100) + "% " + r.reason) : "–"}</td>` +
+      `<td class="l flags">${flags ? esc(flags) : "–"}</td></tr></table>`;
     html += `<table class="stages"><tr><th class="l">stage pool</th><th>replicas</th><th>desired</th><th>starting</th>` +
       `<th>busy cores</th><th>queue delay ms</th><th class="l">last decision</th></tr>`;
     for (const [name, st] of Object.entries(p.stages || {})) {
@@ -56,6 +63,11 @@ function render(data) {
     }
     html += `</table>`;
   }
+  html += `<h2>rollouts and flags</h2><table class="changes"><tr><th class="l">time</th><th class="l">pool</th><th class="l">event</th><th class="l">detail</th></tr>`;
+  for (const e of (data.changes || []).slice(-10).reverse()) {
+    html += `<tr><td class="l">${clock(e.time)}</td><td class="l">${esc(e.pool)}</td><td class="l change">${esc(e.event)}</td><td class="l">${esc(e.detail)}</td></tr>`;
+  }
+  html += `</table>`;
   html += `<h2>breaker events</h2><table class="events"><tr><th class="l">time</th><th class="l">shard</th><th class="l">breaker</th><th class="l">reason</th></tr>`;
   for (const e of data.events.slice(-10).reverse()) {
     html += `<tr><td class="l">${clock(e.time)}</td><td class="l">${esc(e.shard_id)}</td><td class="l">${esc(e.breaker)}</td><td class="l">${esc(e.reason)}</td></tr>`;

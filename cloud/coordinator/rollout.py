@@ -14,10 +14,10 @@ answered since the current step began (:class:`VersionStats`); :func:`evaluate` 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict, dataclass, field, replace
 
 from splitasr.shared.errors import ConfigError
+from splitasr.shared.flags import in_share
 
 RUNNING, PROMOTED, ROLLED_BACK, ABORTED = "running", "promoted", "rolled_back", "aborted"
 DEFAULT_STEPS = (5, 25, 50, 100)
@@ -150,10 +150,7 @@ class Rollout:
 
 def to_canary(session: str, share: float) -> bool:
     """Whether a new session goes to the canary: a stable hash of its id against the share."""
-    if share <= 0:
-        return False
-    bucket = int.from_bytes(hashlib.sha256(session.encode()).digest()[:4], "big") / 2**32
-    return bucket < share
+    return in_share(session, share)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from splitasr.cloud.coordinator.breaker import BreakerConfig, BreakerState
 from splitasr.cloud.coordinator.config import ClusterConfig, PoolConfig, build_checked
 from splitasr.cloud.coordinator.controller import PoolController
 from splitasr.cloud.coordinator.dashboard import DASHBOARD_HTML
+from splitasr.cloud.coordinator.flags import FlagStore
 from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad, ShardRecord
 from splitasr.cloud.coordinator.rollout import DEFAULT_STEPS, Guards, parse_interval, parse_steps
 from splitasr.cloud.coordinator.rollouts import Rollouts
@@ -76,6 +77,7 @@ class Coordinator:
         self.clock = clock
         self.registry = Registry(breaker or BreakerConfig())
         self.controllers = {p.model: self._controller(p) for p in config.pools}
+        self.flags = FlagStore([p.model for p in config.pools])
         self.rollouts = Rollouts(
             {p.model: p for p in config.pools}, self.registry, self.controllers, self._controller, clock
         )
@@ -98,6 +100,7 @@ class Coordinator:
         for controller in self.controllers.values():
             controller.backend = backend
         self.rollouts.restore(backend.state)
+        self.flags.restore(backend.state)
         for controller in self.rollouts.all_controllers():
             controller.backend = backend
             controller.restore()
@@ -288,6 +291,7 @@ class Coordinator:
                 {
                     "model": model,
                     "version": c.pool.version,
+                    "flags": self.flags.for_pool(model),
                     "rollout": self.rollouts.rollouts[model].to_dict() if model in self.rollouts.rollouts else None,
                     "languages": list(c.pool.languages),
                     **stages["enc_a"],  # stage 0's figures at the top, as before every stage scaled
@@ -299,7 +303,8 @@ class Coordinator:
                     "shards": [_public(r.to_dict(now), admin) for r in shards],
                 }
             )
-        return {"pools": out, "events": [_public(e, admin) for e in list(self.events)[-50:]]}
+        changes = sorted([*self.rollouts.log, *self.flags.changes], key=lambda e: e["time"])[-50:]
+        return {"pools": out, "events": [_public(e, admin) for e in list(self.events)[-50:]], "changes": changes}
 
     def is_admin(self, request: web.Request) -> bool:
         token = bearer(request.headers).encode("utf-8", "replace")
@@ -387,7 +392,8 @@ async def heartbeat(request: web.Request) -> web.Response:
     record = c.registry.heartbeat(beat.shard_id, load, c.clock())
     if record is None:
         return _error(404, "unknown shard; register again")
-    return web.json_response({"ok": True, "drain": record.draining, "drain_now": record.drain_now})
+    answer = {"ok": True, "drain": record.draining, "drain_now": record.drain_now}
+    return web.json_response(answer | {"flags": c.flags.for_pool(record.info.model), "flags_version": c.flags.version})
 
 
 async def route_handler(request: web.Request) -> web.Response:
@@ -472,6 +478,25 @@ async def rollout_handler(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "rollout": r.to_dict()})
 
 
+async def flags_handler(request: web.Request) -> web.Response:
+    return web.json_response(request.app[COORDINATOR].flags.status())
+
+
+async def set_flags_handler(request: web.Request) -> web.Response:
+    """``POST /v1/flags``: {pool, share, set: {flag: value}} adds a rule; {pool, clear: true} drops the pool's."""
+    c = request.app[COORDINATOR]
+    c.check_admin(request)
+    body = await _json_body(request)
+    try:
+        if body.get("clear") is True:
+            cleared = c.flags.clear(body.get("pool") if isinstance(body.get("pool"), str) else "")
+            return web.json_response({"ok": True, "cleared": cleared, "version": c.flags.version})
+        rule = c.flags.set(body)
+    except ConfigError as exc:
+        return _error(400, str(exc))
+    return web.json_response({"ok": True, "rule": rule.model_dump(), "version": c.flags.version})
+
+
 async def metrics_handler(request: web.Request) -> web.Response:
     body = generate_latest(request.app[COORDINATOR].metrics.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -508,6 +533,8 @@ def create_app(coordinator: Coordinator) -> web.Application:
     app.router.add_post("/v1/drain", drain_handler)
     app.router.add_get("/v1/rollouts", rollouts_handler)
     app.router.add_post("/v1/rollout", rollout_handler)
+    app.router.add_get("/v1/flags", flags_handler)
+    app.router.add_post("/v1/flags", set_flags_handler)
     app.router.add_get("/metrics", metrics_handler)
     app.router.add_get("/ui", ui_handler)
     app.router.add_get("/healthz", healthz)

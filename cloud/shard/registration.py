@@ -17,6 +17,7 @@ import aiohttp
 from splitasr.shared import tls
 from splitasr.shared.control import RouteAnswer, parse
 from splitasr.shared.errors import ConfigError
+from splitasr.shared.flags import FlagRule
 from splitasr.shared.limits import Throttle, jittered
 
 log = logging.getLogger(__name__)
@@ -31,6 +32,7 @@ class CoordinatorLink:
         load: Callable[[], dict],
         on_drain: Callable[[], None],
         on_drain_now: Callable[[], None] | None = None,  # stage 0: move every session at once
+        on_flags: Callable[[list], None] | None = None,  # the pool's feature flag rules, when they change
         next_stage: tuple[str, str, str] | None = None,  # (model, stage, pool version) to resolve
         on_next_stage: Callable[[list[tuple[str, float]]], None] | None = None,  # (url, queue delay) pairs
         interval_s: float = 1.0,
@@ -43,6 +45,8 @@ class CoordinatorLink:
         self.load = load
         self.on_drain = on_drain
         self.on_drain_now = on_drain_now or on_drain
+        self.on_flags = on_flags
+        self.flags_version = 0
         self.next_stage = next_stage
         self.on_next_stage = on_next_stage
         self.interval_s = interval_s
@@ -60,12 +64,17 @@ class CoordinatorLink:
         self.registered.set()
 
     async def _heartbeat(self, http: aiohttp.ClientSession) -> None:
-        body = {"shard_id": self.info["shard_id"], **self.load()}
+        body = {"shard_id": self.info["shard_id"], **self.load(), "flags_version": self.flags_version}
         async with http.post(f"{self.base}/v1/heartbeat", json=body, headers=self.headers) as resp:
             if resp.status == 404:  # the coordinator restarted or dropped us
                 await self._register(http)
                 return
             answer = await resp.json()
+        version = answer.get("flags_version", 0)
+        if self.on_flags is not None and isinstance(version, int) and version != self.flags_version:
+            rules = [parse(FlagRule, r, "heartbeat flags") for r in answer.get("flags", [])]
+            self.on_flags(rules)
+            self.flags_version = version
         if answer.get("drain_now"):
             self.on_drain_now()
         elif answer.get("drain"):

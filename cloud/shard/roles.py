@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import time
 from collections.abc import Callable
 
@@ -25,6 +27,8 @@ from splitasr.shared import protocol as p
 from splitasr.shared.control import StageMeta
 
 WARM_UP_FRAMES = 200
+
+log = logging.getLogger(__name__)
 
 
 class EncoderStage(StageWorker):
@@ -117,6 +121,13 @@ class Decoder(StageWorker):
 
     def pending(self) -> int:
         return self.engine.pending()
+
+    def apply_flags(self, values: dict) -> None:
+        """``max_batch``: the running batch's limit, from the next decoding cycle on (default: --max-batch)."""
+        limit = values.get("max_batch", self.config.max_batch)
+        if limit != self.engine.options.max_batch:
+            log.info("decoder: max_batch %d -> %d (flags)", self.engine.options.max_batch, limit)
+            self.engine.options = dataclasses.replace(self.engine.options, max_batch=limit)
 
     def warm_up(self) -> None:
         self.decoder.decode(

@@ -31,6 +31,7 @@ from splitasr.shared import protocol as p
 from splitasr.shared import tls
 from splitasr.shared.auth import bearer
 from splitasr.shared.errors import AuthError, ProtocolError, SplitASRError, StageUnavailableError
+from splitasr.shared.flags import resolve
 from splitasr.shared.limits import guard_server_loop
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ def _coordinator_link(app: web.Application, url: str, on_orphan: Callable[[], No
         load=stage0.load if stage0 is not None else worker.load,
         on_drain=stage0.start_drain if stage0 is not None else worker.start_drain,
         on_drain_now=(lambda: stage0.start_drain(now=True)) if stage0 is not None else None,
+        on_flags=stage0.set_flags if stage0 is not None else lambda rules: worker.apply_flags(resolve(rules, None)),
         next_stage=next_stage,
         on_next_stage=worker.client.set_replicas if next_stage is not None else None,
         interval_s=config.heartbeat_s,

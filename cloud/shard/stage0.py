@@ -24,6 +24,7 @@ from splitasr.cloud.shard.windows import window_mel
 from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import OverloadedError, ProtocolError
+from splitasr.shared.flags import FlagRule, resolve
 from splitasr.shared.limits import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -66,6 +67,15 @@ class Stage0:
         self.empty_finals = 0  # ... empty ones of utterances that had audio ...
         self.final_errors = 0  # ... and utterances answered with an error
         self.fault = config.fault  # injected (canary/chaos tests), None in production
+        self.flag_rules: list[FlagRule] = []  # the pool's feature flags (shared/flags.py), from the coordinator
+
+    def set_flags(self, rules: list[FlagRule]) -> None:
+        self.flag_rules = rules
+        self.worker.apply_flags(resolve(rules, None))
+        log.info("feature flags: %s", [r.model_dump() for r in rules])
+
+    def flags_for(self, device: str) -> dict:
+        return resolve(self.flag_rules, device)
 
     def start_drain(self, now: bool = False) -> None:
         """Take no new sessions; move each session off between utterances (``now``: at once, open

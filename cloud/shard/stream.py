@@ -167,9 +167,9 @@ class Connection:
         if u is None:
             return
         overload = self.stage0.overload
-        seconds = partial_interval(
-            self.config.partial_interval_s, overload.update(time.perf_counter()), overload.policy
-        )
+        flags = self.stage0.flags_for(self.session.device_id) if self.stage0.flag_rules else {}
+        base_s = flags.get("partial_interval_s", self.config.partial_interval_s) if flags.get("partials", True) else 0
+        seconds = partial_interval(base_s, overload.update(time.perf_counter()), overload.policy)
         if seconds is None:
             return
         if self.config.speculate_after_s > 0 and u.pause_frames() >= self.speculate_frames:

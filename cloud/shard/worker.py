@@ -151,6 +151,9 @@ class StageWorker:
         raise ProtocolError(p.E_STATE, "stage-0 shards take edge sessions at /v1/stream, not STAGE_REQ")
 
     # -- draining (encoder B and decoder; stage 0 drains its sessions, see Stage0) ----------------
+    def apply_flags(self, values: dict) -> None:
+        """Shard-wide feature flags (shared/flags.py) this stage uses; the base class uses none."""
+
     def start_drain(self) -> None:
         """Told by the coordinator: finish what this shard holds, then exit. Upstream shards stop
         sending within a heartbeat (a draining replica leaves the route answers); the shard waits a
