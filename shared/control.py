@@ -93,6 +93,7 @@ class RouteQuery(_Message):
     model: Name | None = None
     stage: Stage | None = None
     version: Name | None = None  # a next stage of this pool version (default: the pool's stable one)
+    qos: Literal["interactive", "batch"] = "interactive"  # a new stream's class (the ladder defers batch first)
     # a new stream's identity: with ``Authorization: Bearer <device token>``, each stage-0 candidate
     # comes with a route ticket for this session (shards started with --require-ticket ask for one)
     device: Name | None = None

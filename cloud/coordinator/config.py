@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 from pydantic import TypeAdapter, ValidationError
 
 from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig
+from splitasr.cloud.coordinator.ladder import LadderConfig
 from splitasr.models.sources import MODELS
 from splitasr.shared.errors import ConfigError
 
@@ -60,6 +61,8 @@ class PoolConfig:
     stage_resources: dict[str, dict[str, float]] = field(default_factory=dict)
     versions: dict[str, PoolVersion] = field(default_factory=dict)  # rollout targets by name
     version: str = DEFAULT_VERSION  # the version its shards run (stable; a canary's once promoted)
+    ladder: LadderConfig = field(default_factory=LadderConfig)  # degradation under overload (ladder.py)
+    fallback: str | None = None  # ladder level 3: new sessions go to this (smaller) model's pool
 
     def for_version(self, name: str) -> PoolConfig:
         """This pool's settings in version ``name`` (``default``: as configured); ConfigError if unknown."""
@@ -134,6 +137,9 @@ class ClusterConfig:
             raise ConfigError("a cluster needs at least one pool")
         if len(set(models)) != len(models):
             raise ConfigError(f"one pool per model, got {models}")
+        for pool in self.pools:
+            if pool.fallback is not None and (pool.fallback not in models or pool.fallback == pool.model):
+                raise ConfigError(f"pool {pool.model}: fallback must be another pool's model, got {pool.fallback!r}")
         if self.zeroconf and self.host in ("", "0.0.0.0", "::"):
             raise ConfigError("zeroconf advertises the coordinator's address: give --host a concrete LAN address")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -203,6 +209,8 @@ def load_config(path: str | Path | None = None, **overrides) -> ClusterConfig:
         if isinstance(pool.get("versions"), dict):
             versions = pool["versions"].items()
             pool["versions"] = {n: build_checked(PoolVersion, v, f"pools[{i}].versions.{n}") for n, v in versions}
+        if "ladder" in pool:
+            pool["ladder"] = build_checked(LadderConfig, pool["ladder"], f"pools[{i}].ladder")
         for key, defaults in SCALERS.items():
             if key in pool:
                 given = pool[key]

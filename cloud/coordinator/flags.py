@@ -23,6 +23,7 @@ class FlagStore:
         self.version = 0  # bumped at each change (shards apply only a newer set)
         self.changes: deque[dict] = deque(maxlen=200)
         self.state: StateStore | None = None
+        self.system: dict[str, Flags] = {}  # the degradation ladder's flags per pool, after the operators' rules
 
     def restore(self, state: StateStore | None) -> None:
         self.state = state
@@ -67,8 +68,17 @@ class FlagStore:
             self.state.put("flags", json.dumps({"rules": rules, "version": self.version}))
             self.state.add_decision(entry)
 
+    def set_system(self, pool: str, values: dict) -> None:
+        """The ladder's flags of ``pool`` (empty: none); they override operators' rules, are not kept."""
+        flags = Flags(**values)
+        if self.system.get(pool, Flags()) != flags:
+            self.system[pool] = flags
+            self.version += 1
+
     def for_pool(self, pool: str) -> list[dict]:
-        return [r.model_dump() for r in self.rules if r.pool == pool]
+        rules = [r.model_dump() for r in self.rules if r.pool == pool]
+        system = self.system.get(pool)
+        return rules + ([FlagRule(pool=pool, set=system).model_dump()] if system and system.set_values() else [])
 
     def status(self) -> dict:
         return {"version": self.version, "rules": [r.model_dump() for r in self.rules], "changes": list(self.changes)}

@@ -26,6 +26,16 @@ from splitasr.cloud.coordinator.config import ClusterConfig, PoolConfig, build_c
 from splitasr.cloud.coordinator.controller import PoolController
 from splitasr.cloud.coordinator.dashboard import DASHBOARD_HTML
 from splitasr.cloud.coordinator.flags import FlagStore
+from splitasr.cloud.coordinator.ladder import (
+    BATCH_DEFERRED,
+    BATCH_SHED,
+    FALLBACK,
+    LEVELS,
+    PARTIALS_OFF,
+    SLOWER,
+    LadderState,
+)
+from splitasr.cloud.coordinator.ladder import step as ladder_step
 from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad, ShardRecord
 from splitasr.cloud.coordinator.rollout import DEFAULT_STEPS, Guards, parse_interval, parse_steps
 from splitasr.cloud.coordinator.rollouts import Rollouts
@@ -33,7 +43,7 @@ from splitasr.cloud.coordinator.router import RouteRequest, route
 from splitasr.shared import tls
 from splitasr.shared.auth import ClusterAuth, bearer, ensure_cluster_secret
 from splitasr.shared.control import Heartbeat, RouteQuery, parse, parse_query
-from splitasr.shared.errors import AuthError, ConfigError
+from splitasr.shared.errors import AuthError, ConfigError, OverloadedError
 from splitasr.shared.protocol import http_url
 
 log = logging.getLogger(__name__)
@@ -54,6 +64,7 @@ class CoordinatorMetrics:
             "splitasr_pool_desired_replicas", "Autoscaler decision per stage", ["pool", "stage"], registry=self.registry
         )
         self.routes = Counter("splitasr_routes_total", "Route requests", ["pool", "outcome"], registry=self.registry)
+        self.ladder = Gauge("splitasr_ladder_level", "Degradation ladder level", ["pool"], registry=self.registry)
         self.canary_share = Gauge(
             "splitasr_rollout_canary_share", "New sessions' share sent to the canary", ["pool"], registry=self.registry
         )
@@ -78,6 +89,8 @@ class Coordinator:
         self.registry = Registry(breaker or BreakerConfig())
         self.controllers = {p.model: self._controller(p) for p in config.pools}
         self.flags = FlagStore([p.model for p in config.pools])
+        self.ladders = {p.model: LadderState() for p in config.pools}
+        self.ladder_log: deque[dict] = deque(maxlen=200)
         self.rollouts = Rollouts(
             {p.model: p for p in config.pools}, self.registry, self.controllers, self._controller, clock
         )
@@ -154,6 +167,7 @@ class Coordinator:
                 self.metrics.replicas.labels(name, stage).set(
                     sum(1 for r in controller.live(stage, now) if not r.spare)
                 )
+        self._climb_ladders(now)
         seen = len(self.rollouts.log)
         self.rollouts.tick(now)
         self._count_rollout_events(list(self.rollouts.log)[seen:] if len(self.rollouts.log) > seen else [])
@@ -166,6 +180,27 @@ class Coordinator:
         for r in self.registry.records.values():
             state = "draining" if r.draining else "spare" if r.spare else r.breaker.tick(now).value
             self.metrics.shards.labels(r.info.model, r.info.stage, state).inc()
+
+    def _climb_ladders(self, now: float) -> None:
+        """Each pool's degradation ladder (ladder.py) on its stage-0 queue delay and FINAL p99."""
+        for model, controller in self.controllers.items():
+            routed = [r for r in controller.live("enc_a", now) if not r.spare]
+            delay = max((r.load.queue_delay_s for r in routed), default=0.0)
+            p99 = max((r.load.final_p99_ms for r in routed), default=0.0)
+            before = self.ladders[model]
+            after = self.ladders[model] = ladder_step(controller.pool.ladder, before, now, delay, p99)
+            self.metrics.ladder.labels(model).set(after.level)
+            if after.level == before.level:
+                continue
+            entry = {"time": time.time(), "pool": model, "event": "ladder", "detail": after.reason}
+            self.ladder_log.append(entry)
+            log.warning("pool %s: ladder %s", model, after.reason)
+            values = {}
+            if after.level >= PARTIALS_OFF:
+                values["partials"] = False
+            elif after.level >= SLOWER:
+                values["partial_interval_s"] = controller.pool.ladder.partial_interval_s
+            self.flags.set_system(model, values)
 
     def _count_rollout_events(self, entries: list[dict]) -> None:
         for e in entries:
@@ -245,6 +280,7 @@ class Coordinator:
             if pool is None:
                 served = sorted({lang for p in self.config.pools for lang in p.languages})
                 raise ConfigError(f"no pool serves language {query.language!r}; served: {', '.join(served)}")
+            pool = self._degraded(pool, query)
             model, stage = pool.model, "enc_a"
             chosen = self.rollouts.controller_for_stream(model, query.session, self.rng)
             choices = [chosen] if chosen is self.controllers[model] else [chosen, self.controllers[model]]
@@ -275,6 +311,20 @@ class Coordinator:
             ],
         }
 
+    def _degraded(self, pool: PoolConfig, query: RouteQuery) -> PoolConfig:
+        """The pool a new stream goes to on its pool's ladder: batch deferred or shed, or the fallback model."""
+        level, config = self.ladders[pool.model].level, pool.ladder
+        if query.qos == "batch" and level >= BATCH_SHED:
+            raise OverloadedError(f"pool {pool.model} is shedding batch work (overloaded)", retry_after_ms=0)
+        if query.qos == "batch" and level >= BATCH_DEFERRED:
+            message = f"pool {pool.model} defers batch work (overloaded); come back later"
+            raise OverloadedError(message, retry_after_ms=int(config.defer_s * 1000))
+        if level >= FALLBACK and pool.fallback is not None:
+            fallback = self.config.pool(pool.fallback)
+            if (query.language or "en") in fallback.languages or "*" in fallback.languages:
+                return fallback
+        return pool
+
     def pools(self, admin: bool = False) -> dict:
         """Pool status; shard addresses and pids only for ``admin`` callers."""
         now = self.clock()
@@ -291,6 +341,11 @@ class Coordinator:
                 {
                     "model": model,
                     "version": c.pool.version,
+                    "ladder": {
+                        "level": self.ladders[model].level,
+                        "name": LEVELS[self.ladders[model].level],
+                        "reason": self.ladders[model].reason,
+                    },
                     "flags": self.flags.for_pool(model),
                     "rollout": self.rollouts.rollouts[model].to_dict() if model in self.rollouts.rollouts else None,
                     "languages": list(c.pool.languages),
@@ -303,7 +358,7 @@ class Coordinator:
                     "shards": [_public(r.to_dict(now), admin) for r in shards],
                 }
             )
-        changes = sorted([*self.rollouts.log, *self.flags.changes], key=lambda e: e["time"])[-50:]
+        changes = sorted([*self.rollouts.log, *self.flags.changes, *self.ladder_log], key=lambda e: e["time"])[-50:]
         return {"pools": out, "events": [_public(e, admin) for e in list(self.events)[-50:]], "changes": changes}
 
     def is_admin(self, request: web.Request) -> bool:
@@ -404,6 +459,8 @@ async def route_handler(request: web.Request) -> web.Response:
         return _error(400, str(exc))
     except AuthError as exc:
         return _error(401, str(exc))
+    except OverloadedError as exc:
+        return _error(503, str(exc), retry_after_ms=exc.retry_after_ms)
     if not answer["candidates"]:
         return _error(503, f"no {answer['stage']} shard of pool {answer['pool']} is available", retry_after_ms=1000)
     return web.json_response(answer)
