@@ -195,7 +195,7 @@ def test_feature_flags_change_shards_at_run_time(cluster, edges):
         '{"partials":false,"max_batch":4} for 100% of devices; '
         '{"partials":true,"partial_interval_s":0.4} for 100% of devices'
     ]
-    assert cells(dom, "change")[:2] == ["flags", "flags"]
+    assert cells(dom, "change")[:2] == ["flags", "flags"] and cells(dom, "ladder") == ["0 normal"]
     cleared = cluster.cli("flags", "clear", "tiny.en")
     assert cleared.returncode == 0 and "2 rules cleared" in cleared.stdout
     version = cluster.get("/v1/flags")["version"]

@@ -33,10 +33,11 @@ function render(data) {
     const r = p.rollout;
     const flags = (p.flags || []).map(f => JSON.stringify(Object.fromEntries(Object.entries(f.set).filter(([, v]) => v !== null))) +
       " for " + Math.round(f.share * 100) + "% of devices").join("; ");
-    html += `<table class="version"><tr><th class="l">version</th><th class="l">rollout</th><th class="l">flags</th></tr>` +
+    html += `<table class="version"><tr><th class="l">version</th><th class="l">rollout</th><th class="l">flags</th><th class="l">ladder</th></tr>` +
       `<tr><td class="l poolversion">${esc(p.version || "default")}</td>` +
       `<td class="l rollout">${r ? esc(r.stable + " → " + r.canary + ": " + r.status + ", canary share " + Math.round(r.share * 100) + "% " + r.reason) : "–"}</td>` +
-      `<td class="l flags">${flags ? esc(flags) : "–"}</td></tr></table>`;
+      `<td class="l flags">${flags ? esc(flags) : "–"}</td>` +
+      `<td class="l ladder">${p.ladder ? esc(p.ladder.level + " " + p.ladder.name) : "–"}</td></tr></table>`;
     html += `<table class="stages"><tr><th class="l">stage pool</th><th>replicas</th><th>desired</th><th>starting</th>` +
       `<th>busy cores</th><th>queue delay ms</th><th class="l">last decision</th></tr>`;
     for (const [name, st] of Object.entries(p.stages || {})) {
