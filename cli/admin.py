@@ -72,6 +72,20 @@ def call(base: str, path: str, body: dict | None = None, token: str | None = Non
         raise SplitASRError(f"cannot reach the coordinator at {base}: {exc}") from None
 
 
+def parse_assignments(items: list[str], what: str = "guards", name: str = "NAME") -> dict:
+    """``NAME=VALUE`` arguments (values as JSON: true, 0.4, 8) as a dict; ConfigError for a bad one."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"{what} are {name}=VALUE, got {item!r}")
+        try:
+            out[key] = json.loads(value)
+        except ValueError:
+            raise ConfigError(f"{what}: {key}={value!r} is not a value (true, false, a number)") from None
+    return out
+
+
 def _token(args: argparse.Namespace) -> str:
     token = args.token or os.environ.get("SPLITASR_ADMIN_TOKEN")
     if not token:

@@ -6,8 +6,7 @@ import argparse
 import json
 import os
 
-from splitasr.cli.admin import _common, _token, call
-from splitasr.shared.errors import ConfigError
+from splitasr.cli.admin import _common, _token, call, parse_assignments
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,23 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_list)
 
 
-def parse_values(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise ConfigError(f"flags are FLAG=VALUE, got {item!r}")
-        try:
-            out[name] = json.loads(value)
-        except ValueError:
-            raise ConfigError(f"flag {name}: {value!r} is not a value (true, false, a number)") from None
-    return out
-
-
 def cmd_set(args: argparse.Namespace) -> int:
-    body = {"pool": args.pool, "share": args.share, "set": parse_values(args.values)}
+    body = {"pool": args.pool, "share": args.share, "set": parse_assignments(args.values, "flags", "FLAG")}
     answer = call(args.coordinator, "/v1/flags", body, _token(args))
-    rule, values = answer["rule"], parse_values(args.values)
+    rule, values = answer["rule"], body["set"]
     print(f"pool {rule['pool']}: {values} for {rule['share']:.0%} of devices (version {answer['version']})")
     return 0
 

@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from splitasr.cli.admin import _common, _token, call
+from splitasr.cli.admin import _common, _token, call, parse_assignments
 from splitasr.cloud.coordinator.rollout import DEFAULT_STEPS, parse_interval, parse_steps
 
 
@@ -40,14 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=cmd_status)
 
 
-def _guards(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        name, _, value = item.partition("=")
-        out[name] = json.loads(value) if value else value
-    return out
-
-
 def cmd_start(args: argparse.Namespace) -> int:
     body = {
         "pool": args.pool,
@@ -55,7 +47,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         "to": args.to,
         "steps": list(parse_steps(args.steps)),
         "interval_s": parse_interval(args.interval),
-        "guards": _guards(args.guard),
+        "guards": parse_assignments(args.guard),
     }
     r = call(args.coordinator, "/v1/rollout", body, _token(args))["rollout"]
     steps = ",".join(map(str, r["steps"]))

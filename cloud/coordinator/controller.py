@@ -85,7 +85,9 @@ class PoolController:
             )
             for stage in (("enc_a",) if pool.whole_chain else STAGES)
         }
-        self.retiring = False  # a rolled-back canary or a replaced stable version: starts nothing
+        # a version on its way out starts nothing: "now" (rolled back, aborted: its sessions move at
+        # once) or "between utterances" (replaced by a promotion); None while it serves
+        self.retiring: str | None = None
         self.start_errors: list[str] = []
         self._started_seen: dict[str, int] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -231,9 +233,10 @@ class PoolController:
     def drain(self, shard_id: str, now: bool = False) -> None:
         """Route nothing more to a shard and let it go (``now``: stage 0 moves its sessions at once)."""
         record = self.registry.records.get(shard_id)
-        if record is None or (record.draining and record.drain_now >= now):
+        if record is None:
             return
-        record.drain_now = record.drain_now or now
+        if now:
+            record.drain_now = True
         if record.draining:
             return
         record.draining = True

@@ -27,9 +27,10 @@ class FlagStore:
 
     def restore(self, state: StateStore | None) -> None:
         self.state = state
-        if state is None or state.get("flags") is None:
+        raw = state.get("flags") if state is not None else None
+        if raw is None:
             return
-        saved = json.loads(state.get("flags"))
+        saved = json.loads(raw)
         self.rules = [FlagRule.model_validate(r) for r in saved["rules"]]
         self.version = saved["version"]
         self.changes.extend(e for e in state.decisions() if e["event"] == "flags")

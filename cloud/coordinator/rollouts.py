@@ -49,19 +49,20 @@ class Rollouts:
         controllers: dict[str, PoolController],  # the stable one of each pool (replaced on promotion)
         make_controller: Callable[[PoolConfig], PoolController],
         clock: Callable[[], float],
+        on_note: Callable[[dict], None] | None = None,  # each decision log entry, as it is written
     ):
         self.pools = pools
         self.registry = registry
         self.controllers = controllers
         self.make_controller = make_controller
         self.clock = clock
+        self.on_note = on_note
         self.state: StateStore | None = None
         self.rollouts: dict[str, Rollout] = {}  # the latest of each pool, finished ones too
         self.canaries: dict[str, PoolController] = {}
         self.retired: list[PoolController] = []
         self.log: deque[dict] = deque(maxlen=200)
         self._baseline: dict[str, tuple[int, int, int]] = {}  # shard id -> counters at the step's start
-        self._urgent: dict[int, bool] = {}  # retired controller -> its sessions move at once
 
     # -- state ----------------------------------------------------------------------------------
     def restore(self, state: StateStore | None) -> None:
@@ -93,6 +94,8 @@ class Rollouts:
         self.log.append(entry)
         if self.state is not None:
             self.state.add_decision(entry)
+        if self.on_note is not None:
+            self.on_note(entry)
         log.warning("rollout of %s: %s %s", pool, event, detail)
 
     # -- commands -------------------------------------------------------------------------------
@@ -145,9 +148,8 @@ class Rollouts:
     def _retire(self, controller: PoolController, urgent: bool = False) -> None:
         """Drain a version: ``urgent`` (rolled back, aborted) moves its sessions at once, open
         utterances included (the edges replay them); otherwise between utterances."""
-        controller.retiring = True
+        controller.retiring = "now" if urgent else "between utterances"
         self.retired.append(controller)
-        self._urgent[id(controller)] = urgent
 
     # -- routing --------------------------------------------------------------------------------
     def controller_for_stream(self, model: str, session: str | None, rng) -> PoolController:
@@ -197,7 +199,8 @@ class Rollouts:
             if step.event is None:
                 continue
             if step.rollout.status == RUNNING:
-                self.stats(canary, True), self.stats(stable, True)  # the new step is judged on its own
+                self.stats(canary, True)  # the new step is judged on its own: fresh baselines
+                self.stats(stable, True)
                 self._save(step.rollout)
                 self._note(model, step.event, step.detail)
             else:
@@ -210,12 +213,11 @@ class Rollouts:
             for stage in RETIRE_ORDER:
                 records = controller.records(stage)
                 for rec in records:
-                    controller.drain(rec.info.shard_id, now=self._urgent.get(id(controller), False))
+                    controller.drain(rec.info.shard_id, now=controller.retiring == "now")
                 if records:
                     break
             else:
                 self.retired.remove(controller)
-                self._urgent.pop(id(controller), None)
                 log.info("pool %s: version %s retired", controller.pool.model, controller.pool.version)
 
     def status(self) -> dict:

@@ -91,10 +91,15 @@ class Coordinator:
         self.flags = FlagStore([p.model for p in config.pools])
         self.ladders = {p.model: LadderState() for p in config.pools}
         self.ladder_log: deque[dict] = deque(maxlen=200)
-        self.rollouts = Rollouts(
-            {p.model: p for p in config.pools}, self.registry, self.controllers, self._controller, clock
-        )
         self.metrics = CoordinatorMetrics()
+        self.rollouts = Rollouts(
+            {p.model: p for p in config.pools},
+            self.registry,
+            self.controllers,
+            self._controller,
+            clock,
+            on_note=lambda e: self.metrics.rollout_events.labels(e["pool"], e["event"]).inc(),
+        )
         self.rng = random.Random()
         self.events: deque[dict] = deque(maxlen=200)  # breaker changes, for status and the dashboard
         self._breaker_seen: dict[str, str] = {}
@@ -168,9 +173,10 @@ class Coordinator:
                     sum(1 for r in controller.live(stage, now) if not r.spare)
                 )
         self._climb_ladders(now)
-        seen = len(self.rollouts.log)
         self.rollouts.tick(now)
-        self._count_rollout_events(list(self.rollouts.log)[seen:] if len(self.rollouts.log) > seen else [])
+        for model in self.controllers:
+            r = self.rollouts.rollouts.get(model)
+            self.metrics.canary_share.labels(model).set(r.share if r is not None and r.status == "running" else 0.0)
         # forget shards that drained and went silent
         for r in list(self.registry.records.values()):
             if r.draining and not r.breaker.allows(now):
@@ -201,13 +207,6 @@ class Coordinator:
             elif after.level >= SLOWER:
                 values["partial_interval_s"] = controller.pool.ladder.partial_interval_s
             self.flags.set_system(model, values)
-
-    def _count_rollout_events(self, entries: list[dict]) -> None:
-        for e in entries:
-            self.metrics.rollout_events.labels(e["pool"], e["event"]).inc()
-        for model in self.controllers:
-            r = self.rollouts.rollouts.get(model)
-            self.metrics.canary_share.labels(model).set(r.share if r is not None and r.status == "running" else 0.0)
 
     async def probe(self, http: aiohttp.ClientSession) -> None:
         """Probe ``/healthz`` of shards whose heartbeat is late: late and not answering opens the breaker
@@ -447,8 +446,10 @@ async def heartbeat(request: web.Request) -> web.Response:
     record = c.registry.heartbeat(beat.shard_id, load, c.clock())
     if record is None:
         return _error(404, "unknown shard; register again")
-    answer = {"ok": True, "drain": record.draining, "drain_now": record.drain_now}
-    return web.json_response(answer | {"flags": c.flags.for_pool(record.info.model), "flags_version": c.flags.version})
+    answer = {"ok": True, "drain": record.draining, "drain_now": record.drain_now, "flags_version": c.flags.version}
+    if load.flags_version != c.flags.version:  # rules only to a shard that has not applied them yet
+        answer["flags"] = c.flags.for_pool(record.info.model)
+    return web.json_response(answer)
 
 
 async def route_handler(request: web.Request) -> web.Response:
