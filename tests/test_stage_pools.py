@@ -125,10 +125,18 @@ def test_decoder_bound_load_scales_the_decoder_pool_out_and_in(tmp_path, tiny_ar
             drained = wait_until(
                 lambda: next((s for s in decoders(cluster) if s["draining"]), None), 60, "a decoder to drain"
             )
-            print("dec scaling:", json.dumps(cluster.pool()["stages"]["dec"]["scaling"][-2:]))
+            scaling = cluster.pool()["stages"]["dec"]["scaling"]
+            print("dec scaling:", json.dumps(scaling[-2:]))
+            assert any(d["replicas"] == 1 for d in scaling), "the drain was not a scale-in decision"
             pid = by_id[drained["shard_id"]]["pid"]
             wait_until(lambda: not pid_running(pid), 30, "the drained decoder to exit")
             assert not any(r.reconnects for r in finish(light))
-            assert cluster.pool()["stages"]["dec"]["replicas"] == 1
+            # the exited decoder leaves the pool. How many replicas the light load then needs is the
+            # autoscaler's call on this machine's speed (a loaded CI machine may scale out again).
+            wait_until(
+                lambda: drained["shard_id"] not in {s["shard_id"] for s in decoders(cluster)},
+                30,
+                "the coordinator to forget the drained decoder",
+            )
         finally:
             edges.close()
