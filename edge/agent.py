@@ -53,7 +53,7 @@ class AgentOptions:
     region: str | None = None
     device_id: str = "edge"
     token: str = ""  # device token (shared/auth.py); default: $SPLITASR_DEVICE_TOKEN
-    language: str | None = None
+    language: str | None = None  # None: detected by the multilingual pool, then routed by (language routing)
     dtype: str = "int8"
     frames_per_message: int = 20  # 200 ms of features per FEATURES frame
     final_timeout_s: float = 60.0
@@ -96,6 +96,8 @@ class AgentReport:
     empty_finals: int = 0  # utterances the recogniser found no speech in (not passed to on_final)
     utterances: int = 0  # ended (EOU sent); run() returns only once each has its FINAL
     shards: list[str] = field(default_factory=list)  # stage-0 urls that accepted the session, in order
+    language: str | None = None  # the hint, or the language detected on the first FINAL with text
+    language_moves: int = 0  # moves to the detected language's pool (between utterances)
 
     @property
     def bytes_per_speech_s(self) -> float:
@@ -117,7 +119,8 @@ class EdgeAgent:
         self.session_id = uuid.uuid4().hex
         self.on_partial = on_partial
         self.on_final = on_final
-        self.report = AgentReport()
+        self.report = AgentReport(language=options.language)
+        self._relocate = False  # a language was detected: move to its pool once between utterances
         self._ring = [stream_url(u) for u in options.shards]  # static shards, taken in turn
         self._turn = itertools.count()
         self._routed: list[str] = []  # candidates from the coordinator, best first
@@ -134,6 +137,11 @@ class EdgeAgent:
         self._all_final = asyncio.Event()
         self._first_chunk_at: float | None = None
         self._source_done = False
+
+    def use_ticket(self, url: str, ticket: str) -> None:
+        """Present ``ticket`` to shard ``url``: for a session routed by its caller, not by ``/v1/route``
+        (the coordinator's WER probe, which mints its own tickets)."""
+        self._tickets[stream_url(url)] = ticket
 
     # -- connection ---------------------------------------------------------------------------
     async def _connect(self, http: aiohttp.ClientSession) -> None:
@@ -155,7 +163,7 @@ class EdgeAgent:
                     token=edge_token(self.o.device_id, self.o.token),
                     session_id=self.session_id,
                     ticket=self._tickets.get(url, ""),
-                    language=self.o.language,
+                    language=self.report.language,
                     feature_spec=DEFAULT_SPEC.to_dict(),
                     resume=sorted(self._pending),
                 )
@@ -205,7 +213,8 @@ class EdgeAgent:
 
     async def _route(self, http: aiohttp.ClientSession) -> list[str]:
         """Stage-0 candidates from the coordinator, best first; unreachable ones (no /healthz) dropped."""
-        params = {"language": self.o.language or "en", "device": self.o.device_id, "session": self.session_id}
+        params = {"device": self.o.device_id, "session": self.session_id}
+        params |= {"language": self.report.language} if self.report.language else {}  # none: detected
         params |= {k: v for k, v in (("zone", self.o.zone), ("region", self.o.region)) if v}
         token = edge_token(self.o.device_id, self.o.token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}
@@ -293,6 +302,11 @@ class EdgeAgent:
                 frame = p.decode(msg.data)
                 if isinstance(frame, p.Final):
                     self._on_final(frame)
+                    if self._relocate and not self._pending and not self._source_done:
+                        self._relocate = False
+                        if await self._language_moves(http):
+                            reconnect = True
+                            break
                 elif isinstance(frame, p.Partial):
                     self.report.partials += 1
                     if self.on_partial and frame.utt not in self._done:
@@ -312,6 +326,18 @@ class EdgeAgent:
             self.report.reconnects += 1
             async with self._lock:
                 await self._connect(http)
+
+    async def _language_moves(self, http: aiohttp.ClientSession) -> bool:
+        """Whether the session moves to its detected language's pool: the coordinator's route for
+        that language no longer offers the current shard. Called between utterances only (nothing
+        waits for a FINAL), so the move replays and repeats nothing."""
+        urls = await self._route(http)
+        if not urls or self._url in urls:
+            return False
+        log.info("session %s: language %s detected; moving to its pool", self.session_id, self.report.language)
+        self._routed = urls
+        self.report.language_moves += 1
+        return True
 
     def _on_final(self, frame: p.Final) -> None:
         if frame.utt in self._done:
@@ -334,6 +360,9 @@ class EdgeAgent:
             now - self._first_chunk_at if self._first_chunk_at is not None else 0.0,
         )
         self.report.finals.append(result)  # every utterance's FINAL, for exactly-once accounting
+        if self.report.language is None and result.text.strip() and frame.language:
+            self.report.language = frame.language  # no hint: the first FINAL with text names the language
+            self._relocate = bool(self.o.coordinator)
         if not result.text.strip():  # the VAD opened an utterance, the recogniser found no speech
             self.report.empty_finals += 1
         elif self.on_final:

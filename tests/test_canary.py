@@ -3,12 +3,16 @@
 A deliberately slow canary version is rolled back by its p99 guard, by itself, within two step
 intervals, while the sessions on the stable version see no error and every utterance gets exactly
 one FINAL; a good canary goes through every step to 100 % and becomes the stable version, and the
-old version's shards are retired (drained stage by stage) without losing an utterance.
+old version's shards are retired (drained stage by stage) without losing an utterance. A canary that
+answers promptly with garbage text passes every rate and latency guard; the pool's WER probe (real
+speech with references) rolls it back.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 import pytest
 
@@ -29,16 +33,25 @@ CONFIG = {
             "versions": {
                 "slow": {"shard_args": ["--inject-fault", "slow:5000"]},  # every FINAL 5 s late
                 "v2": {"threads": 1},
+                "garbage": {"shard_args": ["--inject-fault", "garbage"]},  # prompt, wrong text
             },
         }
     ],
 }
 INTERVAL_S = 20.0
+REAL = Path(__file__).resolve().parents[1] / "samples" / "real"
+PROBE_CLIPS = ("en/en_ljspeech_LJ001-0009.flac", "en/en_ljspeech_LJ001-0018.flac")  # tune split
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, tiny_artifacts):
-    with CoordinatorProcess(tmp_path_factory.mktemp("canary"), CONFIG) as c:
+    tmp = tmp_path_factory.mktemp("canary")
+    lines = (REAL / "manifest.jsonl").read_text().splitlines()
+    entries = {json.loads(line)["file"]: json.loads(line) for line in lines}
+    manifest = tmp / "probe.jsonl"
+    manifest.write_text("".join(json.dumps({**entries[f], "file": str(REAL / f)}) + "\n" for f in PROBE_CLIPS))
+    config = {**CONFIG, "pools": [{**CONFIG["pools"][0], "probe": str(manifest), "probe_clips": len(PROBE_CLIPS)}]}
+    with CoordinatorProcess(tmp, config) as c:
         yield c
 
 
@@ -154,6 +167,32 @@ def test_a_slow_canary_is_rolled_back_and_a_good_one_promoted(cluster, edges):
         f"good canary: promoted {promoted_at - serving_at:.1f} s after it began serving (2 steps of "
         f"{INTERVAL_S:.0f} s); {sum(rep.utterances for rep in reports)} utterances, "
         f"{sum(len(rep.finals) for rep in reports)} FINALs, duplicates {sum(rep.duplicate_finals for rep in reports)}"
+    )
+
+
+def test_a_garbage_canary_is_rolled_back_by_the_wer_probe(cluster, edges):
+    """Prompt, non-empty, wrong FINALs: only the probe's WER tells them apart from stable's."""
+    t0 = time.time()
+    stable = cluster.get("/v1/rollouts")["stable"]["tiny.en"]
+    start(cluster, "garbage", "50,100")
+    wait_until(lambda: rollout(cluster)["share"] == 0.5, 90, "the garbage canary to serve")
+    serving_at = log_time(cluster, "started-step", t0)
+    picked = sessions(2, 1, 0.5, "garbage")
+    futures = stream(cluster, edges, picked, "garbage")
+    wait_until(lambda: rollout(cluster)["status"] != "running", 3 * INTERVAL_S, "the garbage canary's rollback")
+    r = rollout(cluster)
+    rolled_back_at = log_time(cluster, "rolled_back", t0)
+    assert r["status"] == "rolled_back" and r["reason"].startswith("probe WER 100.0% vs stable"), r
+    assert rolled_back_at - serving_at < 2 * INTERVAL_S
+    probed = next(e for e in cluster.get("/v1/rollouts")["log"] if e["event"] == "probed" and e["time"] >= t0)
+    reports = finished(futures)
+    stable_report = next(rep for rep, (_, side) in zip(reports, picked, strict=True) if not side)
+    assert stable_report.reconnects == 0 and stable_report.finals and all(f.text.strip() for f in stable_report.finals)
+    wait_until(lambda: not [s for s in cluster.pool()["shards"] if s["config_version"] == "garbage"], 60, "retired")
+    assert cluster.get("/v1/rollouts")["stable"]["tiny.en"] == stable
+    print(
+        f"\ngarbage canary: rolled back {rolled_back_at - serving_at:.1f} s after it began serving: {r['reason']}; "
+        f"probe: {probed['detail']}"
     )
 
 

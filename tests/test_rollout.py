@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
-from splitasr.cloud.coordinator.config import build_checked, load_config
+from splitasr.cloud.coordinator.config import PoolConfig, build_checked, load_config
+from splitasr.cloud.coordinator.probe import probe_entries
 from splitasr.cloud.coordinator.rollout import (
     PROMOTED,
     ROLLED_BACK,
@@ -20,6 +24,7 @@ from splitasr.cloud.coordinator.rollout import (
 )
 from splitasr.shared.errors import ConfigError
 
+REAL_MANIFEST = Path(__file__).resolve().parents[1] / "samples" / "real" / "manifest.jsonl"
 STABLE = VersionStats(finals=40, empty_finals=2, errors=0, p99_ms=900)
 GOOD = VersionStats(finals=6, empty_finals=0, errors=0, p99_ms=1000)
 
@@ -87,6 +92,20 @@ def test_guards_judge_only_with_enough_canary_answers_and_relative_to_stable():
     assert breach(VersionStats(finals=4, p99_ms=9000), VersionStats(), guards) is None
     capped = Guards(p99_max_ms=5000)
     assert "above the limit 5000 ms" in breach(VersionStats(finals=4, p99_ms=9000), VersionStats(), capped)
+
+
+def test_with_a_probe_set_a_step_waits_for_both_scores_and_a_worse_wer_rolls_back():
+    r = dataclasses.replace(started(), probe=True)
+    scored = dataclasses.replace(GOOD, probe_wer=0.06)
+    stable = dataclasses.replace(STABLE, probe_wer=0.04)
+    assert evaluate(r, GOOD, stable, 150.0, True).event is None  # the canary not scored yet: the step waits
+    assert evaluate(r, scored, STABLE, 150.0, True).event is None  # stable not scored yet
+    step = evaluate(r, scored, stable, 150.0, True)
+    assert step.event == "advanced" and "probe WER 6.0% vs stable 4.0%" in step.detail
+    garbage = dataclasses.replace(GOOD, probe_wer=1.0)  # prompt, non-empty answers: only WER tells
+    step = evaluate(r, garbage, stable, 101.0, True)
+    assert step.event == ROLLED_BACK and step.detail == "probe WER 100.0% vs stable 4.0%: more than 5.0% above"
+    assert breach(garbage, stable, Guards(max_wer_increase=1.0)) is None
 
 
 def test_sessions_keep_their_version_and_the_share_is_respected():
@@ -173,3 +192,18 @@ def test_a_restarted_coordinator_resumes_rollouts_and_keeps_promoted_versions(tm
     with pytest.raises(ConfigError, match="already runs version v2"):
         third.start("tiny.en", "v2", (100,), 30.0, Guards())
     state.close()
+
+
+def test_probe_sets_are_checked_when_the_coordinator_builds_them(tmp_path):
+    with pytest.raises(ConfigError, match="probe_clips must be in"):
+        build_checked(PoolConfig, {"probe_clips": 0}, "pool")
+    with pytest.raises(ConfigError, match="not found"):
+        probe_entries(tmp_path / "none.jsonl", ("en",), 3)
+    with pytest.raises(ConfigError, match="no clip in the pool's languages xx"):
+        probe_entries(REAL_MANIFEST, ("xx",), 3)
+    lost = tmp_path / "lost.jsonl"
+    lost.write_text('{"file": "gone.flac", "text": "hello", "language": "en"}\n')
+    with pytest.raises(ConfigError, match="missing audio"):
+        probe_entries(lost, ("en",), 3)
+    entries = probe_entries(REAL_MANIFEST, ("de", "fr"), 2)
+    assert len(entries) == 2 and {e.language for e in entries} <= {"de", "fr"}

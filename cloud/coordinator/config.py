@@ -63,6 +63,8 @@ class PoolConfig:
     version: str = DEFAULT_VERSION  # the version its shards run (stable; a canary's once promoted)
     ladder: LadderConfig = field(default_factory=LadderConfig)  # degradation under overload (ladder.py)
     fallback: str | None = None  # ladder level 3: new sessions go to this (smaller) model's pool
+    probe: str | None = None  # JSONL manifest (file, text, language): rollouts are judged on WER too
+    probe_clips: int = 4  # its first clips in the pool's languages, streamed per rollout step
 
     def for_version(self, name: str) -> PoolConfig:
         """This pool's settings in version ``name`` (``default``: as configured); ConfigError if unknown."""
@@ -105,6 +107,8 @@ class PoolConfig:
                 raise ConfigError(f"pool {self.model}: version names are [A-Za-z0-9._-]{{1,64}}, got {name!r}")
         if self.version != DEFAULT_VERSION and self.version not in self.versions:
             raise ConfigError(f"pool {self.model}: version {self.version!r} is not in its versions")
+        if not 1 <= self.probe_clips <= 100:
+            raise ConfigError(f"pool {self.model}: probe_clips must be in [1, 100], got {self.probe_clips}")
         for stage in ("enc_b", "dec"):
             if getattr(self, f"{stage}_autoscaler").min_replicas != 1:
                 raise ConfigError(
@@ -154,8 +158,16 @@ class ClusterConfig:
             raise ConfigError(f"decision_period_s must be positive, got {self.decision_period_s}")
 
     def pool_for(self, language: str | None) -> PoolConfig | None:
-        """The pool serving ``language``: an explicit language match first, then a '*' pool."""
-        language = language or "en"
+        """The pool serving ``language``: an explicit language match first, then a '*' pool.
+
+        No language (a session without a hint): the multilingual pool, which detects the language;
+        the edge then moves the session to its language's pool (language routing). A cluster with
+        no multilingual pool serves such sessions as English."""
+        if language is None:
+            multilingual = next((p for p in self.pools if "*" in p.languages or MODELS[p.model].multilingual), None)
+            if multilingual is not None:
+                return multilingual
+            language = "en"
         for pool in self.pools:
             if language in pool.languages:
                 return pool

@@ -5,10 +5,12 @@ of *new* sessions to the canary version (by a hash of the session id, so a sessi
 stays on its version). Every decision period the coordinator compares what canary and stable
 answered since the current step began (:class:`VersionStats`); :func:`evaluate` says what to do:
 
-- a guard is breached (error rate, empty-FINAL rate, p99 end-of-utterance → FINAL latency, each
-  against the stable version's) → roll back at once, with the reason;
-- the step's interval has passed and the canary answered at least ``min_finals`` utterances → the
-  next step, or, after the last (100 %), promotion: the canary becomes the stable version;
+- a guard is breached (error rate, empty-FINAL rate, p99 end-of-utterance → FINAL latency and,
+  when the pool has a probe set, WER on its clips (probe.py), each against the stable version's)
+  → roll back at once, with the reason;
+- the step's interval has passed, the canary answered at least ``min_finals`` utterances and the
+  step's probe (if the pool has one) has scored both versions → the next step, or, after the
+  last (100 %), promotion: the canary becomes the stable version;
 - otherwise wait (a step is extended while the canary has too little traffic to judge).
 """
 
@@ -34,12 +36,14 @@ class Guards:
     p99_ratio: float = 1.5  # canary p99 above max(stable p99 x ratio, stable p99 + slack) ...
     p99_slack_ms: float = 1000.0
     p99_max_ms: float = 0.0  # ... or above this (0: off), also when stable has no latency yet
+    max_wer_increase: float = 0.05  # probe WER, canary minus stable (pools with a probe set only)
 
     def __post_init__(self) -> None:
         if self.min_finals < 1 or self.min_judged < 1:
             raise ConfigError("rollout guards: min_finals and min_judged must be at least 1")
-        if not (0 <= self.max_error_rate_increase <= 1 and 0 <= self.max_empty_rate_increase <= 1):
-            raise ConfigError("rollout guards: rate increases must be in [0, 1]")
+        rates = (self.max_error_rate_increase, self.max_empty_rate_increase, self.max_wer_increase)
+        if not all(0 <= r <= 1 for r in rates):
+            raise ConfigError("rollout guards: rate and WER increases must be in [0, 1]")
         if self.p99_ratio < 1 or self.p99_slack_ms < 0 or self.p99_max_ms < 0:
             raise ConfigError("rollout guards: p99_ratio >= 1, p99_slack_ms and p99_max_ms >= 0")
 
@@ -52,6 +56,7 @@ class VersionStats:
     empty_finals: int = 0
     errors: int = 0
     p99_ms: float = 0.0  # worst stage-0 shard's recent p99 (0: no FINAL yet)
+    probe_wer: float | None = None  # WER on the pool's probe clips in this step (None: not scored yet)
 
     @property
     def answered(self) -> int:
@@ -80,6 +85,12 @@ def breach(canary: VersionStats, stable: VersionStats, guards: Guards) -> str | 
             f"empty-FINAL rate {canary.empty_rate:.0%} ({canary.empty_finals}/{canary.finals}) vs stable "
             f"{stable.empty_rate:.0%}: more than {guards.max_empty_rate_increase:.0%} above"
         )
+    if canary.probe_wer is not None and stable.probe_wer is not None:
+        if canary.probe_wer - stable.probe_wer > guards.max_wer_increase:
+            return (
+                f"probe WER {canary.probe_wer:.1%} vs stable {stable.probe_wer:.1%}: more than "
+                f"{guards.max_wer_increase:.1%} above"
+            )
     if canary.finals and guards.p99_max_ms and canary.p99_ms > guards.p99_max_ms:
         return f"p99 FINAL latency {canary.p99_ms:.0f} ms above the limit {guards.p99_max_ms:.0f} ms"
     if canary.finals and stable.p99_ms:
@@ -129,6 +140,7 @@ class Rollout:
     step_started: float | None = None  # None: the canary is not serving yet (the clock waits)
     started: float = 0.0
     reason: str = ""
+    probe: bool = False  # the pool has a probe set: each step waits for both versions' probe WER
 
     @property
     def share(self) -> float:
@@ -178,10 +190,14 @@ def evaluate(r: Rollout, canary: VersionStats, stable: VersionStats, now: float,
         return Step(r)
     if canary.answered < r.guards.min_finals:
         return Step(r)  # too little canary traffic to judge: the step goes on
+    if r.probe and (canary.probe_wer is None or stable.probe_wer is None):
+        return Step(r)  # the step's probe has not scored both versions yet
     summary = (
         f"{r.steps[r.step]}% step passed: canary {canary.answered} answered, {canary.error_rate:.0%} errors, "
         f"{canary.empty_rate:.0%} empty, p99 {canary.p99_ms:.0f} ms; stable p99 {stable.p99_ms:.0f} ms"
     )
+    if canary.probe_wer is not None and stable.probe_wer is not None:
+        summary += f"; probe WER {canary.probe_wer:.1%} vs stable {stable.probe_wer:.1%}"
     if r.step + 1 == len(r.steps):
         return Step(replace(r, status=PROMOTED, reason=summary), PROMOTED, summary)
     r = replace(r, step=r.step + 1, step_started=now)

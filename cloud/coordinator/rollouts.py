@@ -9,12 +9,16 @@ abort retires the canary. A retired version drains stage by stage: stage 0 first
 move to the other version between utterances, see DRAIN), its encoder B once stage 0 is gone,
 its decoder last, so nothing in flight loses its next stage.
 
+A pool with a probe set (``probe:``, see probe.py) has both versions' WER on its clips measured
+once per step, by a task of the coordinator's loop; the step waits for both scores.
+
 Rollouts, the stable version of each pool and the decision log live in the coordinator's state
 store (SQLite), so a restarted coordinator resumes a running rollout.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import time
@@ -23,6 +27,7 @@ from collections.abc import Callable
 
 from splitasr.cloud.coordinator.config import PoolConfig
 from splitasr.cloud.coordinator.controller import START_ORDER, PoolController
+from splitasr.cloud.coordinator.probe import Prober, ProbeResult
 from splitasr.cloud.coordinator.registry import Registry
 from splitasr.cloud.coordinator.rollout import (
     PROMOTED,
@@ -38,6 +43,7 @@ from splitasr.shared.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+PROBE_RETRY_S = 5.0
 RETIRE_ORDER = tuple(reversed(START_ORDER))  # enc_a, enc_b, dec: a stage goes once the one before it is gone
 
 
@@ -50,6 +56,7 @@ class Rollouts:
         make_controller: Callable[[PoolConfig], PoolController],
         clock: Callable[[], float],
         on_note: Callable[[dict], None] | None = None,  # each decision log entry, as it is written
+        probers: dict[str, Prober] | None = None,  # pools with a probe set
     ):
         self.pools = pools
         self.registry = registry
@@ -63,6 +70,10 @@ class Rollouts:
         self.retired: list[PoolController] = []
         self.log: deque[dict] = deque(maxlen=200)
         self._baseline: dict[str, tuple[int, int, int]] = {}  # shard id -> counters at the step's start
+        self.probers = probers or {}
+        self.probes: dict[str, dict[str, ProbeResult]] = {}  # pool -> "canary"/"stable" -> this step's score
+        self._probing: dict[str, asyncio.Task] = {}
+        self._probe_after: dict[str, float] = {}  # pool -> no new probe before (after a failed one)
 
     # -- state ----------------------------------------------------------------------------------
     def restore(self, state: StateStore | None) -> None:
@@ -79,7 +90,8 @@ class Rollouts:
             r = Rollout.from_dict(raw)
             self.rollouts[r.pool] = r
             if r.status == RUNNING and r.pool in self.pools:
-                self.rollouts[r.pool] = dataclasses.replace(r, step_started=None)  # the step clock restarts
+                # the step clock restarts; the probe follows the pool's config as it is now
+                self.rollouts[r.pool] = dataclasses.replace(r, step_started=None, probe=r.pool in self.probers)
                 self.canaries[r.pool] = self.make_controller(self.pools[r.pool].for_version(r.canary))
                 log.info("pool %s: resuming the rollout to %s at %d%%", r.pool, r.canary, r.steps[r.step])
         self.log.extend(state.decisions())
@@ -110,7 +122,8 @@ class Rollouts:
             raise ConfigError(f"pool {model} already runs version {to}")
         canary = self.make_controller(self.pools[model].for_version(to))  # ConfigError for an unknown version
         self.canaries[model] = canary
-        r = Rollout(model, stable, to, tuple(steps), interval_s, guards, started=self.clock())
+        probe = model in self.probers
+        r = Rollout(model, stable, to, tuple(steps), interval_s, guards, started=self.clock(), probe=probe)
         self._save(r)
         self._note(model, "started", f"{stable} -> {to}, steps {','.join(map(str, steps))}%, every {interval_s:g} s")
         if canary.backend is not None:
@@ -135,6 +148,7 @@ class Rollouts:
 
     def _finish(self, r: Rollout, event: str, detail: str) -> None:
         canary = self.canaries.pop(r.pool)
+        self._stop_probe(r.pool)
         if r.status == PROMOTED:
             old, self.controllers[r.pool] = self.controllers[r.pool], canary
             self._retire(old)
@@ -195,17 +209,61 @@ class Rollouts:
             r = self.rollouts[model]
             stable = self.controllers[model]
             serving = any(not rec.spare for rec in canary.live("enc_a", now))
-            step = evaluate(r, self.stats(canary, False), self.stats(stable, False), now, serving)
-            if step.event is None:
-                continue
-            if step.rollout.status == RUNNING:
+            scores = self.probes.get(model, {})
+            judged = [
+                dataclasses.replace(self.stats(c, False), probe_wer=scores[k].wer if k in scores else None)
+                for k, c in (("canary", canary), ("stable", stable))
+            ]
+            step = evaluate(r, *judged, now, serving)
+            if step.event is not None and step.rollout.status == RUNNING:
                 self.stats(canary, True)  # the new step is judged on its own: fresh baselines
                 self.stats(stable, True)
+                self._stop_probe(model)  # ... and probed anew
                 self._save(step.rollout)
                 self._note(model, step.event, step.detail)
-            else:
+            elif step.event is not None:
                 self._finish(step.rollout, step.event, step.detail)
+                continue
+            self._probe(model, now)
         self._drain_retired(now)
+
+    # -- the WER probe (probe.py) ---------------------------------------------------------------
+    def _probe(self, model: str, now: float) -> None:
+        """Start this step's probe of both versions unless it ran, runs, or failed a moment ago."""
+        r = self.rollouts[model]
+        if not r.probe or r.step_started is None or model not in self.probers:
+            return
+        task = self._probing.get(model)
+        if (task is not None and not task.done()) or len(self.probes.get(model, {})) == 2:
+            return
+        if now < self._probe_after.get(model, 0.0):
+            return
+        self._probing[model] = asyncio.get_running_loop().create_task(self._run_probe(model, now))
+
+    async def _run_probe(self, model: str, now: float) -> None:
+        versions = {"canary": self.canaries[model], "stable": self.controllers[model]}
+        scores = self.probes.setdefault(model, {})
+        try:
+            for name, controller in versions.items():
+                if name in scores:
+                    continue
+                shard = next((rec for rec in controller.live("enc_a", now) if not rec.spare), None)
+                if shard is None:
+                    raise RuntimeError(f"no serving stage-0 shard of the {name} version")
+                scores[name] = await self.probers[model].run(shard.info.shard_id, shard.info.url)
+            self._note(model, "probed", f"WER canary {scores['canary'].summary()}; stable {scores['stable'].summary()}")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a shard that failed mid-probe: the next tick tries again after a pause
+            self._probe_after[model] = self.clock() + PROBE_RETRY_S
+            log.warning("rollout of %s: probe failed (%r); again in %.0f s", model, exc, PROBE_RETRY_S)
+
+    def _stop_probe(self, model: str) -> None:
+        task = self._probing.pop(model, None)
+        if task is not None:
+            task.cancel()
+        self.probes.pop(model, None)
+        self._probe_after.pop(model, None)
 
     def _drain_retired(self, now: float) -> None:
         """Drain retired versions stage by stage; forget a retired version once all its shards are gone."""
@@ -226,6 +284,7 @@ class Rollouts:
                 {
                     **r.to_dict(),
                     "canary_shards": len(self.canaries[r.pool].records()) if r.pool in self.canaries else 0,
+                    "probe": {k: dataclasses.asdict(v) for k, v in self.probes.get(r.pool, {}).items()},
                 }
                 for r in self.rollouts.values()
             ],

@@ -36,6 +36,7 @@ from splitasr.cloud.coordinator.ladder import (
     LadderState,
 )
 from splitasr.cloud.coordinator.ladder import step as ladder_step
+from splitasr.cloud.coordinator.probe import Prober, probe_entries
 from splitasr.cloud.coordinator.registry import Registry, ShardInfo, ShardLoad, ShardRecord
 from splitasr.cloud.coordinator.rollout import DEFAULT_STEPS, Guards, parse_interval, parse_steps
 from splitasr.cloud.coordinator.rollouts import Rollouts
@@ -99,6 +100,11 @@ class Coordinator:
             self._controller,
             clock,
             on_note=lambda e: self.metrics.rollout_events.labels(e["pool"], e["event"]).inc(),
+            probers={
+                p.model: Prober(probe_entries(p.probe, p.languages, p.probe_clips), self.auth)
+                for p in config.pools
+                if p.probe
+            },
         )
         self.rng = random.Random()
         self.events: deque[dict] = deque(maxlen=200)  # breaker changes, for status and the dashboard
