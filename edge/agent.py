@@ -54,6 +54,8 @@ class AgentOptions:
     device_id: str = "edge"
     token: str = ""  # device token (shared/auth.py); default: $SPLITASR_DEVICE_TOKEN
     language: str | None = None  # None: detected by the multilingual pool, then routed by (language routing)
+    model: str | None = None  # ask the coordinator for this model's pool (default: the language's pool)
+    qos: str = "interactive"  # or "batch": may wait, deferred or shed first under overload
     dtype: str = "int8"
     frames_per_message: int = 20  # 200 ms of features per FEATURES frame
     final_timeout_s: float = 60.0
@@ -65,6 +67,8 @@ class AgentOptions:
     conditioner: ConditionerOptions = field(default_factory=ConditionerOptions)
 
     def __post_init__(self) -> None:
+        if self.qos not in ("interactive", "batch"):
+            raise ConfigError(f"qos must be interactive or batch, got {self.qos!r}")
         for name in ("heartbeat_s", "handshake_timeout_s", "final_timeout_s", "reconnect_max_s"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and 0.05 <= value <= 3600):
@@ -215,6 +219,8 @@ class EdgeAgent:
         """Stage-0 candidates from the coordinator, best first; unreachable ones (no /healthz) dropped."""
         params = {"device": self.o.device_id, "session": self.session_id}
         params |= {"language": self.report.language} if self.report.language else {}  # none: detected
+        params |= {"model": self.o.model} if self.o.model else {}
+        params |= {"qos": self.o.qos} if self.o.qos != "interactive" else {}
         params |= {k: v for k, v in (("zone", self.o.zone), ("region", self.o.region)) if v}
         token = edge_token(self.o.device_id, self.o.token)
         headers = {"Authorization": f"Bearer {token}"} if token else {}

@@ -32,7 +32,18 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="",
         help="device token from `splitasr token DEVICE_ID` (default $SPLITASR_DEVICE_TOKEN)",
     )
-    a.add_argument("--language", default=None)
+    a.add_argument(
+        "--language",
+        default=None,
+        help="the speech's language (default: detected by the multilingual pool, then routed by it)",
+    )
+    a.add_argument("--model", default=None, help="ask the coordinator for this model's pool (default: by language)")
+    a.add_argument(
+        "--qos",
+        default="interactive",
+        choices=["interactive", "batch"],
+        help="batch: may be deferred or shed first when the pool is overloaded",
+    )
     a.add_argument("--dtype", default="int8", choices=["int8", "float16", "float32"])
     a.add_argument("--mic", action="store_true", help="stream the default microphone (extra 'mic')")
     a.add_argument("--raw-rate", type=int, default=None, help="stdin is raw s16le PCM at this rate")
@@ -124,6 +135,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
         device_id=args.device_id,
         token=args.token,
         language=args.language,
+        model=args.model,
+        qos=args.qos,
         dtype=args.dtype,
         segmenter=SegmenterOptions(vad=args.vad, trailing_silence_s=args.endpoint_silence_s),
         heartbeat_s=args.heartbeat_s,
@@ -133,7 +146,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
         print(
             f"{name}: {len(report.finals) - report.empty_finals} utterances ({report.empty_finals} without speech), "
             f"{report.speech_s:.1f} s of speech, "
-            f"{report.bytes_per_speech_s:.0f} bytes per speech second, {report.reconnects} reconnects",
+            f"{report.bytes_per_speech_s:.0f} bytes per speech second, {report.reconnects} reconnects"
+            + (f", language {report.language}" if report.language else ""),
             file=sys.stderr,
         )
     return 0

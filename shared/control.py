@@ -90,7 +90,7 @@ class RouteQuery(_Message):
     language: Annotated[str, Field(max_length=16, pattern=r"^[a-z*]{1,8}([_-][A-Za-z0-9]{1,8})?$")] | None = None
     zone: Name | None = None
     region: Name | None = None
-    model: Name | None = None
+    model: Name | None = None  # a next stage's pool, or the pool a new stream asks for (default: by language)
     stage: Stage | None = None
     version: Name | None = None  # a next stage of this pool version (default: the pool's stable one)
     qos: Literal["interactive", "batch"] = "interactive"  # a new stream's class (the ladder defers batch first)

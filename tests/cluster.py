@@ -73,9 +73,12 @@ class EdgeStreams:
         zone: str | None = None,
         device_id: str = "edge",
         session_id: str | None = None,
+        language: str | None = "en",  # None: detected (language routing)
         **options,
     ) -> concurrent.futures.Future[AgentReport]:
-        agent_options = AgentOptions(coordinator=coordinator, zone=zone, device_id=device_id, language="en", **options)
+        agent_options = AgentOptions(
+            coordinator=coordinator, zone=zone, device_id=device_id, language=language, **options
+        )
         agent = EdgeAgent(agent_options)
         if session_id is not None:
             agent.session_id = session_id

@@ -82,6 +82,9 @@ class PoolConfig:
             shard_args=self.shard_args + v.shard_args,
         )
 
+    def serves(self, language: str) -> bool:
+        return language in self.languages or "*" in self.languages
+
     def autoscaler_for(self, stage: str) -> AutoscalerConfig:
         """The autoscaler of one stage's pool; the later stages' minimum is ``enc_b`` / ``dec``."""
         if stage == "enc_a":

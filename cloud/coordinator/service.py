@@ -281,7 +281,9 @@ class Coordinator:
                 raise ConfigError(f"pool {model} has no version {query.version!r}")
             choices = [controller]
         else:
-            pool = self.config.pool_for(query.language)
+            pool = self.config.pool(query.model) if query.model else self.config.pool_for(query.language)
+            if query.model and query.language and not pool.serves(query.language):
+                raise ConfigError(f"pool {pool.model} does not serve language {query.language!r}")
             if pool is None:
                 served = sorted({lang for p in self.config.pools for lang in p.languages})
                 raise ConfigError(f"no pool serves language {query.language!r}; served: {', '.join(served)}")
@@ -326,7 +328,7 @@ class Coordinator:
             raise OverloadedError(message, retry_after_ms=int(config.defer_s * 1000))
         if level >= FALLBACK and pool.fallback is not None:
             fallback = self.config.pool(pool.fallback)
-            if (query.language or "en") in fallback.languages or "*" in fallback.languages:
+            if query.language is not None and fallback.serves(query.language):  # no hint: its language is unknown
                 return fallback
         return pool
 
