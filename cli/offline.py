@@ -39,6 +39,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="batch mode: files and directories, decoded together in one running batch, with a progress bar",
     )
     p.add_argument("--max-batch", type=int, default=16, help="batch mode: sequences decoded together")
+    p.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="URL",
+        help="send the files to this cluster as batch-class sessions instead of decoding here",
+    )
+    p.add_argument("--concurrency", type=int, default=4, help="with --coordinator: files in flight at once")
+    p.add_argument("--device-id", default="batch", help="with --coordinator: the device the sessions come from")
+    p.add_argument("--token", default="", help="with --coordinator: device token (default $SPLITASR_DEVICE_TOKEN)")
     p.set_defaults(func=cmd_transcribe)
 
     p = sub.add_parser("eval", help="word error rate over a JSONL manifest of file, text, language")
@@ -127,10 +136,42 @@ def cmd_transcribe_batch(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_transcribe_on_cluster(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from splitasr.edge.cluster_jobs import transcribe_files
+
+    paths = expand_inputs(args.files)
+
+    def show(result) -> None:
+        if result.error is not None:
+            print(f"{result.path}: error: {result.error}", file=sys.stderr)
+        elif args.json:
+            print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
+        else:
+            print(f"{result.path}: {result.text}", flush=True)
+
+    started = time.perf_counter()
+    results = asyncio.run(
+        transcribe_files(
+            paths, args.coordinator, args.language, args.concurrency, args.device_id, args.token, on_result=show
+        )
+    )
+    failed = sum(1 for r in results if r.error is not None)
+    print(
+        f"{len(paths) - failed} files through {args.coordinator} as batch work in "
+        f"{time.perf_counter() - started:.1f} s, {sum(r.reconnects for r in results)} reconnects, {failed} failed",
+        file=sys.stderr,
+    )
+    return 1 if failed else 0
+
+
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from splitasr.cloud.shard.recognizer import TranscribeOptions
     from splitasr.shared.audio import load_audio
 
+    if args.coordinator:
+        return cmd_transcribe_on_cluster(args)
     if args.batch:
         return cmd_transcribe_batch(args)
 

@@ -56,6 +56,7 @@ class AgentOptions:
     language: str | None = None  # None: detected by the multilingual pool, then routed by (language routing)
     model: str | None = None  # ask the coordinator for this model's pool (default: the language's pool)
     qos: str = "interactive"  # or "batch": may wait, deferred or shed first under overload
+    max_defer_s: float = 600.0  # batch: how long in all to wait while the coordinator defers the session
     dtype: str = "int8"
     frames_per_message: int = 20  # 200 ms of features per FEATURES frame
     final_timeout_s: float = 60.0
@@ -125,6 +126,7 @@ class EdgeAgent:
         self.on_final = on_final
         self.report = AgentReport(language=options.language)
         self._relocate = False  # a language was detected: move to its pool once between utterances
+        self._defer_s = 0.0  # batch: the coordinator said to come back after this long
         self._ring = [stream_url(u) for u in options.shards]  # static shards, taken in turn
         self._turn = itertools.count()
         self._routed: list[str] = []  # candidates from the coordinator, best first
@@ -152,8 +154,21 @@ class EdgeAgent:
         """Connect to the next shard, say HELLO, replay every utterance without a FINAL."""
         backoff = Backoff(0.05, self.o.reconnect_max_s)  # jittered: edges that lost one shard spread out
         refusal: p.Error | None = None
-        for attempt in range(self.o.max_reconnects):
+        deferred_s, attempt = 0.0, 0
+        while attempt < self.o.max_reconnects:
             url = await self._next_url(http)
+            if url is None and self._defer_s:  # batch work deferred by an overloaded pool: wait, as told
+                wait_s, self._defer_s = jittered(self._defer_s), 0.0
+                deferred_s += wait_s
+                if deferred_s > self.o.max_defer_s:
+                    raise SessionRejectedError(
+                        f"the coordinator deferred this batch session for more than {self.o.max_defer_s:.0f} s",
+                        "overloaded",
+                    )
+                log.info("batch session %s deferred; asking again in %.1f s", self.session_id, wait_s)
+                await asyncio.sleep(wait_s)
+                continue
+            attempt += 1
             if url is None:
                 await asyncio.sleep(backoff.next())  # no shard known right now; ask again after a back-off
                 continue
@@ -202,7 +217,7 @@ class EdgeAgent:
                 "session %s on %s (attempt %d, replayed %d utterances)",
                 self.session_id,
                 url,
-                attempt + 1,
+                attempt,
                 len(self._pending),
             )
             return
@@ -231,6 +246,12 @@ class EdgeAgent:
                 body = await resp.json()
                 if resp.status in (400, 401):
                     raise EdgeError(f"coordinator refused the route: {body.get('error')}")
+                if resp.status == 503 and self.o.qos == "batch" and body.get("code") == "overloaded":
+                    retry_ms = body.get("retry_after_ms") or 0
+                    if not retry_ms:  # shed: this class of work is not taken now
+                        raise SessionRejectedError(f"coordinator: {body.get('error')}", "overloaded")
+                    self._defer_s = retry_ms / 1000
+                    return []
                 if resp.status != 200:
                     log.warning("no route yet (%s): %s", resp.status, body.get("error"))
                     return []

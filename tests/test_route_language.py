@@ -1,11 +1,12 @@
-"""Which pool a new stream is routed to: by its language, to the multilingual pool without a hint,
-or to the model it asks for; in process, with shards registered (no processes)."""
+"""Which pool and replicas a new stream is routed to: by its language, to the multilingual pool
+without a hint, to the model it asks for; batch work to spot replicas first. In process, with
+shards registered (no processes)."""
 
 from __future__ import annotations
 
 import pytest
 
-from splitasr.cloud.coordinator.config import ClusterConfig, PoolConfig
+from splitasr.cloud.coordinator.config import ClusterConfig, PoolConfig, PoolVersion, SpotConfig, build_checked
 from splitasr.cloud.coordinator.ladder import LadderConfig, LadderState
 from splitasr.cloud.coordinator.registry import ShardInfo
 from splitasr.cloud.coordinator.service import Coordinator
@@ -52,3 +53,27 @@ def test_edge_options_check_the_qos_class():
     assert AgentOptions(qos="batch").qos == "batch"
     with pytest.raises(ConfigError, match="qos must be interactive or batch"):
         AgentOptions(qos="urgent")
+
+
+def test_batch_sessions_go_to_spot_replicas_first_and_interactive_ones_never():
+    pool = PoolConfig(spot=SpotConfig(replicas=1))
+    c = Coordinator(ClusterConfig(pools=(pool,)), backend=None)
+    c.register(ShardInfo(shard_id="od", url="ws://127.0.0.1:9001", model="tiny.en", stage="enc_a"))
+    c.register(
+        ShardInfo(shard_id="sp", url="ws://127.0.0.1:9002", model="tiny.en", stage="enc_a", config_version="spot")
+    )
+    assert [x["shard_id"] for x in c.route(RouteQuery(language="en", qos="batch"))["candidates"]] == ["sp"]
+    assert [x["shard_id"] for x in c.route(RouteQuery(language="en"))["candidates"]] == ["od"]
+    c.registry.records["sp"].breaker.trip(c.clock(), "pre-empted")
+    assert [x["shard_id"] for x in c.route(RouteQuery(language="en", qos="batch"))["candidates"]] == ["od"]
+
+
+def test_bad_spot_configs_are_config_errors():
+    with pytest.raises(ConfigError, match=r"spot.replicas must be in \[0, 64\]"):
+        SpotConfig(replicas=-1)
+    with pytest.raises(ConfigError, match="reserved for spot replicas"):
+        PoolConfig(versions={"spot": PoolVersion()})
+    with pytest.raises(ConfigError, match="price_per_hour must be >= 0"):
+        build_checked(PoolConfig, {"price_per_hour": -1.0}, "pool")
+    spot = PoolConfig(spot=SpotConfig(replicas=2)).spot_pool()
+    assert spot.whole_chain and spot.version == "spot" and spot.autoscaler.max_replicas == 2

@@ -31,6 +31,24 @@ def later_stage_autoscaler(**overrides) -> AutoscalerConfig:
 
 VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 DEFAULT_VERSION = "default"  # a pool's own settings
+SPOT_VERSION = "spot"  # the pool's spot replicas (reserved: not a name for ``versions:``)
+
+
+@dataclass(frozen=True)
+class SpotConfig:
+    """Spot capacity of a pool: cheaper replicas that may vanish at any time, for batch-class work.
+
+    Each is a whole chain in one process (stage 0 with its own encoder B and decoder), so losing
+    one loses no other session's next stage; its sessions' edges replay on what is left."""
+
+    replicas: int = 0
+    price_per_hour: float = 0.3  # per replica-hour, in the unit of the pool's ``price_per_hour``
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.replicas <= 64:
+            raise ConfigError(f"spot.replicas must be in [0, 64], got {self.replicas}")
+        if not (math.isfinite(self.price_per_hour) and self.price_per_hour >= 0):
+            raise ConfigError(f"spot.price_per_hour must be >= 0, got {self.price_per_hour}")
 
 
 @dataclass(frozen=True)
@@ -65,6 +83,8 @@ class PoolConfig:
     fallback: str | None = None  # ladder level 3: new sessions go to this (smaller) model's pool
     probe: str | None = None  # JSONL manifest (file, text, language): rollouts are judged on WER too
     probe_clips: int = 4  # its first clips in the pool's languages, streamed per rollout step
+    price_per_hour: float = 1.0  # cost of one on-demand replica-hour (any stage), for cost reports
+    spot: SpotConfig = field(default_factory=SpotConfig)
 
     def for_version(self, name: str) -> PoolConfig:
         """This pool's settings in version ``name`` (``default``: as configured); ConfigError if unknown."""
@@ -80,6 +100,19 @@ class PoolConfig:
             int8=self.int8 if v.int8 is None else v.int8,
             threads=self.threads if v.threads is None else v.threads,
             shard_args=self.shard_args + v.shard_args,
+        )
+
+    def spot_pool(self) -> PoolConfig:
+        """The settings of this pool's spot replicas: whole chains, exactly ``spot.replicas`` of them."""
+        fixed = AutoscalerConfig(
+            min_replicas=self.spot.replicas, max_replicas=self.spot.replicas, warm_spares=0, predictive=False
+        )
+        return dataclasses.replace(
+            self,
+            version=SPOT_VERSION,
+            versions={**self.versions, SPOT_VERSION: PoolVersion()},
+            whole_chain=True,
+            autoscaler=fixed,
         )
 
     def serves(self, language: str) -> bool:
@@ -105,6 +138,10 @@ class PoolConfig:
                     f"pool {self.model}: stage_resources takes enc_a, enc_b, dec with amounts >= 0, "
                     f"got {stage}: {wanted}"
                 )
+        if not (math.isfinite(self.price_per_hour) and self.price_per_hour >= 0):
+            raise ConfigError(f"pool {self.model}: price_per_hour must be >= 0, got {self.price_per_hour}")
+        if SPOT_VERSION in self.versions and self.version != SPOT_VERSION:
+            raise ConfigError(f"pool {self.model}: version name {SPOT_VERSION!r} is reserved for spot replicas")
         for name in [*self.versions, self.version]:
             if not VERSION_NAME.match(name):
                 raise ConfigError(f"pool {self.model}: version names are [A-Za-z0-9._-]{{1,64}}, got {name!r}")
@@ -226,6 +263,8 @@ def load_config(path: str | Path | None = None, **overrides) -> ClusterConfig:
             pool["versions"] = {n: build_checked(PoolVersion, v, f"pools[{i}].versions.{n}") for n, v in versions}
         if "ladder" in pool:
             pool["ladder"] = build_checked(LadderConfig, pool["ladder"], f"pools[{i}].ladder")
+        if "spot" in pool:
+            pool["spot"] = build_checked(SpotConfig, pool["spot"], f"pools[{i}].spot")
         for key, defaults in SCALERS.items():
             if key in pool:
                 given = pool[key]

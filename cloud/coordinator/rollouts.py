@@ -57,6 +57,7 @@ class Rollouts:
         clock: Callable[[], float],
         on_note: Callable[[dict], None] | None = None,  # each decision log entry, as it is written
         probers: dict[str, Prober] | None = None,  # pools with a probe set
+        spot: dict[str, PoolController] | None = None,  # pools' spot replicas (a version of their own)
     ):
         self.pools = pools
         self.registry = registry
@@ -71,6 +72,7 @@ class Rollouts:
         self.log: deque[dict] = deque(maxlen=200)
         self._baseline: dict[str, tuple[int, int, int]] = {}  # shard id -> counters at the step's start
         self.probers = probers or {}
+        self.spot = spot or {}
         self.probes: dict[str, dict[str, ProbeResult]] = {}  # pool -> "canary"/"stable" -> this step's score
         self._probing: dict[str, asyncio.Task] = {}
         self._probe_after: dict[str, float] = {}  # pool -> no new probe before (after a failed one)
@@ -179,13 +181,13 @@ class Rollouts:
         """The controller of a pool version (None: the stable one), retired ones included."""
         if version is None:
             return self.controllers.get(model)
-        for c in [self.controllers.get(model), self.canaries.get(model), *self.retired]:
+        for c in [self.controllers.get(model), self.canaries.get(model), self.spot.get(model), *self.retired]:
             if c is not None and c.pool.model == model and c.pool.version == version:
                 return c
         return None
 
     def all_controllers(self) -> list[PoolController]:
-        return [*self.controllers.values(), *self.canaries.values(), *self.retired]
+        return [*self.controllers.values(), *self.canaries.values(), *self.spot.values(), *self.retired]
 
     # -- the control loop -----------------------------------------------------------------------
     def stats(self, controller: PoolController, fresh: bool) -> VersionStats:

@@ -72,7 +72,9 @@ async def run_coordinator(
             advertiser = Advertiser(host, port, scheme=scheme)
             await advertiser.start()
         log.info("coordinator at %s; starting pools %s", url, ", ".join(coordinator.controllers))
-        starting = asyncio.gather(*(c.start_chain() for c in coordinator.controllers.values()))
+        starting = asyncio.gather(
+            *(c.start_chain() for c in [*coordinator.controllers.values(), *coordinator.spot.values()])
+        )
         done, _ = await asyncio.wait({starting, asyncio.ensure_future(stop.wait())}, return_when="FIRST_COMPLETED")
         if starting in done:
             starting.result()

@@ -22,7 +22,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from splitasr.cloud.coordinator.autoscaler import Decision
 from splitasr.cloud.coordinator.backend import Backend
 from splitasr.cloud.coordinator.breaker import BreakerConfig, BreakerState
-from splitasr.cloud.coordinator.config import ClusterConfig, PoolConfig, build_checked
+from splitasr.cloud.coordinator.config import SPOT_VERSION, ClusterConfig, PoolConfig, build_checked
 from splitasr.cloud.coordinator.controller import PoolController
 from splitasr.cloud.coordinator.dashboard import DASHBOARD_HTML
 from splitasr.cloud.coordinator.flags import FlagStore
@@ -72,6 +72,12 @@ class CoordinatorMetrics:
         self.rollout_events = Counter(
             "splitasr_rollout_events_total", "Rollout decisions", ["pool", "event"], registry=self.registry
         )
+        self.replica_seconds = Counter(
+            "splitasr_replica_seconds_total",
+            "Seconds of running shard processes",
+            ["pool", "capacity"],  # on_demand | spot
+            registry=self.registry,
+        )
 
 
 class Coordinator:
@@ -89,6 +95,9 @@ class Coordinator:
         self.clock = clock
         self.registry = Registry(breaker or BreakerConfig())
         self.controllers = {p.model: self._controller(p) for p in config.pools}
+        self.spot = {p.model: self._controller(p.spot_pool()) for p in config.pools if p.spot.replicas}
+        self.replica_s: dict[str, dict[str, float]] = {p.model: {"on_demand": 0.0, "spot": 0.0} for p in config.pools}
+        self._last_tick: float | None = None
         self.flags = FlagStore([p.model for p in config.pools])
         self.ladders = {p.model: LadderState() for p in config.pools}
         self.ladder_log: deque[dict] = deque(maxlen=200)
@@ -105,6 +114,7 @@ class Coordinator:
                 for p in config.pools
                 if p.probe
             },
+            spot=self.spot,
         )
         self.rng = random.Random()
         self.events: deque[dict] = deque(maxlen=200)  # breaker changes, for status and the dashboard
@@ -178,6 +188,7 @@ class Coordinator:
                 self.metrics.replicas.labels(name, stage).set(
                     sum(1 for r in controller.live(stage, now) if not r.spare)
                 )
+        self._count_replica_time(now)
         self._climb_ladders(now)
         self.rollouts.tick(now)
         for model in self.controllers:
@@ -192,6 +203,21 @@ class Coordinator:
         for r in self.registry.records.values():
             state = "draining" if r.draining else "spare" if r.spare else r.breaker.tick(now).value
             self.metrics.shards.labels(r.info.model, r.info.stage, state).inc()
+
+    def _count_replica_time(self, now: float) -> None:
+        """Replica-seconds of each pool, on-demand and spot (every running shard process counts)."""
+        dt, self._last_tick = (0.0 if self._last_tick is None else now - self._last_tick), now
+        for controller in self.rollouts.all_controllers():
+            kind = "spot" if controller.pool.version == SPOT_VERSION else "on_demand"
+            running = sum(1 for r in controller.records() if r.breaker.allows(now))
+            self.replica_s[controller.pool.model][kind] += running * dt
+            self.metrics.replica_seconds.labels(controller.pool.model, kind).inc(running * dt)
+
+    def cost(self, model: str) -> dict:
+        """What a pool's replicas cost so far: replica-seconds by kind, priced per replica-hour."""
+        pool, seconds = self.config.pool(model), self.replica_s[model]
+        total = seconds["on_demand"] / 3600 * pool.price_per_hour + seconds["spot"] / 3600 * pool.spot.price_per_hour
+        return {"replica_s": {k: round(v, 1) for k, v in seconds.items()}, "cost": round(total, 6)}
 
     def _climb_ladders(self, now: float) -> None:
         """Each pool's degradation ladder (ladder.py) on its stage-0 queue delay and FINAL p99."""
@@ -255,7 +281,7 @@ class Coordinator:
         if self._loop_task is not None:
             self._loop_task.cancel()
             await asyncio.gather(self._loop_task, return_exceptions=True)
-        for controller in self.controllers.values():
+        for controller in self.rollouts.all_controllers():
             await controller.close()
         if self.backend is not None:
             await self.backend.close()
@@ -291,6 +317,8 @@ class Coordinator:
             model, stage = pool.model, "enc_a"
             chosen = self.rollouts.controller_for_stream(model, query.session, self.rng)
             choices = [chosen] if chosen is self.controllers[model] else [chosen, self.controllers[model]]
+            if query.qos == "batch" and model in self.spot:  # batch work on spot first; interactive never
+                choices.insert(0, self.spot[model])
         request = RouteRequest(pool=model, zone=query.zone, region=query.region)
         for controller in choices:  # a canary without a shard to offer falls back to stable
             version = controller.pool.version
@@ -354,6 +382,7 @@ class Coordinator:
                         "reason": self.ladders[model].reason,
                     },
                     "flags": self.flags.for_pool(model),
+                    "cost": self.cost(model),
                     "rollout": self.rollouts.rollouts[model].to_dict() if model in self.rollouts.rollouts else None,
                     "languages": list(c.pool.languages),
                     **stages["enc_a"],  # stage 0's figures at the top, as before every stage scaled
@@ -468,8 +497,8 @@ async def route_handler(request: web.Request) -> web.Response:
         return _error(400, str(exc))
     except AuthError as exc:
         return _error(401, str(exc))
-    except OverloadedError as exc:
-        return _error(503, str(exc), retry_after_ms=exc.retry_after_ms)
+    except OverloadedError as exc:  # the pool's ladder defers (retry after) or sheds batch work
+        return _error(503, str(exc), code="overloaded", retry_after_ms=exc.retry_after_ms)
     if not answer["candidates"]:
         return _error(503, f"no {answer['stage']} shard of pool {answer['pool']} is available", retry_after_ms=1000)
     return web.json_response(answer)
