@@ -44,16 +44,15 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from common import line_plot, machine, print_table, write_json  # noqa: E402
+from common import line_plot, machine, print_table, recorded_streams, write_json  # noqa: E402
 from streaming import pct, true_end_latencies  # noqa: E402
 
 from splitasr.cloud.coordinator.launch import CoordinatorProcess  # noqa: E402
 from splitasr.cloud.shard.roles import ROLES  # noqa: E402
-from splitasr.edge.agent import AgentOptions, EdgeAgent, EdgeFrame, record_frames, replay_frames  # noqa: E402
-from splitasr.edge.audio_in import file_source  # noqa: E402
+from splitasr.edge.agent import AgentOptions, EdgeAgent, EdgeFrame, replay_frames  # noqa: E402
 from splitasr.shared import protocol as p  # noqa: E402
 from splitasr.shared.audio import load_audio  # noqa: E402
-from splitasr.shared.longform import LongStream, build_streams  # noqa: E402
+from splitasr.shared.longform import LongStream  # noqa: E402
 from splitasr.shared.protocol import http_url  # noqa: E402
 from splitasr.shared.wer import WERTally  # noqa: E402
 
@@ -249,11 +248,7 @@ def main() -> int:
     parser.add_argument("--name", default="capacity")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="splitasr-capacity-"))
-    streams = build_streams(workdir / "streams", count=args.count, per_stream=args.per_stream)
-    options = AgentOptions(language="en")  # the edge pipeline only: nothing is sent
-    recorded = [asyncio.run(record_frames(file_source(s.path, realtime=False), options)) for s in streams]
-    seconds = [s.utterances[-1].end_s + 2.0 for s in streams]
-    print(f"{len(streams)} long-form streams of {min(seconds):.0f}-{max(seconds):.0f} s, edge frames recorded")
+    streams, recorded = recorded_streams(workdir, args.count, args.per_stream)
     ramp = [int(x) for x in args.ramp.split(",")]
     results: dict[str, dict] = {}
     for system in args.systems.split(","):

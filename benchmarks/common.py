@@ -81,11 +81,34 @@ def line_plot(
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
+    return save_figure(fig, name)
+
+
+def save_figure(fig, name: str) -> Path:
+    """``fig`` as benchmarks/results/NAME.png, closed."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = RESULTS / f"{name}.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def recorded_streams(workdir: Path, count: int, per_stream: int) -> tuple[list, list]:
+    """Long-form real-speech streams (shared/longform.py) and their edge frames, recorded once."""
+    import asyncio
+
+    from splitasr.edge.agent import AgentOptions, record_frames
+    from splitasr.edge.audio_in import file_source
+    from splitasr.shared.longform import build_streams
+
+    streams = build_streams(workdir / "streams", count=count, per_stream=per_stream)
+    options = AgentOptions(language="en")  # the edge pipeline only: nothing is sent
+    recorded = [asyncio.run(record_frames(file_source(s.path, realtime=False), options)) for s in streams]
+    seconds = [s.utterances[-1].end_s + 2.0 for s in streams]
+    print(f"{len(streams)} long-form streams of {min(seconds):.0f}-{max(seconds):.0f} s, edge frames recorded")
+    return streams, recorded
 
 
 def median(xs: list[float]) -> float:

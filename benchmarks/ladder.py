@@ -32,14 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from capacity import Answer  # noqa: E402
-from common import machine, print_table, write_json  # noqa: E402
+from common import machine, print_table, recorded_streams, save_figure, write_json  # noqa: E402
 from streaming import pct, true_end_latencies  # noqa: E402
 
 from splitasr.cli.admin import call  # noqa: E402
 from splitasr.cloud.coordinator.launch import CoordinatorProcess  # noqa: E402
-from splitasr.edge.agent import AgentOptions, EdgeAgent, record_frames, replay_frames  # noqa: E402
-from splitasr.edge.audio_in import file_source  # noqa: E402
-from splitasr.shared.longform import build_streams  # noqa: E402
+from splitasr.edge.agent import AgentOptions, EdgeAgent, replay_frames  # noqa: E402
 from splitasr.shared.wer import WERTally  # noqa: E402
 
 ADMIN = "ladder-bench"
@@ -162,11 +160,7 @@ def main() -> int:
     parser.add_argument("--name", default="ladder")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="splitasr-ladder-"))
-    streams = build_streams(workdir / "streams", count=args.count, per_stream=args.per_stream)
-    options = AgentOptions(language="en")  # the edge pipeline only: nothing is sent
-    recorded = [asyncio.run(record_frames(file_source(s.path, realtime=False), options)) for s in streams]
-    seconds = [s.utterances[-1].end_s + 2.0 for s in streams]
-    print(f"{len(streams)} long-form streams of {min(seconds):.0f}-{max(seconds):.0f} s, edge frames recorded")
+    streams, recorded = recorded_streams(workdir, args.count, args.per_stream)
     # the shards' own p99 (EOU -> FINAL) leaves out the endpoint silence the SLO includes
     shard_slo_ms = 1000 * max(0.5, args.slo_s - 0.8 - 0.3)
     out: dict = {"slo_p99_s": args.slo_s, "ladder_slo_p99_ms": shard_slo_ms}
@@ -244,7 +238,6 @@ def plot(name: str, out: dict) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from common import RESULTS
 
     fig, (top, bottom) = plt.subplots(1, 2, figsize=(11, 4))
     t, lvl = zip(*out["levels"], strict=True)
@@ -258,11 +251,7 @@ def plot(name: str, out: dict) -> Path:
     bottom.axhline(out["slo_p99_s"], color="red", linestyle="--", label="SLO")
     bottom.set_ylabel("p99 end of speech -> FINAL (s)")
     bottom.legend()
-    fig.tight_layout()
-    path = RESULTS / f"{name}.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, name)
 
 
 if __name__ == "__main__":

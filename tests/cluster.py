@@ -25,6 +25,8 @@ LONG_REAL = [
     REAL_EN / "en_mfa_acoustic_corpus.flac",  # 27 s
 ]
 ADMIN_TOKEN = "test-admin-token"
+#: an autoscaler that keeps exactly one replica (no spares, no forecast)
+FIXED_ONE = {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0, "predictive": False}
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:

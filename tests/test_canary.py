@@ -18,11 +18,11 @@ import pytest
 
 from splitasr.cloud.coordinator.rollout import to_canary
 from tests.browser import cells, render
-from tests.cluster import LONG_REAL, CoordinatorProcess, stream_base, wait_until
+from tests.cluster import FIXED_ONE, LONG_REAL, CoordinatorProcess, stream_base, wait_until
 
 pytestmark = pytest.mark.integration
 
-FIXED = {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0, "predictive": False}
+FIXED = FIXED_ONE
 CONFIG = {
     "decision_period_s": 0.5,
     "pools": [

@@ -10,11 +10,11 @@ import pytest
 
 from splitasr.shared.longform import build_streams
 from splitasr.shared.wer import WERReport
-from tests.cluster import CoordinatorProcess, stream_base
+from tests.cluster import FIXED_ONE, CoordinatorProcess, stream_base
 
 pytestmark = pytest.mark.integration
 
-FIXED = {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0, "predictive": False}
+FIXED = FIXED_ONE
 CONFIG = {
     "decision_period_s": 0.5,
     "pools": [

@@ -13,11 +13,11 @@ import signal
 import pytest
 import soundfile as sf
 
-from tests.cluster import LONG_REAL, CoordinatorProcess, stream_base, wait_until
+from tests.cluster import FIXED_ONE, LONG_REAL, CoordinatorProcess, stream_base, wait_until
 
 pytestmark = pytest.mark.integration
 
-FIXED = {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0, "predictive": False}
+FIXED = FIXED_ONE
 CONFIG = {
     "decision_period_s": 0.5,
     "pools": [
