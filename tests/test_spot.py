@@ -38,7 +38,7 @@ def spot_shards(cluster) -> list[dict]:
 
 def test_batch_work_runs_on_spot_and_survives_its_preemption(tmp_path, tiny_artifacts, edges):
     with CoordinatorProcess(tmp_path, CONFIG) as cluster:
-        spot = wait_until(spot_shards, 60, "the spot replica")[0]
+        spot = wait_until(lambda: spot_shards(cluster), 60, "the spot replica")[0]
         assert spot["stage"] == "enc_a" and {s["config_version"] for s in cluster.pool()["shards"]} == {
             "default",
             "spot",
@@ -60,7 +60,7 @@ def test_batch_work_runs_on_spot_and_survives_its_preemption(tmp_path, tiny_arti
             assert r.duplicate_finals == 0 and r.utterances >= 2
         assert all(r.reconnects >= 1 for r in reports[:3]) and all(r.reconnects == 0 for r in reports[3:])
         replacement = wait_until(
-            lambda: [s for s in spot_shards(cluster) if s["shard_id"] != spot["shard_id"]], 60, "a new spot replica"
+            lambda: [s for s in spot_shards(cluster) if s["pid"] != spot["pid"]], 60, "a new spot replica process"
         )
         cost = cluster.pool()["cost"]
     audio_h = sum(sf.info(str(c)).duration for c in clips) / 3600

@@ -44,6 +44,7 @@ from splitasr.shared.errors import ConfigError
 log = logging.getLogger(__name__)
 
 PROBE_RETRY_S = 5.0
+PROBE_SETTLE_S = 3.0  # a new chain's stages learn their next stage's replicas within a few heartbeats
 RETIRE_ORDER = tuple(reversed(START_ORDER))  # enc_a, enc_b, dec: a stage goes once the one before it is gone
 
 
@@ -210,7 +211,8 @@ class Rollouts:
         for model, canary in list(self.canaries.items()):
             r = self.rollouts[model]
             stable = self.controllers[model]
-            serving = any(not rec.spare for rec in canary.live("enc_a", now))
+            # serving: every stage of its chain has a replica up (stage 0 alone would fail its utterances)
+            serving = all(any(not rec.spare for rec in canary.live(stage, now)) for stage in canary.stages)
             scores = self.probes.get(model, {})
             judged = [
                 dataclasses.replace(self.stats(c, False), probe_wer=scores[k].wer if k in scores else None)
@@ -238,7 +240,7 @@ class Rollouts:
         task = self._probing.get(model)
         if (task is not None and not task.done()) or len(self.probes.get(model, {})) == 2:
             return
-        if now < self._probe_after.get(model, 0.0):
+        if now < max(self._probe_after.get(model, 0.0), r.step_started + PROBE_SETTLE_S):
             return
         self._probing[model] = asyncio.get_running_loop().create_task(self._run_probe(model, now))
 
