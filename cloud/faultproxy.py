@@ -15,6 +15,7 @@ import threading
 import time
 
 CHUNK = 256 * 1024
+PIECE = 4096  # what a bandwidth-capped direction sends at a time
 
 
 class _Link:
@@ -25,9 +26,9 @@ class _Link:
         self.proxy = proxy
         self.writers = (client, target)
 
-    async def pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, uplink: bool = False) -> None:
         queue: asyncio.Queue = asyncio.Queue(maxsize=64)  # then the reader waits: backpressure
-        forward = asyncio.create_task(self._forward(queue, writer))
+        forward = asyncio.create_task(self._forward(queue, writer, uplink))
         try:
             while data := await reader.read(CHUNK):
                 await queue.put((time.monotonic() + self.proxy.delay_s, data))
@@ -39,15 +40,23 @@ class _Link:
             forward.cancel()
             self.close()
 
-    async def _forward(self, queue: asyncio.Queue, writer: asyncio.StreamWriter) -> None:
+    async def _forward(self, queue: asyncio.Queue, writer: asyncio.StreamWriter, uplink: bool) -> None:
+        free_at = 0.0  # uplink cap: when the link is free for the next piece
         try:
             while (item := await queue.get())[1]:
                 due, data = item
                 if (wait_s := due - time.monotonic()) > 0:
                     await asyncio.sleep(wait_s)
                 await self.proxy._gate()  # a stall holds data here (the peers' buffers fill, as in a partition)
-                writer.write(data)
-                await writer.drain()
+                rate = self.proxy.uplink_bytes_s if uplink else None
+                for i in range(0, len(data), PIECE if rate else len(data)):
+                    if rate:  # a bandwidth cap: each piece leaves once the previous one has "crossed"
+                        free_at = max(free_at, time.monotonic())
+                        if (wait_s := free_at - time.monotonic()) > 0:
+                            await asyncio.sleep(wait_s)
+                        free_at += min(PIECE, len(data) - i) / rate
+                    writer.write(data[i : i + (PIECE if rate else len(data))])
+                    await writer.drain()
         except (ConnectionError, OSError):
             self.close()
 
@@ -74,6 +83,7 @@ class FaultProxy:
         self.name = name or f"{target_host}:{target_port}"
         self.port = 0
         self.delay_s = 0.0
+        self.uplink_bytes_s: float | None = None  # cap on client -> target (a slow uplink), None: none
         self.links: set[_Link] = set()
         self._open = None  # asyncio.Event: set while data may flow
         self._loop = asyncio.new_event_loop()
@@ -128,7 +138,7 @@ class FaultProxy:
             return
         link = _Link(self, client_w, target_w)
         self.links.add(link)
-        await asyncio.gather(link.pump(client_r, target_w), link.pump(target_r, client_w))
+        await asyncio.gather(link.pump(client_r, target_w, uplink=True), link.pump(target_r, client_w))
 
     # -- faults (call from any thread) ----------------------------------------------------------------
     def _call(self, fn) -> None:
@@ -149,6 +159,14 @@ class FaultProxy:
         def on() -> None:
             self._open.clear()
             self._loop.call_later(seconds, self._open.set)
+
+        self._call(on)
+
+    def shape(self, uplink_bytes_s: float | None, delay_s: float = 0.0) -> None:
+        """From now on: cap the uplink (client -> target) at ``uplink_bytes_s``, delay every chunk ``delay_s``."""
+
+        def on() -> None:
+            self.uplink_bytes_s, self.delay_s = uplink_bytes_s, delay_s
 
         self._call(on)
 

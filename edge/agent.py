@@ -24,12 +24,15 @@ from splitasr.shared.control import RouteAnswer, parse
 from splitasr.shared.errors import ConfigError, EdgeError, SessionRejectedError
 from splitasr.shared.features import DEFAULT_SPEC, LogMelStream
 from splitasr.shared.limits import Backoff, TokenBucket, jittered
-from splitasr.shared.quant import features_frame
+from splitasr.shared.quant import decode_frames, features_frame
+from splitasr.shared.split import EDGE_SPLITS, SplitCosts, activation_frames, choose_split
 
 log = logging.getLogger(__name__)
 
 STREAM_PATH = "/v1/stream"
 CONNECT_TIMEOUT_S = 5.0
+LINK_PROBE_BYTES = 32 * 1024  # split "auto": the body the uplink is timed with
+FEATURE_BYTES_PER_S = 6000.0  # int8 + zlib log-mel, until this session has measured its own
 
 
 def _pacer(limits: dict) -> TokenBucket | None:
@@ -59,6 +62,10 @@ class AgentOptions:
     max_defer_s: float = 600.0  # batch: how long in all to wait while the coordinator defers the session
     dtype: str = "int8"
     frames_per_message: int = 20  # 200 ms of features per FEATURES frame
+    split: str = "features"  # or "enc_a" (encoder A here, activations up) or "auto" (shared/split.py)
+    encoder_model: str = "tiny.en"  # split enc_a/auto: encoder A's model (the shard must serve the same)
+    encoder_threads: int = 1
+    split_recheck_s: float = 30.0  # split auto: measure again between utterances after this long
     final_timeout_s: float = 60.0
     reconnect_max_s: float = 2.0
     max_reconnects: int = 20
@@ -70,6 +77,10 @@ class AgentOptions:
     def __post_init__(self) -> None:
         if self.qos not in ("interactive", "batch"):
             raise ConfigError(f"qos must be interactive or batch, got {self.qos!r}")
+        if self.split not in EDGE_SPLITS:
+            raise ConfigError(f"split must be one of {EDGE_SPLITS}, got {self.split!r}")
+        if not (isinstance(self.encoder_threads, int) and 1 <= self.encoder_threads <= 64):
+            raise ConfigError(f"encoder_threads must be an integer in [1, 64], got {self.encoder_threads!r}")
         for name in ("heartbeat_s", "handshake_timeout_s", "final_timeout_s", "reconnect_max_s"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and 0.05 <= value <= 3600):
@@ -103,6 +114,10 @@ class AgentReport:
     shards: list[str] = field(default_factory=list)  # stage-0 urls that accepted the session, in order
     language: str | None = None  # the hint, or the language detected on the first FINAL with text
     language_moves: int = 0  # moves to the detected language's pool (between utterances)
+    flags: list[dict] = field(default_factory=list)  # edge flags the shards set (WELCOME, FLAGS), in order
+    splits: list[str] = field(default_factory=list)  # the split of each session opened, in order
+    split_costs: list[dict] = field(default_factory=list)  # split auto: what each choice weighed
+    edge_encode_s: float = 0.0  # split enc_a: encoder A time on this device
 
     @property
     def bytes_per_speech_s(self) -> float:
@@ -143,6 +158,12 @@ class EdgeAgent:
         self._all_final = asyncio.Event()
         self._first_chunk_at: float | None = None
         self._source_done = False
+        self._split = "enc_a" if options.split == "enc_a" else "features"  # of the current session
+        self._split_at = -math.inf  # split auto: when the choice was last measured
+        self.encoder = None  # split enc_a/auto: an EdgeEncoder, loaded when the run starts
+        self._mel: dict[int, list[np.ndarray]] = {}  # split enc_a: utt -> its log-mel, kept until its FINAL
+        self._encoding: set[asyncio.Task] = set()  # split enc_a: ENCODE requests being answered
+        self.segmenter = Segmenter(options.segmenter)  # its endpoint silence follows the pool's flags
 
     def use_ticket(self, url: str, ticket: str) -> None:
         """Present ``ticket`` to shard ``url``: for a session routed by its caller, not by ``/v1/route``
@@ -177,12 +198,17 @@ class EdgeAgent:
                 # a hung shard still accepts TCP from its kernel backlog: bound the upgrade and the HELLO
                 connect = http.ws_connect(url, max_msg_size=4 * p.MAX_FRAME_BYTES, heartbeat=self.o.heartbeat_s)
                 ws = await asyncio.wait_for(connect, self.o.handshake_timeout_s)
+                if self.o.split == "auto" and self._idle():  # the split changes only between utterances
+                    self._split = await self._choose_split(http, url)
                 hello = p.Hello(
                     device_id=self.o.device_id,
                     token=edge_token(self.o.device_id, self.o.token),
                     session_id=self.session_id,
                     ticket=self._tickets.get(url, ""),
                     language=self.report.language,
+                    split=self._split,
+                    qos=self.o.qos,
+                    encoder=self.encoder.version if self._split == "enc_a" else "",
                     feature_spec=DEFAULT_SPEC.to_dict(),
                     resume=sorted(self._pending),
                 )
@@ -210,6 +236,9 @@ class EdgeAgent:
             self._ws, self._url = ws, url
             self._pace = _pacer(reply.limits if isinstance(reply, p.Welcome) else {})
             self.report.shards.append(url)
+            self.report.splits.append(self._split)
+            if isinstance(reply, p.Welcome):
+                self._apply_flags(reply.flags)
             for utt in sorted(self._pending):
                 for data in self._pending[utt]:
                     await self._send_raw(data)
@@ -310,6 +339,13 @@ class EdgeAgent:
             log.info("send failed (%r); the frame will be replayed", exc)
 
     async def _send(self, utt: int, frame: p.Frame) -> None:
+        if self._split == "enc_a":  # the log-mel stays here; the EOU says how many frames it has
+            if isinstance(frame, p.Features):
+                self._mel.setdefault(utt, []).append(decode_frames(frame, DEFAULT_SPEC.n_mels))
+                return
+            if isinstance(frame, p.EndOfUtterance):
+                frames = sum(m.shape[1] for m in self._mel.get(utt, []))
+                frame = dataclasses.replace(frame, last_seq=-1, frames=frames)
         data = p.encode(frame)
         if isinstance(frame, p.Features) and self._pace is not None:  # faster than real time: paced
             while wait_s := self._pace.take(frame.shape[1]):
@@ -334,6 +370,13 @@ class EdgeAgent:
                         if await self._language_moves(http):
                             reconnect = True
                             break
+                    if await self._split_changes(http):
+                        reconnect = True
+                        break
+                elif isinstance(frame, p.Encode):
+                    self._spawn_encode(frame)
+                elif isinstance(frame, p.EdgeFlags):
+                    self._apply_flags(frame.values)
                 elif isinstance(frame, p.Partial):
                     self.report.partials += 1
                     if self.on_partial and frame.utt not in self._done:
@@ -354,6 +397,97 @@ class EdgeAgent:
             async with self._lock:
                 await self._connect(http)
 
+    def _apply_flags(self, values: dict) -> None:
+        """The pool's edge flags (``shared/flags.EDGE_FLAGS``); a flag not set means this edge's own option."""
+        silence = values.get("endpoint_silence_s", self.o.segmenter.trailing_silence_s)
+        if not (isinstance(silence, int | float) and math.isfinite(silence)):
+            log.warning("ignoring a bad endpoint_silence_s flag %r", silence)
+            return
+        if silence != self.segmenter.o.trailing_silence_s:
+            try:
+                self.segmenter.retune(float(silence))
+            except ConfigError as exc:
+                log.warning("ignoring the endpoint_silence_s flag: %s", exc)
+                return
+            log.info("endpoint silence %.2f s (flags)", silence)
+        if not self.report.flags or self.report.flags[-1] != values:
+            self.report.flags.append(dict(values))
+
+    # -- split point ------------------------------------------------------------------------
+    def _idle(self) -> bool:
+        """No utterance open or waiting for its FINAL."""
+        return not self._pending and not self._mel
+
+    async def _measure_link(self, http: aiohttp.ClientSession, url: str) -> SplitCosts | None:
+        """Round trip, uplink bandwidth and the shard's encoder-A cost, from ``url``'s ``/v1/link``."""
+        base = p.http_url(url).removesuffix(STREAM_PATH)
+        timeout = aiohttp.ClientTimeout(total=15)
+        try:
+            started = time.monotonic()
+            async with http.get(f"{base}/healthz", timeout=timeout) as resp:
+                await resp.read()
+            rtt_s = time.monotonic() - started
+            started = time.monotonic()
+            async with http.post(f"{base}/v1/link", data=bytes(LINK_PROBE_BYTES), timeout=timeout) as resp:
+                shard = await resp.json()
+            elapsed_s = time.monotonic() - started
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            log.info("cannot measure the link to %s (%r); split stays %s", url, exc, self._split)
+            return None
+        if resp.status != 200 or shard.get("encoder") != self.encoder.version:
+            return None  # an older shard, or another model: only features will do
+        sent = self.report.bytes_sent - sum(len(d) for frames in self._pending.values() for d in frames)
+        return SplitCosts(
+            edge_s_per_window_s=self.encoder.s_per_window_s,
+            cloud_s_per_window_s=float(shard["enc_a_s_per_window_s"]),
+            cloud_queue_s=float(shard["queue_delay_s"]),
+            uplink_bytes_s=LINK_PROBE_BYTES / max(elapsed_s - rtt_s, 1e-4),
+            rtt_s=rtt_s,
+            feature_bytes_per_s=sent / self.report.speech_s
+            if self._split == "features" and self.report.speech_s > 5
+            else FEATURE_BYTES_PER_S,
+            activation_bytes_per_s=self.encoder.activation_bytes_per_s,
+            pad_s=float(shard["pad_s"]),
+        )
+
+    async def _choose_split(self, http: aiohttp.ClientSession, url: str) -> str:
+        self._split_at = time.monotonic()
+        costs = await self._measure_link(http, url)
+        split = choose_split(costs) if costs is not None else "features"
+        self.report.split_costs.append({"url": url, "split": split, **(dataclasses.asdict(costs) if costs else {})})
+        log.info("split %s for %s (%s)", split, url, costs)
+        return split
+
+    async def _split_changes(self, http: aiohttp.ClientSession) -> bool:
+        """Split auto, between utterances once ``split_recheck_s`` has passed: whether the link or the
+        shard changed enough that the session should reopen with the other split."""
+        if self.o.split != "auto" or not self._idle() or self._source_done:
+            return False
+        if time.monotonic() - self._split_at < self.o.split_recheck_s:
+            return False
+        if await self._choose_split(http, self._url) == self._split:
+            return False
+        self._routed = [self._url]  # the same shard, the other split
+        return True
+
+    def _spawn_encode(self, frame: p.Encode) -> None:
+        task = asyncio.create_task(self._encode(frame))
+        self._encoding.add(task)
+        task.add_done_callback(self._encoding.discard)
+
+    async def _encode(self, frame: p.Encode) -> None:
+        """Split enc_a: encoder A on the window the shard asked for, its activations sent back."""
+        chunks = self._mel.get(frame.utt)
+        if chunks is None or self.encoder is None or frame.mode not in ("trimmed", "long", "full"):
+            log.warning("ENCODE for utterance %d (%s) not answerable here", frame.utt, frame.mode)
+            return
+        raw = np.concatenate(chunks, axis=1)[:, frame.start : frame.end]
+        started = time.perf_counter()
+        hidden = await asyncio.to_thread(self.encoder.encode, raw, frame.mode, frame.pad_s)
+        self.report.edge_encode_s += time.perf_counter() - started
+        for part in activation_frames(frame.req, hidden):
+            await self._send_raw(p.encode(part))
+
     async def _language_moves(self, http: aiohttp.ClientSession) -> bool:
         """Whether the session moves to its detected language's pool: the coordinator's route for
         that language no longer offers the current shard. Called between utterances only (nothing
@@ -372,6 +506,7 @@ class EdgeAgent:
             return
         self._done.add(frame.utt)
         self._pending.pop(frame.utt, None)
+        self._mel.pop(frame.utt, None)
         now = time.monotonic()
         ended_at, eou_at, audio_s, start_s, end_s = self._ended.get(frame.utt, (now, now, 0.0, 0.0, 0.0))
         result = FinalResult(
@@ -410,6 +545,10 @@ class EdgeAgent:
         """Connect, run ``sending()`` (made only once connected), wait for every FINAL."""
         # connecting is bounded, so a dead or hung listener costs seconds, not forever
         timeout = aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_S, sock_connect=CONNECT_TIMEOUT_S)
+        if self.o.split != "features" and self.encoder is None:
+            from splitasr.edge.encoder import EdgeEncoder  # onnxruntime and the model: only for this
+
+            self.encoder = await asyncio.to_thread(EdgeEncoder, self.o.encoder_model, self.o.encoder_threads)
         async with aiohttp.ClientSession(timeout=timeout, connector=tls.connector()) as http:
             async with self._lock:
                 await self._connect(http)
@@ -430,13 +569,15 @@ class EdgeAgent:
                     raise EdgeError(f"no FINAL for utterances {sorted(self._pending)} after {self.o.final_timeout_s} s")
             finally:
                 reader.cancel()
-                await asyncio.gather(reader, return_exceptions=True)
+                for task in self._encoding:
+                    task.cancel()
+                await asyncio.gather(reader, *self._encoding, return_exceptions=True)
                 if self._ws is not None:
                     await self._ws.close()
         return self.report
 
     async def _stream(self, source: AsyncIterator[np.ndarray]) -> None:
-        await self.send_frames(edge_frames(source, self.o))
+        await self.send_frames(edge_frames(source, self.o, self.segmenter))
 
     async def send_frames(self, frames: AsyncIterator[EdgeFrame]) -> None:
         """Send what :func:`edge_frames` makes (live, or replayed from a recording), keeping the
@@ -472,13 +613,15 @@ class EdgeFrame:
     ended: tuple[int, int, float] | None = None  # EOU: (first sample, speech end sample, audio seconds)
 
 
-async def edge_frames(source: AsyncIterator[np.ndarray], o: AgentOptions) -> AsyncIterator[EdgeFrame]:
+async def edge_frames(
+    source: AsyncIterator[np.ndarray], o: AgentOptions, segmenter: Segmenter | None = None
+) -> AsyncIterator[EdgeFrame]:
     """The edge's pipeline: audio in; conditioning, VAD and endpointing, log-mel, int8 frames out.
 
     Pure of the network, so a benchmark can record a stream's frames once and replay them in real
     time from many cheap clients (:func:`replay_frames`)."""
     conditioner = Conditioner(o.conditioner)
-    segmenter = Segmenter(o.segmenter)
+    segmenter = segmenter or Segmenter(o.segmenter)
     utt = -1
     mel: LogMelStream | None = None
     buffered: list[np.ndarray] = []

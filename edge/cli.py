@@ -45,6 +45,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="batch: may be deferred or shed first when the pool is overloaded",
     )
     a.add_argument("--dtype", default="int8", choices=["int8", "float16", "float32"])
+    a.add_argument(
+        "--split",
+        default="features",
+        choices=["features", "enc_a", "auto"],
+        help="features: send log-mel (default); enc_a: run encoder A here and send its activations; "
+        "auto: choose from measured edge compute, uplink and the shard's cost (docs/split.md)",
+    )
+    a.add_argument("--encoder-model", default="tiny.en", help="split enc_a/auto: encoder A's model (the shard's model)")
+    a.add_argument("--encoder-threads", type=int, default=1, help="split enc_a/auto: threads for encoder A here")
     a.add_argument("--mic", action="store_true", help="stream the default microphone (extra 'mic')")
     a.add_argument("--raw-rate", type=int, default=None, help="stdin is raw s16le PCM at this rate")
     a.add_argument("--no-realtime", action="store_true", help="send files as fast as possible")
@@ -138,6 +147,9 @@ def cmd_edge(args: argparse.Namespace) -> int:
         model=args.model,
         qos=args.qos,
         dtype=args.dtype,
+        split=args.split,
+        encoder_model=args.encoder_model,
+        encoder_threads=args.encoder_threads,
         segmenter=SegmenterOptions(vad=args.vad, trailing_silence_s=args.endpoint_silence_s),
         heartbeat_s=args.heartbeat_s,
     )
@@ -147,7 +159,8 @@ def cmd_edge(args: argparse.Namespace) -> int:
             f"{name}: {len(report.finals) - report.empty_finals} utterances ({report.empty_finals} without speech), "
             f"{report.speech_s:.1f} s of speech, "
             f"{report.bytes_per_speech_s:.0f} bytes per speech second, {report.reconnects} reconnects"
-            + (f", language {report.language}" if report.language else ""),
+            + (f", language {report.language}" if report.language else "")
+            + (f", split {'/'.join(dict.fromkeys(report.splits))}" if args.split != "features" else ""),
             file=sys.stderr,
         )
     return 0

@@ -69,6 +69,7 @@ class ShardLoad(_Message):
     final_p95_ms: Millis = 0.0
     final_p99_ms: Millis = 0.0
     sessions_started: Count = 0  # cumulative, for arrival rates
+    batch_sessions: Count = 0  # of ``sessions``, those of class batch
     overload_level: Annotated[int, Field(ge=0, le=10)] = 0
     busy: Share = 0.0  # share of the last seconds the stage's worker spent computing
     occupancy: Share = 0.0  # decoder: mean running batch / its batch limit

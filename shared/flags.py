@@ -18,6 +18,7 @@ from pydantic import ConfigDict, Field
 from splitasr.shared.control import Name, Share, _Message
 
 SHARD_WIDE = ("max_batch",)  # applied to the whole shard, never to a share of devices
+EDGE_FLAGS = ("endpoint_silence_s",)  # passed on to each session's edge (WELCOME, then FLAGS on change)
 
 
 class Flags(_Message):
@@ -26,6 +27,8 @@ class Flags(_Message):
     partials: bool | None = None  # stage 0: PARTIAL results while people speak
     partial_interval_s: Annotated[float, Field(ge=0.1, le=10, allow_inf_nan=False)] | None = None  # their cadence
     max_batch: Annotated[int, Field(ge=1, le=256)] | None = None  # decoder: sequences in its running batch
+    # edge: the silence that ends an utterance (its segmenter, from the next pause on)
+    endpoint_silence_s: Annotated[float, Field(ge=0.1, le=5, allow_inf_nan=False)] | None = None
 
     def set_values(self) -> dict:
         return {k: v for k, v in self.model_dump().items() if v is not None}
@@ -46,6 +49,11 @@ def in_share(key: str, share: float) -> bool:
     if share >= 1:
         return True
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big") / 2**32 < share
+
+
+def edge_flags(values: dict) -> dict:
+    """The part of resolved flag values that an edge applies."""
+    return {k: v for k, v in values.items() if k in EDGE_FLAGS}
 
 
 def resolve(rules: list[FlagRule], device: str | None) -> dict:

@@ -61,9 +61,11 @@ class Hello(Frame):
     session_id: str | None = None
     ticket: str = ""  # the coordinator's route ticket for (device, session, this shard)
     language: str | None = None
-    split: str = "features"
+    split: str = "features"  # or "enc_a": the edge runs encoder A itself (shared/split.py)
+    encoder: str = ""  # split "enc_a": the model version of the edge's encoder A (must be the shard's)
     feature_spec: dict = field(default_factory=dict)
     zone: str | None = None
+    qos: str = "interactive"  # or "batch": counted apart by the autoscaler (cloud/coordinator/autoscaler.py)
     resume: list = field(default_factory=list)  # utterance ids the edge will replay
 
 
@@ -74,6 +76,7 @@ class Welcome(Frame):
     feature_spec: dict
     limits: dict = field(default_factory=dict)
     model_version: str = ""
+    flags: dict = field(default_factory=dict)  # the edge flags of this device (as in FLAGS)
 
 
 @dataclass(frozen=True)
@@ -97,6 +100,7 @@ class EndOfUtterance(Frame):
     utt: int
     last_seq: int
     speech_end: int | None = None  # frames up to where speech stopped (before the trailing silence)
+    frames: int | None = None  # split "enc_a" (no FEATURES sent): the utterance's log-mel frames
 
 
 @dataclass(frozen=True)
@@ -155,6 +159,43 @@ class Pong(Frame):
 
 
 @dataclass(frozen=True)
+class EdgeFlags(Frame):
+    """Shard -> edge: the feature flags an edge applies (``shared/flags.EDGE_FLAGS``), all of them
+    each time; sent when the pool's flags change what this device gets."""
+
+    TYPE: ClassVar[str] = "FLAGS"
+    values: dict
+
+
+@dataclass(frozen=True)
+class Encode(Frame):
+    """Split "enc_a", shard -> edge: run encoder A on a window of utterance ``utt`` (log-mel frames
+    ``start:end``, built by ``windows.window_mel(mode, pad_s)``); answered by ACTIVATIONS."""
+
+    TYPE: ClassVar[str] = "ENCODE"
+    req: int
+    utt: int
+    start: int
+    end: int
+    mode: str
+    pad_s: float
+
+
+@dataclass(frozen=True)
+class Activations(Frame):
+    """Split "enc_a", edge -> shard: rows ``[rows, n_state]`` of encoder A's output for ENCODE ``req``,
+    part ``index`` of ``count`` (a window's activations exceed one frame)."""
+
+    TYPE: ClassVar[str] = "ACTIVATIONS"
+    req: int
+    index: int
+    count: int
+    dtype: str  # "float16"
+    shape: list  # [rows, n_state]
+    payload: bytes
+
+
+@dataclass(frozen=True)
 class StageRequest(Frame):
     TYPE: ClassVar[str] = "STAGE_REQ"
     req_id: str
@@ -189,6 +230,9 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         Drain,
         Ping,
         Pong,
+        EdgeFlags,
+        Encode,
+        Activations,
         StageRequest,
         StageResponse,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Sample, decide
+from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Sample, decide, session_load
 from splitasr.cloud.coordinator.forecast import forecast_rate, season_length
 from splitasr.shared.errors import ConfigError
 
@@ -118,3 +118,15 @@ def test_bad_config_is_rejected():
         AutoscalerConfig(min_replicas=5, max_replicas=2)
     with pytest.raises(ConfigError):
         AutoscalerConfig(panic_window_s=100, stable_window_s=60)
+
+
+def test_batch_sessions_buy_replicas_at_a_quarter_of_the_interactive_rate():
+    """QoS classes: 16 batch sessions ask for what 4 interactive ones do; the weight is configurable."""
+    assert session_load(CONFIG, [(16, 16)]) == session_load(CONFIG, [(4, 0)]) == 4.0
+    assert session_load(CONFIG, [(10, 4), (6, 0)]) == 13.0
+    only_interactive = AutoscalerConfig(batch_session_weight=0.0)
+    assert session_load(only_interactive, [(10, 4)]) == 6.0
+    timeline = simulate(CONFIG, lambda t: session_load(CONFIG, [(40, 40)]), 40)
+    assert max(r for _, r, _ in timeline) < 10  # 40 interactive sessions would ask for 10 replicas
+    with pytest.raises(ConfigError, match="batch_session_weight"):
+        AutoscalerConfig(batch_session_weight=1.5)

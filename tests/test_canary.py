@@ -213,9 +213,15 @@ def test_feature_flags_change_shards_at_run_time(cluster, edges):
     set_flags("partials=false", "max_batch=4")
     off = edges.start(clip, cluster.url, device_id="flags-off").result(timeout=180)
     assert off.partials == 0 and off.utterances >= 2 and len(off.finals) == off.utterances
-    set_flags("partials=true", "partial_interval_s=0.4")
-    on = edges.start(clip, cluster.url, device_id="flags-on").result(timeout=180)
+    set_flags("partials=true", "partial_interval_s=0.4", "endpoint_silence_s=2.0")
+    running = edges.start(clip, cluster.url, device_id="flags-on")
+    agent = edges.agents[-1]
+    wait_until(lambda: agent.report.flags, 30, "the session's WELCOME")
+    set_flags("endpoint_silence_s=0.6")  # while the session runs: a FLAGS frame, from the next pause on
+    on = running.result(timeout=180)
     assert on.partials >= 5 and len(on.finals) == on.utterances
+    assert on.flags == [{"endpoint_silence_s": 2.0}, {"endpoint_silence_s": 0.6}], on.flags
+    assert agent.segmenter.o.trailing_silence_s == 0.6
 
     for bad, message in [
         (["loudness=3"], "Extra inputs are not permitted"),
@@ -228,15 +234,19 @@ def test_feature_flags_change_shards_at_run_time(cluster, edges):
     listed = cluster.cli("flags", "list")
     assert listed.returncode == 0 and "{'partials': False, 'max_batch': 4} for 100% of devices" in listed.stdout
     status = cluster.cli("status")
-    assert "flags: {'partials': True, 'partial_interval_s': 0.4} for 100% of devices" in status.stdout
+    assert "{'partials': True, 'partial_interval_s': 0.4, 'endpoint_silence_s': 2.0} for 100%" in status.stdout
     dom = render(f"{cluster.url}/ui")
     assert cells(dom, "flags") == [
         '{"partials":false,"max_batch":4} for 100% of devices; '
-        '{"partials":true,"partial_interval_s":0.4} for 100% of devices'
+        '{"partials":true,"partial_interval_s":0.4,"endpoint_silence_s":2.0} for 100% of devices; '
+        '{"endpoint_silence_s":0.6} for 100% of devices'
     ]
-    assert cells(dom, "change")[:2] == ["flags", "flags"] and cells(dom, "ladder") == ["0 normal"]
+    assert cells(dom, "change")[:3] == ["flags"] * 3 and cells(dom, "ladder") == ["0 normal"]
     cleared = cluster.cli("flags", "clear", "tiny.en")
-    assert cleared.returncode == 0 and "2 rules cleared" in cleared.stdout
+    assert cleared.returncode == 0 and "3 rules cleared" in cleared.stdout
     version = cluster.get("/v1/flags")["version"]
     wait_until(lambda: applied(version), 15, "the cleared flags to reach every shard")
-    print(f"\nflags: partials off -> {off.partials} partials; on at 0.4 s -> {on.partials} partials")
+    print(
+        f"\nflags: partials off -> {off.partials} partials; on at 0.4 s -> {on.partials} partials; "
+        f"endpoint silence {on.flags}: {on.utterances} utterances (flags off: {off.utterances})"
+    )

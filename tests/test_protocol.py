@@ -10,9 +10,11 @@ from splitasr.shared.errors import ProtocolError
 
 SAMPLES = [
     p.Hello(device_id="dev-1", token="t", language="en", zone="a", resume=[3, 4]),
+    p.Hello(device_id="dev-1", split="enc_a", encoder="tiny.en@3d9b0b5f-s2", qos="batch"),
     p.Welcome(session_id="s1", feature_spec={"n_mels": 80}, limits={"max_frame_bytes": 65536}),
     p.Features(utt=1, seq=0, start=0, dtype="int8", scale=0.05, shape=[80, 50], payload=bytes(4000)),
     p.EndOfUtterance(utt=1, last_seq=7),
+    p.EndOfUtterance(utt=2, last_seq=-1, speech_end=300, frames=420),
     p.Partial(utt=1, text="hello wor", stable=5),
     p.Final(utt=1, text="hello world", language="en", model_version="tiny.en@1a5a", timings={"decode_ms": 3.0}),
     p.Ack(utt=1, seq=7),
@@ -20,6 +22,9 @@ SAMPLES = [
     p.Drain(reason="scale-in", route=["ws://127.0.0.1:1"]),
     p.Ping(nonce=9),
     p.Pong(nonce=9),
+    p.EdgeFlags(values={"endpoint_silence_s": 1.2}),
+    p.Encode(req=3, utt=1, start=0, end=420, mode="trimmed", pad_s=2.0),
+    p.Activations(req=3, index=0, count=1, dtype="float16", shape=[2, 3], payload=bytes(12)),
     p.StageRequest(
         req_id="r1",
         model="tiny.en",

@@ -35,6 +35,7 @@ class AutoscalerConfig:
     signal: Literal["sessions", "busy"] = "sessions"  # what a replica's load is counted in
     target_busy: float = 0.6  # signal "busy": busy fraction (or decoder occupancy) per replica
     target_sessions_per_replica: float = 4.0
+    batch_session_weight: float = 0.25  # signal "sessions": a batch session (may wait) counts this much
     target_queue_delay_s: float = 0.15
     backlog_drain_s: float = 2.0  # queued work beyond the target delay is drained within this
     stable_window_s: float = 60.0
@@ -60,6 +61,8 @@ class AutoscalerConfig:
             raise ConfigError("need 0 < panic_window_s <= stable_window_s")
         if self.target_sessions_per_replica <= 0 or self.target_queue_delay_s <= 0 or self.backlog_drain_s <= 0:
             raise ConfigError("targets must be positive")
+        if not 0 <= self.batch_session_weight <= 1:
+            raise ConfigError(f"batch_session_weight must be in [0, 1], got {self.batch_session_weight}")
         if not 0 < self.target_busy <= 1:
             raise ConfigError(f"target_busy must be in (0, 1], got {self.target_busy}")
         if self.arrival_window_s < self.decision_period_s:
@@ -77,7 +80,7 @@ class Sample:
     """One observation of a pool, taken every decision period."""
 
     t: float
-    sessions: float  # in-flight sessions across the pool
+    sessions: float  # in-flight sessions across the pool, batch ones weighted (batch_session_weight)
     queue_delay_s: float  # pool-wide (e.g. max or p90 of replicas' recent queue delay)
     arrivals: float  # new sessions since the previous sample
     replicas: int  # ready replicas serving traffic
@@ -96,6 +99,12 @@ class Decision:
 
 def _window(history: Sequence[Sample], now: float, seconds: float) -> list[Sample]:
     return [s for s in history if now - seconds < s.t <= now]
+
+
+def session_load(config: AutoscalerConfig, loads: Sequence[tuple[int, int]]) -> float:
+    """Stage 0's session count for a sample from each replica's (sessions, of them batch): a batch
+    session (may wait, QoS class ``batch``) counts ``batch_session_weight`` of an interactive one."""
+    return sum(sessions - (1 - config.batch_session_weight) * batch for sessions, batch in loads)
 
 
 def demand(config: AutoscalerConfig, sample: Sample) -> float:

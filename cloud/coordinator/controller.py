@@ -17,7 +17,7 @@ import dataclasses
 import logging
 from collections import Counter, deque
 
-from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Decision, Sample, decide
+from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Decision, Sample, decide, session_load
 from splitasr.cloud.coordinator.backend import Backend, ShardSpec
 from splitasr.cloud.coordinator.config import DEFAULT_VERSION, PoolConfig
 from splitasr.cloud.coordinator.registry import STAGES, Registry, ShardRecord
@@ -188,7 +188,7 @@ class PoolController:
             self._started_seen[r.info.shard_id] = started
         return arrivals
 
-    def sample(self, stage: str, now: float, sessions: int, arrivals: int) -> Sample:
+    def sample(self, stage: str, now: float, sessions: float, arrivals: int) -> Sample:
         """One stage's sample: the pool's sessions and arrivals, this stage's queue delay and work."""
         routed = [r for r in self.live(stage, now) if not r.spare]
         return Sample(
@@ -202,7 +202,8 @@ class PoolController:
 
     def tick(self, now: float) -> dict[str, Decision]:
         """One decision period for every stage: sample, decide, assign routed/spare/drain, start."""
-        sessions = sum(r.load.sessions for r in self.live("enc_a", now))
+        loads = [(r.load.sessions, r.load.batch_sessions) for r in self.live("enc_a", now)]
+        sessions = session_load(self.stages["enc_a"].config, loads)
         arrivals = self._arrivals()
         state = self.backend.state if self.backend is not None else None
         decisions = {}

@@ -65,9 +65,21 @@ class EncoderA(EncoderStage):
     role = "enc_a"
     onnx_stages = ("enc_a",)
 
+    enc_a_s_per_window_s = 0.0  # measured at warm-up, then on every window (split "auto" reads it)
+
     def warm_up(self) -> None:
         silence = np.full((self.dims["n_mels"], WARM_UP_FRAMES // 2), SILENCE_LOG_MEL, np.float32)
-        self.runtime.run("enc_a", window_mel(silence, "trimmed", self.artifacts.feature_spec))
+        mel = window_mel(silence, "trimmed", self.artifacts.feature_spec)
+        self.runtime.run("enc_a", mel)
+        started = time.perf_counter()
+        self.runtime.run("enc_a", mel)
+        self.observe_window(time.perf_counter() - started, mel.shape[2])
+
+    def observe_window(self, compute_s: float, mel_frames: int) -> None:
+        """Encoder A's cost per second of window: a moving average of the windows computed here."""
+        sample = compute_s * self.artifacts.feature_spec.frames_per_second / mel_frames
+        previous = self.enc_a_s_per_window_s
+        self.enc_a_s_per_window_s = sample if not previous else 0.8 * previous + 0.2 * sample
 
 
 class EncoderB(EncoderStage):

@@ -24,7 +24,7 @@ from splitasr.cloud.shard.metrics import ShardMetrics
 from splitasr.cloud.shard.registration import CoordinatorLink
 from splitasr.cloud.shard.roles import make_worker
 from splitasr.cloud.shard.stage0 import Stage0
-from splitasr.cloud.shard.stream import stream_handler
+from splitasr.cloud.shard.stream import link_handler, stream_handler
 from splitasr.cloud.shard.worker import StageWorker
 from splitasr.models.stages import ensure_stages
 from splitasr.shared import protocol as p
@@ -152,6 +152,7 @@ def create_app(config: ShardConfig) -> web.Application:
     app.router.add_get("/v1/stage", stage_handler)
     if config.role == "enc_a":
         app.router.add_get("/v1/stream", stream_handler)
+        app.router.add_post("/v1/link", link_handler)
     return app
 
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, judge, plan
+from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, WindowMode, judge, plan
 from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState
 from splitasr.cloud.shard.recognizer import consume_window
 from splitasr.cloud.shard.result_cache import ResultCache, feature_key
@@ -24,7 +24,7 @@ from splitasr.cloud.shard.windows import window_mel
 from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import OverloadedError, ProtocolError
-from splitasr.shared.flags import FlagRule, resolve
+from splitasr.shared.flags import FlagRule, edge_flags, resolve
 from splitasr.shared.limits import TokenBucket
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ class Stage0:
         self.cache = ResultCache(ttl_s=config.cache_ttl_s)
         self._inflight: dict[str, asyncio.Future] = {}
         self.active_sessions = 0
+        self.batch_sessions = 0  # of them, class batch
         self.sessions_started = 0
         self.draining = False
         self.moving_now = False  # draining with every session asked to move at once
@@ -73,6 +74,11 @@ class Stage0:
         self.flag_rules = rules
         self.worker.apply_flags(resolve(rules, None))
         log.info("feature flags: %s", [r.model_dump() for r in rules])
+        for conn in list(self.connections):  # edges whose flags changed hear so
+            conn.spawn(conn.send_edge_flags())
+
+    def edge_flags_for(self, device: str) -> dict:
+        return edge_flags(self.flags_for(device))
 
     def flags_for(self, device: str) -> dict:
         return resolve(self.flag_rules, device)
@@ -102,6 +108,7 @@ class Stage0:
             **self.worker.load(),
             "queue_delay_s": self.overload.window.estimate(now),
             "sessions": self.active_sessions,
+            "batch_sessions": self.batch_sessions,
             "final_p50_ms": pick(0.5),
             "final_p95_ms": pick(0.95),
             "final_p99_ms": pick(0.99),
@@ -129,14 +136,17 @@ class Stage0:
 
     async def recognise(
         self,
-        raw: np.ndarray,
+        raw: np.ndarray | Windows,
         language: str | None,
         priority: int,
         stale: Callable[[], bool] | None = None,
         key: str | None = None,
         rev: int = FINAL_REV,
     ) -> tuple[str, str, dict]:
-        """Text, language and timings of raw log10 mel frames (one utterance or its prefix)."""
+        """Text, language and timings of raw log10 mel frames (one utterance or its prefix), or of
+        the windows of an utterance whose encoder A runs elsewhere (:class:`Windows`)."""
+        if isinstance(raw, Windows):
+            return await self._recognise(raw, language, priority, stale, key, rev)
         cache_key = feature_key(raw, language, self.worker.artifacts.version, self.pad_frames)
         cached = self.cache.get(cache_key)
         if cached is not None:
@@ -153,7 +163,7 @@ class Stage0:
         future = asyncio.get_running_loop().create_future()
         self._inflight[cache_key] = future
         try:
-            result = await self._recognise(raw, language, priority, stale, key, rev)
+            result = await self._recognise(LocalWindows(self, raw), language, priority, stale, key, rev)
         except BaseException as exc:
             future.set_exception(exc)
             future.exception()  # consumed here; joiners get it too
@@ -165,7 +175,7 @@ class Stage0:
         return result
 
     async def _recognise(
-        self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int
+        self, windows: Windows, language: str | None, priority: int, stale, key: str | None, rev: int
     ) -> tuple[str, str, dict]:
         """The guard's plan over the stage chain: a FINAL whose trimmed window decodes to a degenerate
         hypothesis is decoded again on the longer window, and, as offline, decoding goes on after the
@@ -175,9 +185,9 @@ class Stage0:
         final = priority == PRIORITY_FINAL
         fps = self.spec.frames_per_second
         timings: dict = {"queue_ms": 0.0, "windows": 0}
-        texts, start, n = [], 0, raw.shape[1]
+        texts, start, n = [], 0, windows.frames
         while start < n:
-            tokens, language = await self._window(raw[:, start:], language, priority, stale, key, rev, timings)
+            tokens, language = await self._window(windows, start, language, priority, stale, key, rev, timings)
             # frames as the unit; a FINAL's utterance counts as cut (its end is the speech end)
             found, following = consume_window(self.tokenizer, list(tokens), start, n, n + 1 if final else n, fps)
             texts += [seg.text for seg in found]
@@ -190,16 +200,24 @@ class Stage0:
         return " ".join(texts).strip(), language or "en", timings
 
     async def _window(
-        self, raw: np.ndarray, language: str | None, priority: int, stale, key: str | None, rev: int, timings: dict
+        self,
+        windows: Windows,
+        start: int,
+        language: str | None,
+        priority: int,
+        stale,
+        key: str | None,
+        rev: int,
+        timings: dict,
     ) -> tuple[tuple[int, ...], str | None]:
-        """Tokens kept for one window of raw log-mel (the guard's plan: FINALs may retry on a longer window)."""
+        """Tokens kept for the window of frames ``start:`` (the guard's plan: FINALs may retry on a longer window)."""
         modes = plan("auto" if priority == PRIORITY_FINAL else "trimmed")
+        audio_s = (windows.frames - start) / self.spec.frames_per_second
         for attempt, mode in enumerate(modes):
-            mel = window_mel(raw, mode, self.spec, self.worker.config.pad_s)
             t = time.perf_counter()
-            hidden, wait = await self.worker.encode(mel, priority, 10.0, stale)
+            hidden, wait = await windows.encode(start, mode, priority, stale)
             enc_a_ms = (time.perf_counter() - t) * 1000
-            meta = {"language": language, "audio_s": raw.shape[1] / self.spec.frames_per_second, "key": key, "rev": rev}
+            meta = {"language": language, "audio_s": audio_s, "key": key, "rev": rev}
             try:
                 res = await self.worker.forward("hidden", hidden, meta, priority, 10_000.0)
             except ProtocolError as exc:
@@ -216,3 +234,30 @@ class Stage0:
             if kept is not None:
                 return kept, language
         raise AssertionError("a plan's last window always yields tokens")
+
+
+class Windows:
+    """The encoder-A output of an utterance's windows; :class:`Stage0` asks for the ones it decodes."""
+
+    frames: int  # log-mel frames of the utterance (or of its prefix)
+
+    async def encode(
+        self, start: int, mode: WindowMode, priority: int, stale: Callable[[], bool] | None
+    ) -> tuple[np.ndarray, float]:
+        """Encoder A's output (1, rows, n_state) for the window of frames ``start:``, and its queue wait (s)."""
+        raise NotImplementedError
+
+
+class LocalWindows(Windows):
+    """Raw log-mel that the edge sent (split ``features``): encoder A runs on this shard."""
+
+    def __init__(self, stage0: Stage0, raw: np.ndarray):
+        self.stage0, self.raw, self.frames = stage0, raw, raw.shape[1]
+
+    async def encode(self, start, mode, priority, stale):
+        worker = self.stage0.worker
+        mel = window_mel(self.raw[:, start:], mode, self.stage0.spec, worker.config.pad_s)
+        started = time.perf_counter()
+        hidden, wait = await worker.encode(mel, priority, 10.0, stale)
+        worker.observe_window(max(0.0, time.perf_counter() - started - wait), mel.shape[2])
+        return hidden, wait

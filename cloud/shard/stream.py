@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import math
 import time
@@ -15,16 +16,30 @@ from splitasr.cloud.shard.appkeys import CONFIG, METRICS, SOCKETS, STAGE0, is_re
 from splitasr.cloud.shard.overload import partial_interval
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
 from splitasr.cloud.shard.session import Session, Utterance, stable_prefix
-from splitasr.cloud.shard.stage0 import Stage0
+from splitasr.cloud.shard.stage0 import Stage0, Windows
 from splitasr.cloud.shard.supersession import FINAL_REV
+from splitasr.cloud.shard.windows import window_frames
 from splitasr.shared import protocol as p
 from splitasr.shared.errors import AuthError, ProtocolError, SplitASRError, StageUnavailableError, UnknownLanguageError
 from splitasr.shared.limits import TokenBucket
 from splitasr.shared.quant import decode_frames
+from splitasr.shared.split import SPLITS, ActivationAssembler
 
 log = logging.getLogger(__name__)
 
 SESSION_OWNERS_KEPT = 10_000  # recent session ids remembered with their device (resume binding)
+ENCODE_TIMEOUT_S = 20.0  # split "enc_a": an edge that sends no activations for this long is given up on
+MAX_LINK_PROBE_BYTES = p.MAX_FRAME_BYTES  # POST /v1/link: the body an edge times its uplink with
+
+
+class EdgeWindows(Windows):
+    """Split ``enc_a``: the edge holds the log-mel and runs encoder A on each window asked for."""
+
+    def __init__(self, conn: Connection, utt: int, frames: int):
+        self.conn, self.utt, self.frames = conn, utt, frames
+
+    async def encode(self, start, mode, priority, stale):
+        return await self.conn.request_activations(self.utt, start, self.frames, mode), 0.0
 
 
 class Connection:
@@ -40,6 +55,11 @@ class Connection:
         self.tasks: set[asyncio.Task] = set()
         self.partial_running: set[int] = set()
         self.drained = False
+        self.split = "features"
+        self.qos = "interactive"
+        self.edge_flags: dict = {}  # what the edge was last told (WELCOME, FLAGS)
+        self.encodes: dict[int, tuple[ActivationAssembler, asyncio.Future]] = {}  # ENCODE req -> its answer
+        self._reqs = itertools.count()
         self._send_lock = asyncio.Lock()
 
     async def send(self, frame: p.Frame) -> None:
@@ -109,8 +129,16 @@ class Connection:
             raise ProtocolError(
                 p.E_FIELD, f"feature spec {hello.feature_spec} differs from the shard's {spec.to_dict()}"
             )
-        if hello.split != "features":
-            raise ProtocolError(p.E_FIELD, f"split point {hello.split!r} not served here (only 'features')")
+        if hello.qos not in ("interactive", "batch"):
+            raise ProtocolError(p.E_FIELD, f"HELLO.qos must be interactive or batch, got {hello.qos!r}")
+        if hello.split not in SPLITS:
+            raise ProtocolError(p.E_FIELD, f"split point {hello.split!r} not served here (one of {SPLITS})")
+        if hello.split == "enc_a" and hello.encoder != self.model_version:
+            raise ProtocolError(
+                p.E_FIELD,
+                f"the edge's encoder A is {hello.encoder or 'not named'!r}, this shard serves "
+                f"{self.model_version}: split 'enc_a' needs the same weights (or use split 'features')",
+            )
         try:
             self.stage0.tokenizer.check_language(hello.language)
         except UnknownLanguageError as exc:
@@ -121,6 +149,7 @@ class Connection:
             self.metrics.rejected_sessions.inc()
             raise
         session_id = hello.session_id or uuid.uuid4().hex
+        self.split, self.qos = hello.split, hello.qos
         self.own_session(session_id, hello.device_id)
         self.session = Session(
             session_id, hello.device_id, hello.language, self.stage0.max_frames, self.config.max_open_utterances
@@ -128,6 +157,7 @@ class Connection:
         self.metrics.active_sessions.inc()
         self.stage0.active_sessions += 1
         self.stage0.sessions_started += 1
+        self.stage0.batch_sessions += hello.qos == "batch"
         self.stage0.connections.add(self)
         limits = {
             "max_frame_bytes": p.MAX_FRAME_BYTES,
@@ -135,12 +165,26 @@ class Connection:
             "max_audio_rate": self.config.max_audio_rate,  # the edge paces itself to stay within it
             "audio_burst_s": self.config.audio_burst_s,
         }
+        self.edge_flags = self.stage0.edge_flags_for(hello.device_id)
         await self.send(
             p.Welcome(
-                session_id=session_id, feature_spec=spec.to_dict(), limits=limits, model_version=self.model_version
+                session_id=session_id,
+                feature_spec=spec.to_dict(),
+                limits=limits,
+                model_version=self.model_version,
+                flags=self.edge_flags,
             )
         )
         log.info("session %s from device %s (resume %s)", session_id, hello.device_id, hello.resume)
+
+    async def send_edge_flags(self) -> None:
+        """FLAGS to the edge when the pool's flags changed what its device gets."""
+        if self.session is None:
+            return
+        values = self.stage0.edge_flags_for(self.session.device_id)
+        if values != self.edge_flags:
+            self.edge_flags = values
+            await self.send(p.EdgeFlags(values=values))
 
     def charge_audio(self, frames: int) -> None:
         """The device's audio rate limit (over all its sessions here); ProtocolError when it sends faster."""
@@ -161,6 +205,8 @@ class Connection:
             )
 
     async def on_features(self, frame: p.Features) -> None:
+        if self.split != "features":
+            raise ProtocolError(p.E_STATE, "FEATURES on a split 'enc_a' session: send EOU with frames instead")
         raw = decode_frames(frame, self.stage0.spec.n_mels)
         self.charge_audio(raw.shape[1])
         u = self.session.add_features(frame.utt, frame.seq, frame.start, raw, frame.speech_end)
@@ -192,7 +238,15 @@ class Connection:
             if u.final is not None:  # replayed EOU: the edge missed our FINAL
                 await self.send(u.final)
             return
+        if self.split == "enc_a":  # no FEATURES came: the EOU says how long the utterance is
+            if frame.frames is None or not 0 <= frame.frames <= self.stage0.max_frames:
+                raise ProtocolError(
+                    p.E_FIELD, f"EOU.frames must be 0..{self.stage0.max_frames} on a split 'enc_a' session"
+                )
+            self.charge_audio(frame.frames)
         self.session.end(frame.utt, frame.last_seq)
+        if self.split == "enc_a":
+            u.n_frames = frame.frames
         if u.n_frames == 0:  # nothing to recognise: the answer is an empty FINAL, at once
             u.final = p.Final(
                 utt=u.utt, text="", language=self.session.language or "", model_version=self.model_version
@@ -256,10 +310,43 @@ class Connection:
             return
         await self.send_partial(u, text)
 
+    async def request_activations(self, utt: int, start: int, end: int, mode: str):
+        """Split ``enc_a``: ask the edge for encoder A's output on the window of frames ``start:end``."""
+        pad_s = self.config.pad_s
+        rows = window_frames(end - start, mode, self.stage0.spec, pad_s) // 2
+        req = next(self._reqs)
+        future = asyncio.get_running_loop().create_future()
+        self.encodes[req] = (ActivationAssembler(rows, self.stage0.worker.dims["n_state"]), future)
+        try:
+            await self.send(p.Encode(req=req, utt=utt, start=start, end=end, mode=mode, pad_s=pad_s))
+            return await asyncio.wait_for(future, ENCODE_TIMEOUT_S)
+        except asyncio.TimeoutError:
+            raise StageUnavailableError(
+                f"the edge sent no activations for utterance {utt} within {ENCODE_TIMEOUT_S:g} s"
+            ) from None
+        finally:
+            self.encodes.pop(req, None)
+
+    def on_activations(self, frame: p.Activations) -> None:
+        entry = self.encodes.get(frame.req)
+        if entry is None:
+            raise ProtocolError(p.E_STATE, f"ACTIVATIONS for request {frame.req}, which is not open")
+        assembler, future = entry
+        try:
+            hidden = assembler.add(frame)
+        except ProtocolError as exc:  # the window's recognition fails with it, and the edge hears why
+            self.encodes.pop(frame.req, None)
+            if not future.done():
+                future.set_exception(exc)
+            raise
+        if hidden is not None and not future.done():
+            future.set_result(hidden)
+
     async def run_final(self, u: Utterance, eou_at: float, speech_end: int | None = None) -> None:
+        frames = self.final_frames(u, speech_end)
         try:
             text, language, timings = await self.stage0.recognise(
-                u.raw(self.final_frames(u, speech_end)),
+                u.raw(frames) if self.split == "features" else EdgeWindows(self, u.utt, frames),
                 self.session.language,
                 PRIORITY_FINAL,
                 key=self.utterance_key(u),
@@ -327,6 +414,8 @@ class Connection:
             await self.on_features(frame)
         elif isinstance(frame, p.EndOfUtterance):
             await self.on_eou(frame)
+        elif isinstance(frame, p.Activations):
+            self.on_activations(frame)
         else:
             raise ProtocolError(p.E_STATE, f"unexpected {frame.TYPE} frame from an edge")
 
@@ -337,6 +426,7 @@ class Connection:
         if self.session is not None:
             self.metrics.active_sessions.dec()
             self.stage0.active_sessions -= 1
+            self.stage0.batch_sessions -= self.qos == "batch"
             self.stage0.connections.discard(self)
             self.stage0.device_sessions[self.session.device_id] -= 1
             if self.stage0.device_sessions[self.session.device_id] <= 0:
@@ -345,6 +435,28 @@ class Connection:
             if self.stage0.live_sessions.get(self.session.session_id) is self:
                 del self.stage0.live_sessions[self.session.session_id]
             self.stage0.session_closed()
+
+
+async def link_handler(request: web.Request) -> web.Response:
+    """``POST /v1/link``: an edge times its uplink with a body of up to 64 kB (split ``auto``) and
+    reads what this shard's encoder A costs now."""
+    if not is_ready(request.app):
+        raise web.HTTPServiceUnavailable(text="shard not ready")
+    received = 0
+    async for chunk in request.content.iter_any():
+        received += len(chunk)
+        if received > MAX_LINK_PROBE_BYTES:
+            raise web.HTTPRequestEntityTooLarge(max_size=MAX_LINK_PROBE_BYTES, actual_size=received)
+    stage0 = request.app[STAGE0]
+    return web.json_response(
+        {
+            "received": received,
+            "encoder": stage0.worker.artifacts.version,
+            "enc_a_s_per_window_s": stage0.worker.enc_a_s_per_window_s,
+            "queue_delay_s": stage0.overload.window.estimate(time.perf_counter()),
+            "pad_s": request.app[CONFIG].pad_s,
+        }
+    )
 
 
 async def stream_handler(request: web.Request) -> web.WebSocketResponse:

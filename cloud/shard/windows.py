@@ -51,15 +51,24 @@ def window_mel(raw: np.ndarray, mode: WindowMode, spec: FeatureSpec, pad_s: floa
     ``long``: the same, with silence up to at least ``LONG_WINDOW_S`` (the guard's retry window).
     ``full``: normalised frames zero-padded to 30 s, exactly faster-whisper's input.
     """
+    frames = window_frames(raw.shape[1], mode, spec, pad_s)
     if mode == "full":
-        mel = normalize(raw[:, : spec.n_frames])
-        mel = np.pad(mel, ((0, 0), (0, spec.n_frames - mel.shape[1])))
+        mel = normalize(raw[:, :frames])
+        mel = np.pad(mel, ((0, 0), (0, frames - mel.shape[1])))
     else:
-        fps = spec.frames_per_second
-        frames = raw.shape[1] + int(pad_s * fps)
-        if mode == "long":
-            frames = max(frames, int(LONG_WINDOW_S * fps))
-        pad = np.full((raw.shape[0], frames - raw.shape[1]), SILENCE_LOG_MEL, np.float32)
-        mel = normalize(np.concatenate([raw, pad], axis=1))[:, : spec.n_frames]
-        mel = mel[:, : mel.shape[1] - mel.shape[1] % 2]
+        padded = max(frames, raw.shape[1])
+        pad = np.full((raw.shape[0], padded - raw.shape[1]), SILENCE_LOG_MEL, np.float32)
+        mel = normalize(np.concatenate([raw, pad], axis=1))[:, :frames]
     return np.ascontiguousarray(mel[None], dtype=np.float32)
+
+
+def window_frames(n: int, mode: WindowMode, spec: FeatureSpec, pad_s: float = 2.0) -> int:
+    """Log-mel frames of the window :func:`window_mel` builds on ``n`` raw frames (encoder A gives half)."""
+    if mode == "full":
+        return spec.n_frames
+    fps = spec.frames_per_second
+    frames = n + int(pad_s * fps)
+    if mode == "long":
+        frames = max(frames, int(LONG_WINDOW_S * fps))
+    frames = min(frames, spec.n_frames)
+    return frames - frames % 2

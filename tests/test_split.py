@@ -1,0 +1,157 @@
+"""The adaptive split point: encoder A on the edge (split ``enc_a``), the choice of ``auto``, and
+what the activations look like on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+
+import numpy as np
+import pytest
+
+from splitasr.cloud.faultproxy import FaultProxy
+from splitasr.cloud.local_cluster import ChainSpec, LocalCluster
+from splitasr.cloud.shard.windows import window_frames, window_mel
+from splitasr.edge.agent import AgentOptions, EdgeAgent
+from splitasr.edge.audio_in import file_source
+from splitasr.shared import protocol as p
+from splitasr.shared.errors import ProtocolError
+from splitasr.shared.features import DEFAULT_SPEC
+from splitasr.shared.split import ActivationAssembler, SplitCosts, activation_frames, choose_split, split_latency
+from splitasr.shared.wer import WERTally
+
+SLOW_UPLINK = 24_000.0  # bytes/s: a poor mobile uplink, 2x what int8 log-mel needs in real time
+
+
+def costs(**kw) -> SplitCosts:
+    base = dict(
+        edge_s_per_window_s=0.004,
+        cloud_s_per_window_s=0.006,
+        cloud_queue_s=0.0,
+        uplink_bytes_s=50e6,
+        rtt_s=0.001,
+        feature_bytes_per_s=6000.0,
+        activation_bytes_per_s=38_400.0,
+    )
+    return SplitCosts(**(base | kw))
+
+
+def test_choice_weighs_edge_compute_uplink_and_cloud_queue():
+    assert choose_split(costs()) == "enc_a"  # fast link, faster edge
+    assert choose_split(costs(uplink_bytes_s=SLOW_UPLINK)) == "features"  # 5 s of activations: ~8 s up
+    assert choose_split(costs(edge_s_per_window_s=0.006)) == "features"  # a tie keeps features
+    slow_edge = costs(edge_s_per_window_s=0.05, uplink_bytes_s=5e6)
+    assert choose_split(slow_edge) == "features"
+    assert choose_split(dataclasses.replace(slow_edge, cloud_queue_s=2.0)) == "enc_a"  # a queued cloud
+    # an uplink slower than the features themselves: they queue while speaking
+    assert split_latency("features", costs(uplink_bytes_s=3000.0), 4.0) == pytest.approx(4.0 + 0.0005 + 0.036)
+
+
+def test_activations_round_trip_and_hostile_parts_are_refused():
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(1, 350, 384)).astype(np.float32)
+    frames = activation_frames(7, hidden)
+    assert len(frames) > 1 and all(len(p.encode(f)) <= p.MAX_FRAME_BYTES for f in frames)
+    assembler = ActivationAssembler(350, 384)
+    out = [assembler.add(p.decode(p.encode(f))) for f in frames]
+    assert all(o is None for o in out[:-1])
+    np.testing.assert_allclose(out[-1], hidden, atol=2e-3, rtol=1e-3)
+
+    def refused(frame, rows=350) -> str:
+        with pytest.raises(ProtocolError) as err:
+            ActivationAssembler(rows, 384).add(frame)
+        return err.value.code
+
+    first = frames[0]
+    nan = np.full((first.shape[0], 384), np.nan, np.float16).tobytes()
+    assert refused(dataclasses.replace(first, payload=nan)) == p.E_FIELD
+    assert refused(dataclasses.replace(first, index=1)) == p.E_STATE
+    assert refused(dataclasses.replace(first, shape=[first.shape[0], 512])) == p.E_FIELD
+    assert refused(dataclasses.replace(first, payload=first.payload[:-2])) == p.E_FIELD
+    assert refused(dataclasses.replace(first, dtype="float32")) == p.E_FIELD
+    assert refused(first, rows=10) == p.E_STATE  # a window of 10 rows is one part, not several
+
+
+@pytest.mark.parametrize("n", [0, 1, 57, 400, 2999, 3000, 4500])
+@pytest.mark.parametrize("mode", ["trimmed", "long", "full"])
+def test_window_frames_is_the_window_mel_length(n, mode):
+    raw = np.full((DEFAULT_SPEC.n_mels, n), -3.0, np.float32)
+    assert window_mel(raw, mode, DEFAULT_SPEC).shape[2] == window_frames(n, mode, DEFAULT_SPEC)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, tiny_artifacts):
+    with LocalCluster([ChainSpec("tiny.en", enc_a=1, threads=1)], workdir=tmp_path_factory.mktemp("cluster")) as c:
+        yield c
+
+
+def run(url: str, path, split: str, **kw):
+    options = AgentOptions(shards=(url,), language="en", split=split, encoder_threads=2, **kw)
+    return asyncio.run(EdgeAgent(options).run(file_source(path, realtime=False)))
+
+
+def english(manifest, n=6):
+    return [e for e in manifest if e.language == "en"][:n]
+
+
+@pytest.mark.integration
+def test_encoder_a_on_the_edge_gives_the_same_words_for_many_more_uplink_bytes(cluster, real_manifest):
+    url = cluster.stage0_urls("tiny.en")[0]
+    tallies, rates = {"features": WERTally(), "enc_a": WERTally()}, {}
+    for split in tallies:
+        sent = speech = 0.0
+        for entry in english(real_manifest):
+            report = run(url, entry.file, split)
+            assert report.splits == [split] and report.duplicate_finals == 0
+            assert sorted(f.utt for f in report.finals) == list(range(report.utterances))
+            tallies[split].add(entry.text, " ".join(f.text for f in sorted(report.finals, key=lambda f: f.utt)))
+            sent, speech = sent + report.bytes_sent, speech + report.speech_s
+        rates[split] = sent / speech
+    print({k: f"WER {t.wer:.4f} ({t.words} words), {rates[k]:.0f} B/s" for k, t in tallies.items()})
+    assert abs(tallies["enc_a"].wer - tallies["features"].wer) <= 0.01
+    assert rates["enc_a"] > 3 * rates["features"]
+
+
+@pytest.mark.integration
+def test_auto_picks_features_on_a_slow_uplink_and_encoder_a_on_a_fast_one(cluster, real_manifest):
+    url = cluster.stage0_urls("tiny.en")[0]
+    host, port = url.removeprefix("ws://").split(":")
+    entry = english(real_manifest, 1)[0]
+    with FaultProxy(host, int(port)) as proxy:
+        proxy.shape(uplink_bytes_s=SLOW_UPLINK, delay_s=0.04)
+        slow = run(proxy.url(), entry.file, "auto")
+    fast = run(url, entry.file, "auto")
+    for name, report in (("slow", slow), ("fast", fast)):
+        c = report.split_costs[0]
+        print(name, report.splits, {k: round(v, 5) if isinstance(v, float) else v for k, v in c.items()})
+        assert report.finals and report.duplicate_finals == 0
+    assert slow.splits == ["features"]
+    assert slow.split_costs[0]["uplink_bytes_s"] < 2 * SLOW_UPLINK
+    assert fast.splits == ["enc_a"], fast.split_costs
+
+
+@pytest.mark.integration
+def test_shard_refuses_an_encoder_of_other_weights_and_features_on_an_enc_a_session(cluster, tiny_artifacts):
+    import aiohttp
+
+    url = cluster.stage0_urls("tiny.en")[0] + "/v1/stream"
+
+    async def talk(*frames):
+        async with aiohttp.ClientSession() as http, http.ws_connect(url) as ws:
+            out = []
+            for frame in frames:
+                await ws.send_bytes(p.encode(frame))
+                out.append(p.decode((await ws.receive(timeout=10)).data))
+            return out
+
+    (answer,) = asyncio.run(talk(p.Hello(device_id="d", split="enc_a", encoder="base@00000000-s3")))
+    assert isinstance(answer, p.Error) and answer.code == p.E_FIELD and "same weights" in answer.message
+    version = tiny_artifacts.version
+    welcome, err = asyncio.run(
+        talk(
+            p.Hello(device_id="d", split="enc_a", encoder=version),
+            p.Features(utt=0, seq=0, start=0, dtype="int8", scale=0.05, shape=[80, 1], payload=bytes(80)),
+        )
+    )
+    assert isinstance(welcome, p.Welcome), welcome
+    assert isinstance(err, p.Error) and err.code == p.E_STATE
