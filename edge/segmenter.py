@@ -90,11 +90,11 @@ class Segmenter:
         self._speech_end = 0
         self._held: list[tuple[np.ndarray, float]] = []  # blocks near the max length, with their energy
 
-    @property
     def retune(self, trailing_silence_s: float) -> None:
         """A new endpoint silence (a feature flag), from the next pause on; ConfigError if out of range."""
         self.o = dataclasses.replace(self.o, trailing_silence_s=trailing_silence_s)
 
+    @property
     def speech_end_sample(self) -> int:
         """Sample after the last voiced block of the open utterance (its end so far)."""
         return self._speech_end
