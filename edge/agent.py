@@ -436,6 +436,7 @@ class EdgeAgent:
             return None
         if resp.status != 200 or shard.get("encoder") != self.encoder.version:
             return None  # an older shard, or another model: only features will do
+        speculate_s = float(shard.get("speculate_after_s", 0.0))
         sent = self.report.bytes_sent - sum(len(d) for frames in self._pending.values() for d in frames)
         return SplitCosts(
             edge_s_per_window_s=self.encoder.s_per_window_s,
@@ -448,6 +449,8 @@ class EdgeAgent:
             else FEATURE_BYTES_PER_S,
             activation_bytes_per_s=self.encoder.activation_bytes_per_s,
             pad_s=float(shard["pad_s"]),
+            cloud_rest_s_per_window_s=float(shard.get("rest_s_per_window_s", 0.0)),
+            overlap_s=max(0.0, self.segmenter.o.trailing_silence_s - speculate_s) if speculate_s > 0 else 0.0,
         )
 
     async def _choose_split(self, http: aiohttp.ClientSession, url: str) -> str:

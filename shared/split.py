@@ -92,18 +92,28 @@ class SplitCosts:
     feature_bytes_per_s: float  # FEATURES bytes per second of audio (int8 + zlib)
     activation_bytes_per_s: float  # ACTIVATIONS bytes per second of window
     pad_s: float = 2.0  # silence the shard adds to a window
+    cloud_rest_s_per_window_s: float = 0.0  # the shard's encoder B + decoder per second of window
+    overlap_s: float = 0.0  # split features: how long before the EOU the shard starts the FINAL
+    # (its speculative final begins speculate_after_s into the endpointer's trailing silence)
 
 
 def split_latency(split: str, c: SplitCosts, utterance_s: float) -> float:
-    """Estimated end of speech -> encoder A output at the shard, for an utterance of ``utterance_s``
-    (what differs between the splits; encoder B, the decoder and the FINAL are the same)."""
+    """Estimated EOU -> the shard's decoded FINAL, for an utterance of ``utterance_s``.
+
+    ``features``: the features were sent while speaking (an uplink slower than audio leaves a
+    backlog), and the shard starts the FINAL ``overlap_s`` before the EOU (speculative finals), so
+    only the part of its queue and compute beyond that is late. ``enc_a``: nothing starts before
+    the EOU; then ENCODE down, encoder A here, the activations up, encoder B and the decoder."""
     window_s = utterance_s + c.pad_s
     bandwidth = max(c.uplink_bytes_s, 1.0)
-    if split == "features":  # sent while speaking; only a backlog (an uplink slower than audio) is late
+    rest_s = c.cloud_rest_s_per_window_s * window_s
+    if split == "features":
         backlog_s = max(0.0, c.feature_bytes_per_s * utterance_s / bandwidth - utterance_s)
-        return backlog_s + c.rtt_s / 2 + c.cloud_queue_s + c.cloud_s_per_window_s * window_s
-    if split == "enc_a":  # EOU up, ENCODE down, encoder A here, the activations up
-        return c.rtt_s + c.edge_s_per_window_s * window_s + c.activation_bytes_per_s * window_s / bandwidth
+        cloud_s = c.cloud_queue_s + c.cloud_s_per_window_s * window_s + rest_s
+        return backlog_s + c.rtt_s / 2 + max(0.0, cloud_s - c.overlap_s)
+    if split == "enc_a":
+        transfer_s = c.activation_bytes_per_s * window_s / bandwidth
+        return c.rtt_s + c.edge_s_per_window_s * window_s + transfer_s + rest_s
     raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
 
 

@@ -26,6 +26,7 @@ from splitasr.shared import protocol as p
 from splitasr.shared.errors import OverloadedError, ProtocolError
 from splitasr.shared.flags import FlagRule, edge_flags, resolve
 from splitasr.shared.limits import TokenBucket
+from splitasr.shared.split import ENCODER_FRAMES_PER_S
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class Stage0:
         self._inflight: dict[str, asyncio.Future] = {}
         self.active_sessions = 0
         self.batch_sessions = 0  # of them, class batch
+        self.rest_s_per_window_s = 0.0  # encoder B + decoder after this stage, per second of window (split auto)
         self.sessions_started = 0
         self.draining = False
         self.moving_now = False  # draining with every session asked to move at once
@@ -98,6 +100,12 @@ class Stage0:
     def session_closed(self) -> None:
         if self.draining and self.active_sessions == 0:
             self.drained.set()
+
+    def observe_rest(self, seconds: float, rows: int) -> None:
+        """The later stages' time for a window of ``rows`` encoder frames: a moving average per window second."""
+        sample = seconds * ENCODER_FRAMES_PER_S / max(1, rows)
+        previous = self.rest_s_per_window_s
+        self.rest_s_per_window_s = sample if not previous else 0.8 * previous + 0.2 * sample
 
     def load(self) -> dict:
         """The heartbeat's load report."""
@@ -218,12 +226,14 @@ class Stage0:
             hidden, wait = await windows.encode(start, mode, priority, stale)
             enc_a_ms = (time.perf_counter() - t) * 1000
             meta = {"language": language, "audio_s": audio_s, "key": key, "rev": rev}
+            t = time.perf_counter()
             try:
                 res = await self.worker.forward("hidden", hidden, meta, priority, 10_000.0)
             except ProtocolError as exc:
                 if exc.code == p.E_SUPERSEDED:
                     raise Superseded(exc.message) from None
                 raise
+            self.observe_rest(time.perf_counter() - t, hidden.shape[1])
             result = DecodeResult.from_meta(unpack(res.tensors, "tokens", as_float32=False).tolist(), res.meta)
             language = res.meta.get("language") or language
             queue_ms = timings["queue_ms"] + res.timings.get("queue_ms", 0.0) + wait * 1000

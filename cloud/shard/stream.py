@@ -453,7 +453,9 @@ async def link_handler(request: web.Request) -> web.Response:
             "received": received,
             "encoder": stage0.worker.artifacts.version,
             "enc_a_s_per_window_s": stage0.worker.enc_a_s_per_window_s,
+            "rest_s_per_window_s": stage0.rest_s_per_window_s,
             "queue_delay_s": stage0.overload.window.estimate(time.perf_counter()),
+            "speculate_after_s": request.app[CONFIG].speculate_after_s,
             "pad_s": request.app[CONFIG].pad_s,
         }
     )
