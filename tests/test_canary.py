@@ -238,7 +238,7 @@ def test_feature_flags_change_shards_at_run_time(cluster, edges):
     dom = render(f"{cluster.url}/ui")
     assert cells(dom, "flags") == [
         '{"partials":false,"max_batch":4} for 100% of devices; '
-        '{"partials":true,"partial_interval_s":0.4,"endpoint_silence_s":2.0} for 100% of devices; '
+        '{"partials":true,"partial_interval_s":0.4,"endpoint_silence_s":2} for 100% of devices; '
         '{"endpoint_silence_s":0.6} for 100% of devices'
     ]
     assert cells(dom, "change")[:3] == ["flags"] * 3 and cells(dom, "ladder") == ["0 normal"]
