@@ -12,6 +12,7 @@ from splitasr.cloud.coordinator.registry import ShardInfo, ShardLoad
 from splitasr.cloud.coordinator.service import Coordinator
 from splitasr.shared.control import RouteQuery
 from splitasr.shared.errors import ConfigError, OverloadedError
+from splitasr.shared.flags import Flags
 
 LADDER = LadderConfig(enabled=True, down_after_s=2, up_after_s=10, min_step_s=2)
 
@@ -90,7 +91,7 @@ def test_the_coordinator_degrades_a_pool_and_restores_it():
 
 
 def _unset() -> dict:
-    return {"partials": None, "partial_interval_s": None, "max_batch": None}
+    return dict.fromkeys(Flags.model_fields)
 
 
 def test_bad_ladder_and_fallback_configs_are_config_errors(tmp_path):
