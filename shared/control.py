@@ -126,6 +126,7 @@ class StageMeta(BaseModel):
     rev: Annotated[int, Field(ge=0, le=2**31)] = 2**31  # frames covered; FINAL = 2**31
     language: Annotated[str, Field(max_length=16)] | None = None
     audio_s: Annotated[float, Field(gt=0, le=30, allow_inf_nan=False)] = 30.0
+    stop_on_loop: bool = False  # the guard decodes this window again if it loops: stop at the first loop
 
 
 def parse(schema: type[BaseModel], body: object, what: str):

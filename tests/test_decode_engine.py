@@ -8,6 +8,7 @@ import asyncio
 import pytest
 
 from splitasr.cloud.shard.decode_engine import DecodeEngine, EngineOptions
+from splitasr.cloud.shard.guard import GuardOptions
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
 from splitasr.cloud.shard.supersession import FINAL_REV
 from splitasr.shared.audio import load_audio
@@ -153,3 +154,29 @@ def test_queue_is_bounded(tiny_recognizer, windows):
 
     results, most = asyncio.run(main())
     assert len(results) == 3 and most == 3
+
+
+def test_a_request_marked_stop_on_loop_ends_at_its_first_loop(tiny_recognizer, real_manifest):
+    """Stage 0 marks a FINAL's trimmed window (the guard retries a loop on a longer window): the
+    decoder shard stops it at the loop, as the offline path does."""
+    rec, guard = tiny_recognizer, GuardOptions()
+    digits = [e for e in real_manifest if e.file.name.startswith("en_audiomnist")]
+    looping = []
+    for entry in digits:
+        states = rec.runtime.encode(rec.features(load_audio(entry.file)))
+        seconds = len(load_audio(entry.file)) / 16000
+        early = rec.decoder.decode(states, "en", seconds, EngineOptions().decoding, loop_guard=guard)[0].tokens
+        if len(early) < len(_single(rec, states, seconds)):
+            looping.append((states, seconds, early))
+    assert looping, "no real digit looped on its trimmed window"
+
+    async def main():
+        engine = _engine(rec)
+        engine.start()
+        try:
+            stopped = [engine.decode(s, "en", sec, stop_on_loop=True) for s, sec, _ in looping]
+            return [r[0].tokens for r in await asyncio.gather(*stopped)]
+        finally:
+            engine.close()
+
+    assert asyncio.run(main()) == [early for _, _, early in looping]

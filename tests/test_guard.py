@@ -11,6 +11,7 @@ from splitasr.cloud.shard.guard import (
     assess,
     compression_ratio,
     judge,
+    loops_at_tail,
     plan,
     repetition_start,
 )
@@ -28,6 +29,23 @@ def test_repetition_found_in_text_tokens_across_timestamps():
     # "zero zero zero" is " 0" twice after "0": two back-to-back repeats are speech, three are a loop
     assert repetition_start([15, 657, 657], EOT) is None
     assert repetition_start([15, 657, 657, 657], EOT) == 2
+
+
+def test_a_loop_is_found_at_the_token_that_completes_it_exactly_as_repetition_start_finds_it():
+    """The decoder checks the tail after every token (to stop a window the guard will retry); the
+    first prefix it stops at is the first that ``repetition_start`` calls a loop, on any sequence."""
+    rng = np.random.default_rng(7)
+    alphabet = [10, 11, 12, TS, TS + 50]  # few symbols, so loops are common; timestamps in between
+    stops = 0
+    for _ in range(3000):
+        tokens = [int(t) for t in rng.choice(alphabet, size=int(rng.integers(0, 40)))]
+        first = next((i for i in range(1, len(tokens) + 1) if loops_at_tail(tokens[:i], EOT)), None)
+        assert (first is not None) == (repetition_start(tokens, EOT) is not None)
+        if first is not None:
+            stops += 1
+            assert repetition_start(tokens[:first], EOT) is not None
+            assert repetition_start(tokens[: first - 1], EOT) is None
+    assert stops > 500  # the property was exercised on loops, not only on clean sequences
 
 
 def test_assess_accepts_confident_text_and_flags_loops_cap_and_low_confidence():

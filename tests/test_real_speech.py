@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from splitasr.cloud.shard.guard import assess
 from splitasr.cloud.shard.recognizer import TranscribeOptions
+from splitasr.cloud.shard.windows import audio_log_mel, window_mel
 from splitasr.edge.conditioning import Conditioner
 from splitasr.edge.segmenter import Segmenter, SegmenterOptions, Start
 from splitasr.shared.audio import load_audio
@@ -49,6 +51,27 @@ def test_degenerate_trimmed_windows_of_real_digits_are_decoded_again(tiny_int8_r
     for e, r in zip(digits, results, strict=True):
         tally.add(e.reference, r.text)
     assert tally.wer <= 0.2, [r.text for r in results]
+
+
+def test_a_window_the_guard_will_retry_stops_at_its_first_loop(tiny_int8_recognizer, real_manifest):
+    """A trimmed window with a longer window after it in the plan stops decoding at its first text
+    loop: the guard's verdict is the same as if it had run to the token cap, at fewer decoder steps."""
+    rec = tiny_int8_recognizer
+    options = TranscribeOptions(language="en")
+    digits = [e for e in real_manifest if e.language == "en" and e.file.name.startswith(("en_audiomnist", "en_fsdd"))]
+    shorter = 0
+    for entry in digits:
+        raw = audio_log_mel(load_audio(entry.file), rec.spec)
+        states = rec.runtime.encode(window_mel(raw, "trimmed", rec.spec, options.pad_s))
+        seconds = raw.shape[1] / rec.spec.frames_per_second
+        full, _ = rec.decoder.decode(states, "en", seconds, options.decoding)
+        early, _ = rec.decoder.decode(states, "en", seconds, options.decoding, loop_guard=options.guard)
+        assert full.tokens[: len(early.tokens)] == early.tokens
+        verdicts = [assess(r, rec.tokenizer.decode(list(r.tokens)), rec.tokenizer.eot) for r in (full, early)]
+        assert verdicts[0] == verdicts[1], (entry.file.name, full, early)
+        shorter += len(early.tokens) < len(full.tokens)
+    print(f"{shorter} of {len(digits)} windows stopped early")
+    assert shorter >= 10, "real digits did not loop on their trimmed windows"
 
 
 def test_nonspeech_gives_no_text_offline(tiny_int8_recognizer):

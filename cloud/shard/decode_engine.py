@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from splitasr.cloud.shard.decoding import DecodeBatch, DecodingOptions, Sequence
-from splitasr.cloud.shard.guard import DecodeResult
+from splitasr.cloud.shard.guard import DecodeResult, GuardOptions
 from splitasr.cloud.shard.recognizer import TextDecoder
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PRIORITY_PARTIAL, Superseded
 from splitasr.cloud.shard.supersession import Supersession
@@ -44,6 +44,7 @@ class DecodeRequest:
     loop: asyncio.AbstractEventLoop = field(compare=False)
     submitted: float = field(compare=False)
     admitted: float = field(default=0.0, compare=False)
+    stop_on_loop: bool = field(default=False, compare=False)  # the guard retries this window if it loops
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,7 @@ class DecodeEngine:
         priority: int = PRIORITY_FINAL,
         key: str | None = None,
         rev: int = 0,
+        stop_on_loop: bool = False,
     ) -> tuple[DecodeResult, str, float]:
         """Tokens (with guard statistics), language and queue wait (s) of one window of audio states,
         decoded in the shared batch."""
@@ -127,6 +129,7 @@ class DecodeEngine:
             loop.create_future(),
             loop,
             time.perf_counter(),
+            stop_on_loop=stop_on_loop,
         )
         with self._cond:
             if len(self._pending) >= self.options.max_pending:
@@ -182,7 +185,8 @@ class DecodeEngine:
                 if language is None:
                     language = self.decoder.detect_language(cross_k, cross_v)[0] if tokenizer.multilingual else "en"
                     r.language = language
-                seq = self.decoder.sequence(cross_k, cross_v, language, r.audio_s, self.options.decoding, tag=r)
+                loop_guard = GuardOptions() if r.stop_on_loop else None
+                seq = self.decoder.sequence(cross_k, cross_v, language, r.audio_s, self.options.decoding, r, loop_guard)
             except Exception as exc:  # bad input (shape, values): its own error, the batch goes on
                 log.debug("decode request failed before joining the batch: %r", exc)
                 r.loop.call_soon_threadsafe(_settle, r.future, None, exc)

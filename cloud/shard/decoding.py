@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from splitasr.cloud.shard.guard import DecodeResult
+from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, loops_at_tail
 
 # dec_step(tokens, offset, past_k, past_v, past_mask, cross_k, cross_v, cross_mask) -> logits, new_k, new_v
 StepFn = Callable[..., tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -96,6 +96,18 @@ class SuppressRules:
                 logits[:begin] = -np.inf
 
 
+def _loops(s: Sequence, eot: int) -> bool:
+    """Whether ``s`` may stop early: its guard would call it degenerate whatever came next (a text
+    loop is a retry; only a window that may still be silence must run to its end, since the
+    no-speech rule reads the whole hypothesis's log-probability)."""
+    g = s.loop_guard
+    return (
+        g is not None
+        and s.no_speech_prob <= g.no_speech_threshold
+        and loops_at_tail(s.tokens, eot, g.max_ngram, g.max_repeats)
+    )
+
+
 def _log_softmax(logits: np.ndarray) -> np.ndarray:
     top = logits.max(axis=-1, keepdims=True)
     return logits - top - np.log(np.exp(logits - top).sum(axis=-1, keepdims=True))
@@ -115,6 +127,10 @@ class Sequence:
     sum_logprob: float = 0.0  # of the generated tokens, EOT included
     no_speech_prob: float = 0.0  # P(no speech) at the start-of-transcript position
     hit_cap: bool = False  # stopped by the token cap, not by EOT
+    # stop as soon as the text loops (the guard will decode the window again on a longer one anyway):
+    # set for a window that has a next window in its plan; None decodes to EOT or the cap
+    loop_guard: GuardOptions | None = None
+    looped: bool = False  # stopped by loop_guard
 
     @property
     def length(self) -> int:
@@ -179,7 +195,8 @@ class _Lane:
             if token != self.rules.eot:
                 s.tokens.append(token)
             s.hit_cap = token != self.rules.eot and len(s.tokens) >= s.cap
-            done.append(token == self.rules.eot or s.hit_cap)
+            s.looped = token != self.rules.eot and _loops(s, self.rules.eot)
+            done.append(token == self.rules.eot or s.hit_cap or s.looped)
         return done
 
     def _no_speech(self, group: list[Sequence], tokens: np.ndarray, ck, cv, cmask):

@@ -101,6 +101,26 @@ def repetition_start(
     return None
 
 
+def loops_at_tail(tokens: list[int], eot: int, max_ngram: int = 8, max_repeats: int = 3) -> bool:
+    """Whether the text tokens end with an n-gram (n ≤ ``max_ngram``) repeated ``max_repeats`` times
+    back to back. Checked after every new token, it finds the first loop that
+    :func:`repetition_start` would find, at the token that completes it."""
+    want, t = max_ngram * max_repeats, []
+    for tok in reversed(tokens):  # the last ``want`` text tokens, timestamps skipped
+        if tok < eot:
+            t.append(tok)
+            if len(t) == want:
+                break
+    t.reverse()
+    for n in range(1, max_ngram + 1):
+        if n * max_repeats > len(t):
+            break
+        gram = t[len(t) - n :]
+        if all(t[len(t) - (k + 1) * n : len(t) - k * n] == gram for k in range(1, max_repeats)):
+            return True
+    return False
+
+
 def _runaway(result: DecodeResult, text: str, options: GuardOptions) -> bool:
     return result.hit_cap or compression_ratio(text) > options.compression_ratio_threshold
 

@@ -129,11 +129,15 @@ class TextDecoder:
         audio_seconds: float,
         options: DecodingOptions,
         tag=None,
+        loop_guard: GuardOptions | None = None,
     ) -> Sequence:
-        """One window (cross K/V of batch row 0) ready to join a :class:`DecodeBatch`: prompt, cap, rules."""
+        """One window (cross K/V of batch row 0) ready to join a :class:`DecodeBatch`: prompt, cap, rules
+        (``loop_guard``: stop at the first text loop, for a window the guard would decode again)."""
         prompt = self.tokenizer.prompt(language, options.timestamps)
         cap = options.token_cap(audio_seconds, len(prompt))
-        return Sequence(prompt, cap, cross_k[:, 0], cross_v[:, 0], tag=tag, timestamps=options.timestamps)
+        return Sequence(
+            prompt, cap, cross_k[:, 0], cross_v[:, 0], tag=tag, timestamps=options.timestamps, loop_guard=loop_guard
+        )
 
     def detect_language(self, cross_k: np.ndarray, cross_v: np.ndarray) -> list[str]:
         """Most likely language per batch row, from the first decoder step after <|startoftranscript|>."""
@@ -151,6 +155,7 @@ class TextDecoder:
         audio_seconds: float,
         options: DecodingOptions,
         timer: _Timer | None = None,
+        loop_guard: GuardOptions | None = None,
     ) -> tuple[DecodeResult, str]:
         """Tokens (and guard statistics) of one window (batch 1) and its language (detected when None)."""
         timer = timer or _Timer()
@@ -161,7 +166,7 @@ class TextDecoder:
         if language is None:
             language = self.detect_language(cross_k, cross_v)[0] if self.tokenizer.multilingual else "en"
             log.info("detected language %s", language)
-        seq = self.sequence(cross_k, cross_v, language, audio_seconds, options)
+        seq = self.sequence(cross_k, cross_v, language, audio_seconds, options, loop_guard=loop_guard)
         batch = DecodeBatch(self.runtime.dec_step, self.rules)
         batch.join([seq])
         while len(batch):
@@ -219,7 +224,8 @@ class Recognizer:
             t = time.perf_counter()
             enc = self.runtime.encode(mel)
             timer.add("encode", t)
-            result, language = self.decoder.decode(enc, language, seconds, options.decoding, timer)
+            retry = options.guard if attempt + 1 < len(modes) else None
+            result, language = self.decoder.decode(enc, language, seconds, options.decoding, timer, retry)
             kept = judge(
                 result, self.tokenizer.decode(list(result.tokens)), attempt, modes, self.tokenizer.eot, options.guard
             )

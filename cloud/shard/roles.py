@@ -154,7 +154,7 @@ class Decoder(StageWorker):
         if meta.language is not None:
             self.decoder.tokenizer.check_language(meta.language)
         result, language, wait = await self.engine.decode(
-            audio, meta.language, meta.audio_s, request.priority, meta.key, meta.rev
+            audio, meta.language, meta.audio_s, request.priority, meta.key, meta.rev, meta.stop_on_loop
         )
         self.recent_waits.add(time.perf_counter(), wait)
         return p.StageResponse(

@@ -226,6 +226,8 @@ class Stage0:
             hidden, wait = await windows.encode(start, mode, priority, stale)
             enc_a_ms = (time.perf_counter() - t) * 1000
             meta = {"language": language, "audio_s": audio_s, "key": key, "rev": rev}
+            if attempt + 1 < len(modes):  # the guard retries a loop: the decoder may stop at the first one
+                meta["stop_on_loop"] = True
             t = time.perf_counter()
             try:
                 res = await self.worker.forward("hidden", hidden, meta, priority, 10_000.0)
