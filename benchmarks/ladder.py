@@ -38,6 +38,7 @@ from streaming import pct, true_end_latencies  # noqa: E402
 from splitasr.cli.admin import call  # noqa: E402
 from splitasr.cloud.coordinator.launch import CoordinatorProcess  # noqa: E402
 from splitasr.edge.agent import AgentOptions, EdgeAgent, replay_frames  # noqa: E402
+from splitasr.shared.errors import SessionRejectedError  # noqa: E402
 from splitasr.shared.wer import WERTally  # noqa: E402
 
 ADMIN = "ladder-bench"
@@ -89,9 +90,13 @@ class LevelSampler:
         self._thread.join(timeout=10)
 
 
-async def one_stream(url: str, frames, device: str, model: str | None) -> list[tuple[Answer, str]]:
+async def one_stream(url: str, frames, device: str, model: str | None) -> list[tuple[Answer, str]] | None:
+    """The session's FINALs (answer, model), or None when no shard took it (every one refused)."""
     options = AgentOptions(coordinator=url, device_id=device, language="en", model=model, final_timeout_s=180)
-    report = await EdgeAgent(options).run_frames(replay_frames(frames))
+    try:
+        report = await EdgeAgent(options).run_frames(replay_frames(frames))
+    except SessionRejectedError:
+        return None
     return [(Answer(f.text, f.start_s, f.end_s, f.received_s), f.model_version.split("@")[0]) for f in report.finals]
 
 
@@ -114,6 +119,8 @@ def run(url: str, streams, recorded, n: int, model: str | None = None, duration_
 
     started = time.monotonic()
     asyncio.run(all_slots())
+    refused = sum(finals is None for _, finals in played)
+    played = [(k, finals) for k, finals in played if finals is not None]
     tally, latencies, by_model = WERTally(), [], {}
     for k, finals in played:
         s = streams[k]
@@ -125,6 +132,7 @@ def run(url: str, streams, recorded, n: int, model: str | None = None, duration_
     return {
         "streams": n,
         "sessions": len(played),
+        "refused_sessions": refused,  # no shard took them (all at capacity) after the agent's retries
         "wer": round(tally.wer, 4),
         "words": tally.words,
         "p50_s": round(pct(latencies, 50), 3),
@@ -212,13 +220,13 @@ def main() -> int:
 
     print(f"\nSLO p99 end of speech -> FINAL <= {args.slo_s} s; base primary, tiny.en fallback; {os.cpu_count()} cores")
     knee = next(r for r in ramp if r["streams"] == capacity)
+    columns = ("sessions", "refused_sessions", "p50_s", "p99_s", "wer", "finals_by_model")
     print_table(
-        ["run", "streams", "p50 s", "p99 s", "WER", "FINALs by model"],
+        ["run", "streams", "sessions", "refused", "p50 s", "p99 s", "WER", "FINALs by model"],
         [
-            [f"capacity (ladder off), N={capacity}", capacity]
-            + [knee[k] for k in ("p50_s", "p99_s", "wer", "finals_by_model")],
+            [f"capacity (ladder off), N={capacity}", capacity] + [knee[k] for k in columns],
             *[
-                [name, r["streams"], r["p50_s"], r["p99_s"], r["wer"], r["finals_by_model"]]
+                [name, r["streams"]] + [r[k] for k in columns]
                 for name, r in (("overload, ladder off", baseline), ("overload, ladder on", loaded))
             ],
         ],

@@ -16,6 +16,7 @@ from splitasr.cloud.shard.overload import (
     REJECT,
     OverloadPolicy,
     OverloadState,
+    SlidingWindow,
     overload_level,
     partial_interval,
 )
@@ -53,6 +54,22 @@ def test_overload_state_recovers_when_the_window_empties():
     assert state.level == REJECT
     assert state.update(t + 3.0) == REJECT  # still within the 5 s window
     assert state.update(t + 20.0) == NORMAL  # idle: no delay samples left
+
+
+def test_final_latency_percentiles_cover_only_the_recent_window():
+    """A pool the ladder sent to its fallback gets no FINALs: its old p99 must expire, or the
+    ladder would never see low pressure and climb back (found by benchmarks/ladder.py)."""
+    window = SlidingWindow(60.0, max_samples=1000)
+    for i in range(100):
+        window.add(float(i) / 10, 100.0 + i)  # 100 FINALs in 10 s: 100 .. 199 ms
+    assert window.quantile(10.0, 0.5) == 150.0 and window.quantile(10.0, 0.99) == 199.0
+    window.add(65.0, 120.0)  # 55 s later: the first half has left the window
+    assert window.quantile(65.0, 0.0) == 120.0 and window.quantile(65.0, 0.02) == 150.0  # 150 .. 199 left
+    assert window.quantile(80.0, 0.99) == 120.0 and window.quantile(126.0, 0.99) == 0.0
+    bounded = SlidingWindow(60.0, max_samples=3)
+    for i in range(10):
+        bounded.add(0.0, float(i))
+    assert bounded.quantile(0.0, 0.0) == 7.0  # only the newest max_samples are kept
 
 
 def test_batch_closes_when_full_late_or_near_the_deadline():

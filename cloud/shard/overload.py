@@ -50,12 +50,14 @@ def partial_interval(base_s: float, level: int, policy: OverloadPolicy) -> float
     return base_s * (policy.backoff_factor if level == BACKOFF else 1.0)
 
 
-class QueueDelayWindow:
-    """Recent queue-delay samples; the estimate is their mean over the window (0 when idle)."""
+class SlidingWindow:
+    """Samples of the last ``window_s`` seconds (at most ``max_samples``): their mean or a quantile,
+    0 when there are none (an idle shard's queue delay, the FINAL latency of a pool that gets no
+    sessions: a stale value would keep a degraded pool degraded)."""
 
-    def __init__(self, window_s: float):
+    def __init__(self, window_s: float, max_samples: int | None = None):
         self.window_s = window_s
-        self._samples: deque[tuple[float, float]] = deque()
+        self._samples: deque[tuple[float, float]] = deque(maxlen=max_samples)
 
     def add(self, now: float, delay_s: float) -> None:
         self._samples.append((now, delay_s))
@@ -71,13 +73,19 @@ class QueueDelayWindow:
             return 0.0
         return sum(d for _, d in self._samples) / len(self._samples)
 
+    def quantile(self, now: float, q: float) -> float:
+        """The ``q`` quantile (nearest rank at or above) of the window's samples."""
+        self._trim(now)
+        values = sorted(v for _, v in self._samples)
+        return values[min(len(values) - 1, int(q * len(values)))] if values else 0.0
+
 
 class OverloadState:
     """The live level of one shard: feed it queue delays, ask it for the level."""
 
     def __init__(self, policy: OverloadPolicy):
         self.policy = policy
-        self.window = QueueDelayWindow(policy.window_s)
+        self.window = SlidingWindow(policy.window_s)
         self.level = NORMAL
 
     def observe(self, now: float, delay_s: float) -> int:

@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter, OrderedDict, deque
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, WindowMode, judge, plan
-from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState
+from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState, SlidingWindow
 from splitasr.cloud.shard.recognizer import consume_window
 from splitasr.cloud.shard.result_cache import ResultCache, feature_key
 from splitasr.cloud.shard.roles import EncoderA
@@ -29,6 +29,7 @@ from splitasr.shared.limits import TokenBucket
 from splitasr.shared.split import ENCODER_FRAMES_PER_S
 
 log = logging.getLogger(__name__)
+FINAL_LATENCY_WINDOW_S = 60.0  # the FINAL latency percentiles a heartbeat reports cover this long
 
 MAX_FINAL_WINDOWS = 6  # decoding passes of one FINAL (guard retries and continuations after a stop)
 
@@ -65,7 +66,8 @@ class Stage0:
         self.session_owners: OrderedDict[str, str] = OrderedDict()  # session id -> device (recent ones)
         self.device_sessions: Counter[str] = Counter()  # device -> live sessions
         self.device_audio: dict[str, TokenBucket] = {}  # device -> its audio rate limit (while it has sessions)
-        self.final_ms: deque[float] = deque(maxlen=256)
+        # EOU -> FINAL latencies (ms) of the last minute: the p99 the ladder and canary guards read
+        self.final_ms = SlidingWindow(FINAL_LATENCY_WINDOW_S, max_samples=4096)
         self.finals = 0  # cumulative, for the canary guards: FINALs sent ...
         self.empty_finals = 0  # ... empty ones of utterances that had audio ...
         self.final_errors = 0  # ... and utterances answered with an error
@@ -110,16 +112,14 @@ class Stage0:
     def load(self) -> dict:
         """The heartbeat's load report."""
         now = time.perf_counter()
-        finals = sorted(self.final_ms)
-        pick = (lambda q: finals[min(len(finals) - 1, int(q * len(finals)))]) if finals else (lambda q: 0.0)
         return {
             **self.worker.load(),
             "queue_delay_s": self.overload.window.estimate(now),
             "sessions": self.active_sessions,
             "batch_sessions": self.batch_sessions,
-            "final_p50_ms": pick(0.5),
-            "final_p95_ms": pick(0.95),
-            "final_p99_ms": pick(0.99),
+            "final_p50_ms": self.final_ms.quantile(now, 0.5),
+            "final_p95_ms": self.final_ms.quantile(now, 0.95),
+            "final_p99_ms": self.final_ms.quantile(now, 0.99),
             "sessions_started": self.sessions_started,
             "finals": self.finals,
             "empty_finals": self.empty_finals,

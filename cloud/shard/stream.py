@@ -374,8 +374,9 @@ class Connection:
             timings={k: round(v, 2) for k, v in timings.items()},
         )
         self.session.forget(u.utt)
-        self.metrics.final_seconds.observe(time.perf_counter() - eou_at)
-        self.stage0.final_ms.append((time.perf_counter() - eou_at) * 1000)
+        now = time.perf_counter()
+        self.metrics.final_seconds.observe(now - eou_at)
+        self.stage0.final_ms.add(now, (now - eou_at) * 1000)
         self.metrics.finals.inc()
         await self.send(u.final)
         if self.stage0.draining:

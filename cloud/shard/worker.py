@@ -17,7 +17,7 @@ import numpy as np
 
 from splitasr.cloud.shard.config import NEXT_ROLE, ShardConfig
 from splitasr.cloud.shard.metrics import ShardMetrics
-from splitasr.cloud.shard.overload import QueueDelayWindow
+from splitasr.cloud.shard.overload import SlidingWindow
 from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime
 from splitasr.cloud.shard.scheduler import PRIORITY_FINAL, PriorityRunner, Superseded
 from splitasr.cloud.shard.stage_client import StageClient
@@ -58,7 +58,7 @@ class StageWorker:
         if self.role in NEXT_ROLE:
             token = config.auth.stage_token() if config.auth else ""
             self.client = StageClient(list(config.next_urls), config.stage_timeout_s, dynamic=True, token=token)
-        self.recent_waits = QueueDelayWindow(5.0)
+        self.recent_waits = SlidingWindow(5.0)
         self.utilisation = Utilisation(5.0)
         self.inflight = 0  # STAGE_REQs being answered
         self.draining = False
