@@ -8,9 +8,10 @@ tiny.en as its ``fallback``. In one run:
 2. **Overload at ``--overload`` x C streams**, ladder off (the baseline) and then ladder on: p99
    per system, the ladder's levels over time (sampled from /v1/pools), which model answered each
    FINAL. After the load a single stream plays on while the ladder climbs back to normal.
-3. **The WER cost of each level**, at light load on the ladder-on cluster (level 0 throughout):
-   the same streams with partials every 0.4 s (normal), every 1.2 s (level 1), partials off
-   (level 2), and on the fallback model (level 3: ``model=tiny.en``).
+3. **The WER cost of each level**, at light load on the ladder-off cluster (so that the ladder
+   cannot move the sessions itself): the same streams with partials every 0.4 s (normal), every
+   1.2 s (level 1), partials off (level 2; the levels' flags set by hand), and on the fallback
+   model (level 3: ``model=tiny.en``). ``--wer-only`` runs just this part (``NAME-wer.json``).
 
 Latency runs from an utterance's true end (its last voiced sample) to its FINAL. Streams: the
 long-form real-speech recordings of ``shared/longform.py``, edge frames recorded once and replayed
@@ -156,6 +157,29 @@ def set_flags(cluster: CoordinatorProcess, **values) -> None:
         time.sleep(0.2)  # polling the coordinator for the shards' acknowledgement
 
 
+def wer_costs(cluster: CoordinatorProcess, streams, recorded, n: int) -> dict:
+    """The same ``n`` streams at each ladder level's settings, on a cluster whose ladder is off."""
+    costs = {}
+    for level, flags, model in (
+        ("0 normal", {}, None),
+        ("1 partials every 1.2 s", {"partial_interval_s": 1.2}, None),
+        ("2 partials off", {"partials": False}, None),
+        ("3 fallback model", {}, "tiny.en"),
+    ):
+        set_flags(cluster, **flags)
+        costs[level] = run(cluster.url, streams, recorded, n, model=model)
+        print(f"WER pass {level}: {costs[level]}", flush=True)
+    set_flags(cluster)
+    return costs
+
+
+def print_costs(costs: dict) -> None:
+    print_table(
+        ["ladder level (light load)", "WER", "words", "p99 s", "FINALs by model"],
+        [[k, r["wer"], r["words"], r["p99_s"], r["finals_by_model"]] for k, r in costs.items()],
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--slo-s", type=float, default=2.5, help="p99 end of speech -> FINAL")
@@ -166,12 +190,20 @@ def main() -> int:
     parser.add_argument("--per-stream", type=int, default=3, help="real clips per long-form stream")
     parser.add_argument("--wer-streams", type=int, default=3, help="streams per light-load WER pass")
     parser.add_argument("--name", default="ladder")
+    parser.add_argument("--wer-only", action="store_true", help="only the WER cost of each level")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="splitasr-ladder-"))
     streams, recorded = recorded_streams(workdir, args.count, args.per_stream)
     # the shards' own p99 (EOU -> FINAL) leaves out the endpoint silence the SLO includes
     shard_slo_ms = 1000 * max(0.5, args.slo_s - 0.8 - 0.3)
     out: dict = {"slo_p99_s": args.slo_s, "ladder_slo_p99_ms": shard_slo_ms}
+
+    if args.wer_only:
+        with CoordinatorProcess(config(False, shard_slo_ms), workdir / "off", admin_token=ADMIN) as cluster:
+            costs = wer_costs(cluster, streams, recorded, args.wer_streams)
+        print_costs(costs)
+        print(f"wrote {write_json(args.name + '-wer', {'machine': machine(), 'wer_by_level': costs})}")
+        return 0
 
     with CoordinatorProcess(config(False, shard_slo_ms), workdir / "off", admin_token=ADMIN) as cluster:
         ramp = []
@@ -184,6 +216,7 @@ def main() -> int:
         heavy = max(2, round(args.overload * capacity))
         baseline = run(cluster.url, streams, recorded, heavy, duration_s=args.overload_s)
         print(f"overload N={heavy}, ladder off: {baseline}", flush=True)
+        costs = wer_costs(cluster, streams, recorded, args.wer_streams)
     out |= {"capacity": capacity, "ramp": ramp, "overload_streams": heavy, "ladder_off": baseline}
 
     with CoordinatorProcess(config(True, shard_slo_ms), workdir / "on", admin_token=ADMIN) as cluster:
@@ -206,17 +239,7 @@ def main() -> int:
             "ladder_changes": [e["detail"] for e in changes],
         }
         print(f"ladder: max level {out['max_level']}, normal again {out['normal_again_s_after_load']} s after the load")
-        costs = {}
-        for level, flags, model in (
-            ("0 normal", {}, None),
-            ("1 partials every 1.2 s", {"partial_interval_s": 1.2}, None),
-            ("2 partials off", {"partials": False}, None),
-            ("3 fallback model", {}, "tiny.en"),
-        ):
-            set_flags(cluster, **flags)
-            costs[level] = run(cluster.url, streams, recorded, args.wer_streams, model=model)
-            print(f"WER pass {level}: {costs[level]}", flush=True)
-        out["wer_by_level"] = costs
+    out["wer_by_level"] = costs
 
     print(f"\nSLO p99 end of speech -> FINAL <= {args.slo_s} s; base primary, tiny.en fallback; {os.cpu_count()} cores")
     knee = next(r for r in ramp if r["streams"] == capacity)
@@ -231,10 +254,7 @@ def main() -> int:
             ],
         ],
     )
-    print_table(
-        ["ladder level (light load)", "WER", "words", "p99 s", "FINALs by model"],
-        [[k, r["wer"], r["words"], r["p99_s"], r["finals_by_model"]] for k, r in costs.items()],
-    )
+    print_costs(costs)
     path = write_json(args.name, {"machine": machine(), **out})
     png = plot(args.name, out)
     print(f"wrote {path} and {png}")
