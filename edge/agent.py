@@ -434,22 +434,30 @@ class EdgeAgent:
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
             log.info("cannot measure the link to %s (%r); split stays %s", url, exc, self._split)
             return None
-        if resp.status != 200 or shard.get("encoder") != self.encoder.version:
+        if resp.status != 200 or not isinstance(shard, dict) or shard.get("encoder") != self.encoder.version:
             return None  # an older shard, or another model: only features will do
-        speculate_s = float(shard.get("speculate_after_s", 0.0))
+        try:  # the shard's numbers: all present, numeric and finite, or the link is not measured
+            got = {k: float(shard[k]) for k in ("enc_a_s_per_window_s", "queue_delay_s", "pad_s")}
+            got |= {k: float(shard.get(k, 0.0)) for k in ("speculate_after_s", "rest_s_per_window_s")}
+        except (KeyError, TypeError, ValueError):
+            got = {}
+        if not got or not all(math.isfinite(v) and v >= 0 for v in got.values()):
+            log.info("the link answer of %s is not usable (%r); split stays %s", url, shard, self._split)
+            return None
+        speculate_s = got["speculate_after_s"]
         sent = self.report.bytes_sent - sum(len(d) for frames in self._pending.values() for d in frames)
         return SplitCosts(
             edge_s_per_window_s=self.encoder.s_per_window_s,
-            cloud_s_per_window_s=float(shard["enc_a_s_per_window_s"]),
-            cloud_queue_s=float(shard["queue_delay_s"]),
+            cloud_s_per_window_s=got["enc_a_s_per_window_s"],
+            cloud_queue_s=got["queue_delay_s"],
             uplink_bytes_s=LINK_PROBE_BYTES / max(elapsed_s - rtt_s, 1e-4),
             rtt_s=rtt_s,
             feature_bytes_per_s=sent / self.report.speech_s
             if self._split == "features" and self.report.speech_s > 5
             else FEATURE_BYTES_PER_S,
             activation_bytes_per_s=self.encoder.activation_bytes_per_s,
-            pad_s=float(shard["pad_s"]),
-            cloud_rest_s_per_window_s=float(shard.get("rest_s_per_window_s", 0.0)),
+            pad_s=got["pad_s"],
+            cloud_rest_s_per_window_s=got["rest_s_per_window_s"],
             overlap_s=max(0.0, self.segmenter.o.trailing_silence_s - speculate_s) if speculate_s > 0 else 0.0,
         )
 
@@ -479,7 +487,10 @@ class EdgeAgent:
         task.add_done_callback(self._encoding.discard)
 
     async def _encode(self, frame: p.Encode) -> None:
-        """Split enc_a: encoder A on the window the shard asked for, its activations sent back."""
+        """Split enc_a: encoder A on the window the shard asked for, its activations sent back on
+        the connection that asked (request ids are per connection: after a reconnect the new
+        shard asks again, and late parts must not land on its requests)."""
+        asked_on = self._ws
         chunks = self._mel.get(frame.utt)
         if chunks is None or self.encoder is None or frame.mode not in ("trimmed", "long", "full"):
             log.warning("ENCODE for utterance %d (%s) not answerable here", frame.utt, frame.mode)
@@ -489,6 +500,9 @@ class EdgeAgent:
         hidden = await asyncio.to_thread(self.encoder.encode, raw, frame.mode, frame.pad_s)
         self.report.edge_encode_s += time.perf_counter() - started
         for part in activation_frames(frame.req, hidden):
+            if self._ws is not asked_on:
+                log.info("ENCODE %d of utterance %d: its connection is gone, not answered", frame.req, frame.utt)
+                return
             await self._send_raw(p.encode(part))
 
     async def _language_moves(self, http: aiohttp.ClientSession) -> bool:

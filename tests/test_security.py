@@ -476,6 +476,26 @@ def test_a_device_sending_audio_faster_than_allowed_is_refused_and_told_when_to_
     assert "faster than 2x real time" in error.message
 
 
+def test_an_utterance_longer_than_the_audio_burst_gets_a_typed_error_and_the_session_goes_on(shards, tiny_artifacts):
+    """An encoder-A edge charges a whole utterance at its EOU: more than the 10 s burst can never
+    pass, so it is refused as too large (not an untyped crash of the connection), and the session
+    still answers the next EOU."""
+
+    async def main():
+        http, ws, reply = await _session(_stage0(shards), "dev-long", split="enc_a", encoder=tiny_artifacts.version)
+        assert isinstance(reply, p.Welcome), reply
+        answers = []
+        for eou in (p.EndOfUtterance(utt=0, last_seq=-1, frames=1200), p.EndOfUtterance(utt=1, last_seq=-1, frames=0)):
+            await ws.send_bytes(p.encode(eou))
+            answers.append(p.decode((await ws.receive(timeout=30)).data))
+        await _close(http, ws)
+        return answers
+
+    too_long, empty = asyncio.run(main())
+    assert isinstance(too_long, p.Error) and too_long.code == p.E_TOO_LARGE and "burst" in too_long.message
+    assert isinstance(empty, p.Final) and empty.utt == 1
+
+
 def test_token_bucket_with_a_fake_clock():
     from splitasr.shared.limits import TokenBucket
 

@@ -172,3 +172,62 @@ def test_shard_refuses_an_encoder_of_other_weights_and_features_on_an_enc_a_sess
     )
     assert isinstance(welcome, p.Welcome), welcome
     assert isinstance(err, p.Error) and err.code == p.E_STATE
+    # EOUs without frames are refused and leave nothing open: the session still takes utterances
+    bad = [p.EndOfUtterance(utt=u, last_seq=-1) for u in range(8)]
+    answers = asyncio.run(
+        talk(
+            p.Hello(device_id="d", token=token, split="enc_a", encoder=version),
+            *bad,
+            *[p.EndOfUtterance(utt=8, last_seq=-1, frames=0)],
+        )
+    )
+    assert all(isinstance(a, p.Error) and a.code == p.E_FIELD for a in answers[1:-1]), answers
+    assert isinstance(answers[-1], p.Final) and answers[-1].utt == 8 and answers[-1].text == "", answers[-1]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        [1, 2],  # not an object
+        {"encoder": "E"},  # fields missing
+        {"encoder": "E", "enc_a_s_per_window_s": "fast", "queue_delay_s": 0, "pad_s": 2},
+        {"encoder": "E", "enc_a_s_per_window_s": float("nan"), "queue_delay_s": 0, "pad_s": 2},
+        {"encoder": "E", "enc_a_s_per_window_s": 0.01, "queue_delay_s": -1, "pad_s": 2},
+        {"encoder": "E", "enc_a_s_per_window_s": 0.01, "queue_delay_s": 0, "pad_s": 2, "speculate_after_s": None},
+    ],
+)
+def test_a_hostile_link_answer_leaves_the_split_unmeasured(answer):
+    """``auto`` asks the shard for its encoder-A cost: an answer it cannot use is no measurement
+    (the split stays as it is), not an exception in the edge."""
+    import json
+    import types
+
+    import aiohttp
+    from aiohttp import web
+
+    async def healthz(request):
+        return web.Response(text="ok")
+
+    async def link(request):
+        await request.read()
+        return web.Response(text=json.dumps(answer), content_type="application/json")
+
+    async def main():
+        app = web.Application()
+        app.router.add_get("/healthz", healthz)
+        app.router.add_post("/v1/link", link)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        url = f"ws://127.0.0.1:{port}/v1/stream"
+        agent = EdgeAgent(AgentOptions(shards=(url,), split="auto", device_id="d"))
+        agent.encoder = types.SimpleNamespace(version="E", s_per_window_s=0.01, activation_bytes_per_s=38_400.0)
+        try:
+            async with aiohttp.ClientSession() as http:
+                return await agent._measure_link(http, url)
+        finally:
+            await runner.cleanup()
+
+    assert asyncio.run(main()) is None

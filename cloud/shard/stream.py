@@ -195,6 +195,11 @@ class Connection:
             bucket = TokenBucket(self.config.max_audio_rate * fps, self.config.audio_burst_s * fps)
             self.stage0.device_audio[device] = bucket
         wait_s = bucket.take(frames)
+        if wait_s == float("inf"):  # more at once than the burst holds: no wait would let it through
+            raise ProtocolError(
+                p.E_TOO_LARGE,
+                f"{frames / fps:.1f} s of audio at once exceeds the device's burst of {self.config.audio_burst_s:g} s",
+            )
         if wait_s:
             raise ProtocolError(
                 p.E_OVERLOAD,
@@ -233,8 +238,8 @@ class Connection:
             self.spawn(self.run_partial(u))
 
     async def on_eou(self, frame: p.EndOfUtterance) -> None:
-        u = self.session.utterance(frame.utt)
-        if u.ended:
+        u = self.session.utterances.get(frame.utt)
+        if u is not None and u.ended:
             if u.final is not None:  # replayed EOU: the edge missed our FINAL
                 await self.send(u.final)
             return
@@ -244,7 +249,7 @@ class Connection:
                     p.E_FIELD, f"EOU.frames must be 0..{self.stage0.max_frames} on a split 'enc_a' session"
                 )
             self.charge_audio(frame.frames)
-        self.session.end(frame.utt, frame.last_seq)
+        u = self.session.end(frame.utt, frame.last_seq)  # a new utterance only within the open limit
         if self.split == "enc_a":
             u.n_frames = frame.frames
         if u.n_frames == 0:  # nothing to recognise: the answer is an empty FINAL, at once
