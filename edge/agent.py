@@ -194,12 +194,12 @@ class EdgeAgent:
                 await asyncio.sleep(backoff.next())  # no shard known right now; ask again after a back-off
                 continue
             ws = None
+            if self.o.split == "auto" and self._idle():  # the split changes only between utterances
+                self._split = await self._choose_split(http, url)  # before connecting: HELLO has a deadline
             try:
                 # a hung shard still accepts TCP from its kernel backlog: bound the upgrade and the HELLO
                 connect = http.ws_connect(url, max_msg_size=4 * p.MAX_FRAME_BYTES, heartbeat=self.o.heartbeat_s)
                 ws = await asyncio.wait_for(connect, self.o.handshake_timeout_s)
-                if self.o.split == "auto" and self._idle():  # the split changes only between utterances
-                    self._split = await self._choose_split(http, url)
                 hello = p.Hello(
                     device_id=self.o.device_id,
                     token=edge_token(self.o.device_id, self.o.token),
@@ -339,18 +339,18 @@ class EdgeAgent:
             log.info("send failed (%r); the frame will be replayed", exc)
 
     async def _send(self, utt: int, frame: p.Frame) -> None:
-        if self._split == "enc_a":  # the log-mel stays here; the EOU says how many frames it has
-            if isinstance(frame, p.Features):
-                self._mel.setdefault(utt, []).append(decode_frames(frame, DEFAULT_SPEC.n_mels))
-                return
-            if isinstance(frame, p.EndOfUtterance):
-                frames = sum(m.shape[1] for m in self._mel.get(utt, []))
-                frame = dataclasses.replace(frame, last_seq=-1, frames=frames)
-        data = p.encode(frame)
-        if isinstance(frame, p.Features) and self._pace is not None:  # faster than real time: paced
-            while wait_s := self._pace.take(frame.shape[1]):
+        if isinstance(frame, p.Features) and self._pace is not None and self._split != "enc_a":
+            while wait_s := self._pace.take(frame.shape[1]):  # faster than real time: paced
                 await asyncio.sleep(min(wait_s, 1.0))
-        async with self._lock:
+        async with self._lock:  # the split changes under this lock (_connect), between utterances only
+            if self._split == "enc_a":  # the log-mel stays here; the EOU says how many frames it has
+                if isinstance(frame, p.Features):
+                    self._mel.setdefault(utt, []).append(decode_frames(frame, DEFAULT_SPEC.n_mels))
+                    return
+                if isinstance(frame, p.EndOfUtterance):
+                    frames = sum(m.shape[1] for m in self._mel.get(utt, []))
+                    frame = dataclasses.replace(frame, last_seq=-1, frames=frames)
+            data = p.encode(frame)
             self._pending.setdefault(utt, []).append(data)
             await self._send_raw(data)
 
@@ -442,7 +442,7 @@ class EdgeAgent:
         except (KeyError, TypeError, ValueError):
             got = {}
         if not got or not all(math.isfinite(v) and v >= 0 for v in got.values()):
-            log.info("the link answer of %s is not usable (%r); split stays %s", url, shard, self._split)
+            log.info("the link answer of %s is not usable (%r): no measurement", url, shard)
             return None
         speculate_s = got["speculate_after_s"]
         sent = self.report.bytes_sent - sum(len(d) for frames in self._pending.values() for d in frames)
