@@ -144,8 +144,7 @@ class BatchTranscriber:
                 self.stats.windows += 1
                 raw = audio_log_mel(w.file.audio[w.start : w.end], rec.spec)
                 mel = window_mel(raw, modes[w.attempt], rec.spec, options.pad_s)
-                retry = w.attempt + 1 < len(modes)  # a loop stops this window early (the cached result too)
-                key = feature_key(mel, w.file.language, rec.artifacts.version, retry)
+                key = feature_key(mel, w.file.language, rec.artifacts.version)
                 cached = self.cache.get(key)
                 if cached is not None:
                     self.stats.cache_hits += 1
@@ -156,7 +155,7 @@ class BatchTranscriber:
                     inflight[key].append(w)
                     continue
                 inflight[key] = [w]
-                joiners.append(self._sequence(w, mel, key, options, retry))
+                joiners.append(self._sequence(w, mel, key, options))
             if not joiners and not len(batch):
                 return
             for seq in batch.join(joiners):
@@ -168,11 +167,10 @@ class BatchTranscriber:
                 for seq in batch.step():
                     yield from finish(seq.tag, seq.result())
 
-    def _sequence(self, w: _Window, mel: np.ndarray, key: str, options: TranscribeOptions, retry: bool) -> Sequence:
+    def _sequence(self, w: _Window, mel: np.ndarray, key: str, options: TranscribeOptions) -> Sequence:
         rec = self.recognizer
         cross_k, cross_v = rec.runtime.cross_kv(rec.runtime.encode(mel))
         if w.file.language is None:
             w.file.language = rec.decoder.detect_language(cross_k, cross_v)[0]
         seconds = (w.end - w.start) / rec.spec.sample_rate
-        loop_guard = options.guard if retry else None
-        return rec.decoder.sequence(cross_k, cross_v, w.file.language, seconds, options.decoding, key, loop_guard)
+        return rec.decoder.sequence(cross_k, cross_v, w.file.language, seconds, options.decoding, tag=key)
