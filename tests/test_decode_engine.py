@@ -163,8 +163,9 @@ def test_a_request_marked_stop_on_loop_ends_at_its_first_loop(tiny_recognizer, r
     digits = [e for e in real_manifest if e.file.name.startswith("en_audiomnist")]
     looping = []
     for entry in digits:
-        states = rec.runtime.encode(rec.features(load_audio(entry.file)))
-        seconds = len(load_audio(entry.file)) / 16000
+        audio = load_audio(entry.file)
+        states = rec.runtime.encode(rec.features(audio))
+        seconds = len(audio) / 16000
         early = rec.decoder.decode(states, "en", seconds, EngineOptions().decoding, loop_guard=guard)[0].tokens
         if len(early) < len(_single(rec, states, seconds)):
             looping.append((states, seconds, early))

@@ -128,9 +128,9 @@ class Sequence:
     no_speech_prob: float = 0.0  # P(no speech) at the start-of-transcript position
     hit_cap: bool = False  # stopped by the token cap, not by EOT
     # stop as soon as the text loops (the guard will decode the window again on a longer one anyway):
-    # set for a window that has a next window in its plan; None decodes to EOT or the cap
+    # set offline and for streaming FINALs on a window that has a next window in its plan (batch
+    # mode never sets it: docs/decoding.md); None decodes to EOT or the cap
     loop_guard: GuardOptions | None = None
-    looped: bool = False  # stopped by loop_guard
 
     @property
     def length(self) -> int:
@@ -195,8 +195,7 @@ class _Lane:
             if token != self.rules.eot:
                 s.tokens.append(token)
             s.hit_cap = token != self.rules.eot and len(s.tokens) >= s.cap
-            s.looped = token != self.rules.eot and _loops(s, self.rules.eot)
-            done.append(token == self.rules.eot or s.hit_cap or s.looped)
+            done.append(token == self.rules.eot or s.hit_cap or _loops(s, self.rules.eot))
         return done
 
     def _no_speech(self, group: list[Sequence], tokens: np.ndarray, ck, cv, cmask):
