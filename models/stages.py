@@ -22,7 +22,7 @@ from splitasr.shared.features import DEFAULT_SPEC, FeatureSpec
 log = logging.getLogger(__name__)
 
 # Bump when the stage graphs' inputs/outputs change, so old caches are not reused.
-STAGE_FORMAT = 4  # 4: cross keys/values split into heads
+STAGE_FORMAT = 5  # 4: cross keys/values split into heads; 5: int8 per row (models/quantize.py)
 MANIFEST = "manifest.json"
 
 

@@ -68,8 +68,10 @@ def test_no_speech_needs_both_a_high_probability_and_low_confidence():
 
 
 def test_judge_retries_on_the_plan_then_keeps_the_last_window_without_its_loop():
-    modes = plan("auto")
+    modes = plan("auto", "en")
     assert modes == ("trimmed", "long")
+    assert plan("auto", "de") == plan("auto", None) == ("full",)  # the trimmed rule is tuned on English
+    assert plan("auto-full", "de") == ("trimmed", "full")  # an explicit choice is kept
     looped = DecodeResult((TS, 20, 21, 20, 21, 20, 21, 20, 21), avg_logprob=-0.2, hit_cap=True)
     assert judge(looped, "a b a b a b a b", 0, modes, EOT, GuardOptions()) is None
     kept = judge(looped, "a b a b a b a b", 1, modes, EOT, GuardOptions())

@@ -78,9 +78,9 @@ class BatchTranscriber:
         rec = self.recognizer
         rec.tokenizer.check_language(options.language)
         sr = rec.spec.sample_rate
-        modes = plan(options.window)
-        max_s = rec.max_window_s(options)
         default_language = options.language or ("en" if not rec.multilingual else None)
+        modes = plan(options.window, default_language)
+        max_s = rec.max_window_s(options, default_language)
         queue: deque[_Window] = deque()
         inflight: dict[str, list[_Window]] = {}
         files = iter(items)

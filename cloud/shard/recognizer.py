@@ -207,15 +207,16 @@ class Recognizer:
         """Encoder input (1, mels, T) of one window of 16 kHz audio."""
         return window_mel(audio_log_mel(audio, self.spec), mode, self.spec, pad_s)
 
-    def max_window_s(self, options: TranscribeOptions) -> float:
+    def max_window_s(self, options: TranscribeOptions, language: str | None) -> float:
+        """The longest audio one window takes: 30 s on a plan that starts full, else 30 s minus the pad."""
         chunk = self.spec.chunk_length_s
-        return chunk if options.window == "full" else chunk - options.pad_s
+        return chunk if plan(options.window, language)[0] == "full" else chunk - options.pad_s
 
     def recognise_window(
         self, raw: np.ndarray, language: str | None, options: TranscribeOptions, timer: _Timer
     ) -> tuple[list[int], str, int]:
         """Tokens of one window of raw log-mel, its language and how many windows it took (guard retries)."""
-        modes = plan(options.window)
+        modes = plan(options.window, language)
         seconds = raw.shape[1] / self.spec.frames_per_second
         for attempt, mode in enumerate(modes):
             t = time.perf_counter()
@@ -245,7 +246,7 @@ class Recognizer:
         segments: list[Segment] = []
         retried, start = 0, 0
         while start < len(audio):
-            end = window_end(audio, start, sr, self.max_window_s(options))
+            end = window_end(audio, start, sr, self.max_window_s(options, language))
             t = time.perf_counter()
             raw = audio_log_mel(audio[start:end], self.spec)
             timer.add("features", t)
