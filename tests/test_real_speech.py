@@ -111,3 +111,27 @@ def test_longform_streams_are_deterministic_and_cover_formats(tmp_path):
     assert [s.reference for s in a] == [s.reference for s in b]
     assert {(s.sample_rate, s.channels) for s in a} == {(16000, 1), (8000, 1), (44100, 2)}
     assert all(x.start_s < x.end_s for s in a for x in s.utterances)
+
+
+def test_int8_batch_mode_gives_the_tokens_of_one_at_a_time_on_real_speech(tiny_int8_recognizer, real_manifest):
+    """int8 activations are quantised per row (models/quantize.py), so a window's tokens do not depend
+    on which other windows share its decoder steps, nor on when they leave (loop stops included)."""
+    from splitasr.cloud.shard.batch_transcriber import BatchTranscriber
+    from splitasr.cloud.shard.result_cache import ResultCache
+
+    rec = tiny_int8_recognizer
+    options = TranscribeOptions(language="en")
+    english = [e for e in real_manifest if e.language == "en"]
+    chosen = [e for e in english if e.file.name.startswith("en_audiomnist")][:8] + [
+        e for e in english if not e.file.name.startswith(("en_audiomnist", "en_fsdd"))
+    ][:8]
+    audio = {str(e.file): load_audio(e.file) for e in chosen}
+    transcriber = BatchTranscriber(rec, max_batch=16, cache=ResultCache(ttl_s=0))
+    results = {r.name: r for r in transcriber.run([(k, lambda a=a: a) for k, a in audio.items()], options)}
+    assert max(transcriber.stats.batch_sizes) > 4, "windows of different files shared decoder steps"
+    retried = 0
+    for name, a in audio.items():
+        alone = rec.transcribe(a, options)
+        assert results[name].transcript.tokens == alone.tokens, name
+        retried += alone.retried_windows
+    assert retried > 0, "no window was decoded again: the loop stop was not exercised"

@@ -64,7 +64,7 @@ def test_long_real_audio_keeps_the_sentence_near_the_cut(tiny_recognizer, real_m
     that runs up to the cut, and the next window starts after its last finished segment (seek)."""
     entry = next(e for e in real_manifest if e.file.name == "en_ljspeech_LJ001-0026_to_0030_concat.flac")
     audio = load_audio(entry.file)
-    assert window_end(audio, 0, 16000, tiny_recognizer.max_window_s(TranscribeOptions())) < len(audio)
+    assert window_end(audio, 0, 16000, tiny_recognizer.max_window_s(TranscribeOptions(), "en")) < len(audio)
     result = tiny_recognizer.transcribe(audio)
     assert len(result.tokens) >= 2
     assert "gothic letter was most often used" in normalize_text(result.text)

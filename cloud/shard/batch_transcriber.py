@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from splitasr.cloud.shard.decoding import DecodeBatch, Sequence
-from splitasr.cloud.shard.guard import DecodeResult, judge, plan
+from splitasr.cloud.shard.guard import DecodeResult, has_next, judge, plan
 from splitasr.cloud.shard.recognizer import Recognizer, Segment, TranscribeOptions, Transcript, consume_window
 from splitasr.cloud.shard.result_cache import ResultCache, feature_key
 from splitasr.cloud.shard.windows import audio_log_mel, window_end, window_mel
@@ -144,7 +144,8 @@ class BatchTranscriber:
                 self.stats.windows += 1
                 raw = audio_log_mel(w.file.audio[w.start : w.end], rec.spec)
                 mel = window_mel(raw, modes[w.attempt], rec.spec, options.pad_s)
-                key = feature_key(mel, w.file.language, rec.artifacts.version)
+                retry = has_next(modes, w.attempt)  # a loop stops this window early (the cached result too)
+                key = feature_key(mel, w.file.language, rec.artifacts.version, retry)
                 cached = self.cache.get(key)
                 if cached is not None:
                     self.stats.cache_hits += 1
@@ -155,7 +156,7 @@ class BatchTranscriber:
                     inflight[key].append(w)
                     continue
                 inflight[key] = [w]
-                joiners.append(self._sequence(w, mel, key, options))
+                joiners.append(self._sequence(w, mel, key, options, retry))
             if not joiners and not len(batch):
                 return
             for seq in batch.join(joiners):
@@ -167,10 +168,11 @@ class BatchTranscriber:
                 for seq in batch.step():
                     yield from finish(seq.tag, seq.result())
 
-    def _sequence(self, w: _Window, mel: np.ndarray, key: str, options: TranscribeOptions) -> Sequence:
+    def _sequence(self, w: _Window, mel: np.ndarray, key: str, options: TranscribeOptions, retry: bool) -> Sequence:
         rec = self.recognizer
         cross_k, cross_v = rec.runtime.cross_kv(rec.runtime.encode(mel))
         if w.file.language is None:
             w.file.language = rec.decoder.detect_language(cross_k, cross_v)[0]
         seconds = (w.end - w.start) / rec.spec.sample_rate
-        return rec.decoder.sequence(cross_k, cross_v, w.file.language, seconds, options.decoding, tag=key)
+        loop_guard = options.guard if retry else None
+        return rec.decoder.sequence(cross_k, cross_v, w.file.language, seconds, options.decoding, key, loop_guard)

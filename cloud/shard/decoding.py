@@ -128,8 +128,8 @@ class Sequence:
     no_speech_prob: float = 0.0  # P(no speech) at the start-of-transcript position
     hit_cap: bool = False  # stopped by the token cap, not by EOT
     # stop as soon as the text loops (the guard will decode the window again on a longer one anyway):
-    # set offline and for streaming FINALs on a window that has a next window in its plan (batch
-    # mode never sets it: docs/decoding.md); None decodes to EOT or the cap
+    # set offline, in batch mode and for streaming FINALs on a window that has a next window in its
+    # plan (guard.has_next); None decodes to EOT or the cap
     loop_guard: GuardOptions | None = None
 
     @property

@@ -163,11 +163,17 @@ def final_tokens(
     return result.tokens
 
 
+def has_next(modes: tuple[WindowMode, ...], attempt: int) -> bool:
+    """Whether the plan has a window after ``modes[attempt]``: a degenerate hypothesis is decoded
+    again, so its decoding may stop at the first loop (``Sequence.loop_guard``)."""
+    return attempt + 1 < len(modes)
+
+
 def judge(
     result: DecodeResult, text: str, attempt: int, modes: tuple[WindowMode, ...], eot: int, options: GuardOptions
 ) -> tuple[int, ...] | None:
     """The tokens to keep for a window decoded on ``modes[attempt]``, or None: decode it on the next mode."""
     verdict = assess(result, text, eot, options)
-    if verdict is Verdict.RETRY and attempt + 1 < len(modes):
+    if verdict is Verdict.RETRY and has_next(modes, attempt):
         return None
     return final_tokens(result, text, verdict, eot, options)

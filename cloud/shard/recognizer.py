@@ -16,6 +16,7 @@ from splitasr.cloud.shard.guard import (
     GuardOptions,
     WindowChoice,
     WindowMode,
+    has_next,
     judge,
     plan,
 )
@@ -225,7 +226,7 @@ class Recognizer:
             t = time.perf_counter()
             enc = self.runtime.encode(mel)
             timer.add("encode", t)
-            retry = options.guard if attempt + 1 < len(modes) else None
+            retry = options.guard if has_next(modes, attempt) else None
             result, language = self.decoder.decode(enc, language, seconds, options.decoding, timer, retry)
             kept = judge(
                 result, self.tokenizer.decode(list(result.tokens)), attempt, modes, self.tokenizer.eot, options.guard

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, WindowMode, judge, plan
+from splitasr.cloud.shard.guard import DecodeResult, GuardOptions, WindowMode, has_next, judge, plan
 from splitasr.cloud.shard.overload import OverloadPolicy, OverloadState, SlidingWindow
 from splitasr.cloud.shard.recognizer import consume_window
 from splitasr.cloud.shard.result_cache import ResultCache, feature_key
@@ -226,7 +226,7 @@ class Stage0:
             hidden, wait = await windows.encode(start, mode, priority, stale)
             enc_a_ms = (time.perf_counter() - t) * 1000
             meta = {"language": language, "audio_s": audio_s, "key": key, "rev": rev}
-            if attempt + 1 < len(modes):  # the guard retries a loop: the decoder may stop at the first one
+            if has_next(modes, attempt):  # the guard retries a loop: the decoder may stop at the first one
                 meta["stop_on_loop"] = True
             t = time.perf_counter()
             try:
