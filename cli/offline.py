@@ -22,7 +22,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("transcribe", help="transcribe audio files offline")
-    p.add_argument("files", nargs="+", help="audio files (anything soundfile reads; any rate, stereo ok)")
+    p.add_argument("files", nargs="+", help="audio files (wav, flac, mp3, ogg, m4a, webm, ...; any rate, stereo ok)")
     _model_args(p)
     p.add_argument("--language", default=None, help="language code (default: en, or detected by base)")
     p.add_argument(
@@ -75,7 +75,21 @@ def _recognizer(args: argparse.Namespace):
     )
 
 
-AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".opus", ".aiff", ".aif"}
+AUDIO_SUFFIXES = {
+    ".wav",
+    ".flac",
+    ".ogg",
+    ".oga",
+    ".mp3",
+    ".opus",
+    ".aiff",
+    ".aif",
+    ".m4a",
+    ".mp4",
+    ".aac",
+    ".webm",
+    ".mka",
+}
 
 
 def expand_inputs(paths: list[str]) -> list[Path]:

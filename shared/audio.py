@@ -1,8 +1,12 @@
-"""Read audio files of any format soundfile knows into 16 kHz mono float32 (soxr resampling)."""
+"""Read audio into 16 kHz mono float32 (soxr resampling): what soundfile reads (wav, flac, ogg, mp3,
+aiff) through libsndfile, everything else a phone or browser records (m4a/AAC, webm/Opus, mp4, …)
+through PyAV's ffmpeg."""
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -24,17 +28,46 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
     return soxr.resample(audio, from_rate, to_rate, quality="HQ").astype(np.float32, copy=False)
 
 
-def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
-    """Decode ``path`` to mono float32 at ``sample_rate``; raises :class:`AudioError` with the path."""
-    path = Path(path)
-    if not path.is_file():
-        raise AudioError(f"audio file {path} not found")
+def load_audio(source: str | Path | bytes | BinaryIO, sample_rate: int = 16000) -> np.ndarray:
+    """Decode a file path, bytes or a binary file object to mono float32 at ``sample_rate``.
+
+    Raises :class:`AudioError` naming the input when it is missing, cannot be decoded or is empty."""
+    if isinstance(source, str | Path):
+        name = str(source)
+        if not Path(source).is_file():
+            raise AudioError(f"audio file {name} not found")
+    else:
+        name = "the uploaded audio"
+        source = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     try:
-        audio, rate = sf.read(str(path), dtype="float32", always_2d=False)
+        audio, rate = sf.read(source, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as exc:
-        formats = ", ".join(sorted(sf.available_formats()))
-        raise AudioError(f"cannot decode audio file {path}: {exc}. Readable formats: {formats}") from None
+        if not isinstance(source, str | Path):
+            source.seek(0)
+        audio, rate = _decode_av(source, name, exc)
     audio = to_mono(audio)
     if audio.size == 0:
-        raise AudioError(f"audio file {path} has no samples")
+        raise AudioError(f"{name} has no samples")
     return resample(audio, rate, sample_rate)
+
+
+def _decode_av(source: str | Path | BinaryIO, name: str, sf_error: Exception) -> tuple[np.ndarray, int]:
+    """(frames, channels) float32 and the rate, through ffmpeg (PyAV); soundfile's error if both fail."""
+    import av
+
+    try:
+        with av.open(str(source) if isinstance(source, Path) else source, mode="r") as container:
+            stream = next((s for s in container.streams if s.type == "audio"), None)
+            if stream is None:
+                raise AudioError(f"{name} has no audio stream")
+            rate = stream.codec_context.sample_rate
+            to_float = av.AudioResampler(format="fltp", layout=stream.codec_context.layout, rate=rate)
+            blocks = [f.to_ndarray() for frame in container.decode(stream) for f in to_float.resample(frame)]
+            blocks += [f.to_ndarray() for f in to_float.resample(None)]
+    except (av.FFmpegError, ValueError, IndexError) as exc:
+        raise AudioError(
+            f"cannot decode {name}: not a format soundfile reads ({sf_error}) nor one ffmpeg decodes ({exc})"
+        ) from None
+    if not blocks or not rate:
+        raise AudioError(f"{name} has no samples")
+    return np.concatenate(blocks, axis=1).T, rate
