@@ -10,6 +10,7 @@ from pathlib import Path
 
 from splitasr.cloud.shard.guard import DEFAULT_WINDOW, PLANS
 from splitasr.models.sources import MODELS
+from splitasr.shared.subtitles import FORMATS, render
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -33,6 +34,24 @@ def register(sub: argparse._SubParsersAction) -> None:
         "30 s window; trimmed: never retry; full: 30 s windows like faster-whisper",
     )
     p.add_argument("--json", action="store_true", help="print one JSON object per file, with timings")
+    p.add_argument(
+        "--output-format",
+        choices=[*FORMATS, "all"],
+        default=None,
+        help="write the transcript as txt, json, srt or vtt subtitles (all: each) instead of printing it",
+    )
+    p.add_argument(
+        "--vad",
+        action="store_true",
+        help="cut the recording at pauses with Silero VAD (the edge's endpointing) and transcribe each "
+        "utterance: segment times at the speech (subtitles), not Whisper's timestamps",
+    )
+    p.add_argument(
+        "--output-dir",
+        default=None,
+        metavar="DIR",
+        help="with --output-format: write FILE_STEM.FORMAT files here (default: print to stdout)",
+    )
     p.add_argument(
         "--batch",
         action="store_true",
@@ -60,6 +79,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export (and cache) the ONNX stages of a model")
     _model_args(p)
     p.set_defaults(func=cmd_export)
+
+
+def write_outputs(args: argparse.Namespace, path: str | Path, text: str, language: str, duration_s: float, segments):
+    """The ``--output-format`` files of one transcript (into ``--output-dir``, or stdout)."""
+    formats = FORMATS if args.output_format == "all" else (args.output_format,)
+    for fmt in formats:
+        body = render(fmt, text, language, duration_s, segments)
+        if args.output_dir is None:
+            sys.stdout.write(body)
+            continue
+        target = Path(args.output_dir) / f"{Path(path).stem}.{fmt}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_text(body, encoding="utf-8")
+        print(f"wrote {target}", file=sys.stderr)
 
 
 def _recognizer(args: argparse.Namespace):
@@ -136,6 +169,9 @@ def cmd_transcribe_batch(args: argparse.Namespace) -> int:
             if result.error is not None:
                 failed += 1
                 tqdm.write(f"{result.name}: error: {result.error}", file=sys.stderr)
+            elif args.output_format:
+                t = result.transcript
+                write_outputs(args, result.name, t.text, t.language, t.duration_s, t.segments)
             elif args.json:
                 tqdm.write(json.dumps({"file": result.name, **result.transcript.to_dict()}, ensure_ascii=False))
             else:
@@ -160,6 +196,10 @@ def cmd_transcribe_on_cluster(args: argparse.Namespace) -> int:
     def show(result) -> None:
         if result.error is not None:
             print(f"{result.path}: error: {result.error}", file=sys.stderr)
+        elif args.output_format:
+            end = max((f.end_s for f in result.finals), default=0.0)
+            language = next((f.language for f in result.finals if f.language), args.language or "en")
+            write_outputs(args, result.path, result.text, language, end, result.finals)
         elif args.json:
             print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
         else:
@@ -185,7 +225,11 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     from splitasr.shared.audio import load_audio
 
     if args.coordinator:
-        return cmd_transcribe_on_cluster(args)
+        return cmd_transcribe_on_cluster(args)  # the cluster's edge sessions always cut at pauses (VAD)
+    if args.batch and args.vad:
+        from splitasr.shared.errors import ConfigError
+
+        raise ConfigError("--vad transcribes one file at a time; leave out --batch")
     if args.batch:
         return cmd_transcribe_batch(args)
 
@@ -194,9 +238,16 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     options = TranscribeOptions(language=args.language, window=args.window)
     for path, audio in zip(args.files, audios, strict=True):
         started = time.perf_counter()
-        result = recognizer.transcribe(audio, options)
+        if args.vad:
+            from splitasr.edge.segmenter import speech_regions
+
+            result = recognizer.transcribe_regions(audio, speech_regions(audio), options)
+        else:
+            result = recognizer.transcribe(audio, options)
         wall = time.perf_counter() - started
-        if args.json:
+        if args.output_format:
+            write_outputs(args, path, result.text, result.language, result.duration_s, result.segments)
+        elif args.json:
             out = {
                 "file": path,
                 **result.to_dict(),

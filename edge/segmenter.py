@@ -59,6 +59,7 @@ class SegmenterOptions:
 @dataclass(frozen=True)
 class Start:
     sample: int  # first sample of the utterance (pre-roll included)
+    speech_sample: int = -1  # first voiced sample (after the pre-roll); -1: not known (a length cut)
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,7 @@ class Segmenter:
             if len(self._onset) < self._blocks(self.o.min_speech_s):
                 return []
             pre = list(self._pre)
+            voiced = sum(len(b) for b in self._onset)
             audio = np.concatenate(pre + self._onset)
             self._pre.clear()
             self._onset.clear()
@@ -144,7 +146,7 @@ class Segmenter:
             self._utt_blocks = len(pre) + self._blocks(self.o.min_speech_s)
             self._silence_blocks = 0
             self._speech_end = self._pos
-            return [Start(self._pos - len(audio)), Audio(audio)]
+            return [Start(self._pos - len(audio), self._pos - voiced), Audio(audio)]
         self._utt_blocks += 1
         if speech:
             self._silence_blocks = 0
@@ -182,3 +184,19 @@ class Segmenter:
             self._speech_end = self._pos
             events += [Start(cut_sample), Audio(np.concatenate([b for b, _ in tail]))]
         return events
+
+
+def speech_regions(
+    audio: np.ndarray, options: SegmenterOptions = SegmenterOptions(), sample_rate: int = 16000
+) -> list[tuple[int, int]]:
+    """``(first voiced sample, speech end)`` of each utterance the edge's segmenter finds in a whole
+    recording: the same endpointing as streaming, for offline subtitle timings (``--vad``)."""
+    segmenter = Segmenter(options, sample_rate)
+    events = [e for i in range(0, len(audio), sample_rate) for e in segmenter.push(audio[i : i + sample_rate])]
+    out, start = [], 0
+    for event in [*events, *segmenter.finish()]:
+        if isinstance(event, Start):
+            start = event.speech_sample if event.speech_sample >= 0 else event.sample
+        elif isinstance(event, End):
+            out.append((start, max(start, event.speech_end_sample)))
+    return out

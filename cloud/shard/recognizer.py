@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -263,6 +263,48 @@ class Recognizer:
             duration_s=len(audio) / sr,
             model_version=self.artifacts.version,
             timings_ms=timer.ms,
+            segments=segments,
+            retried_windows=retried,
+        )
+
+    def transcribe_regions(
+        self,
+        audio: np.ndarray,
+        regions: list[tuple[int, int]],
+        options: TranscribeOptions = TranscribeOptions(),
+        tail_s: float = 0.3,
+    ) -> Transcript:
+        """Transcribe each speech region ``(first, end sample)`` of ``audio`` on its own (from
+        ``edge.segmenter.speech_regions``): segments take the region's bounds, not Whisper's
+        timestamps, which drift by seconds across long pauses. ``tail_s`` of audio after each end is
+        kept, as the streaming edge sends its trailing silence."""
+        sr = self.spec.sample_rate
+        segments: list[Segment] = []
+        tokens: list[list[int]] = []
+        timings: dict[str, float] = {}
+        language, retried = options.language, 0
+        for first, end in regions:
+            part = self.transcribe(
+                audio[first : min(len(audio), end + int(tail_s * sr))], replace(options, language=language)
+            )
+            language = language or (part.language if part.text else None)
+            tokens += part.tokens
+            retried += part.retried_windows
+            for key, ms in part.timings_ms.items():
+                timings[key] = timings.get(key, 0.0) + ms
+            found = [seg for seg in part.segments if seg.text.strip()]
+            lo, hi = first / sr, max(first, end) / sr
+            for i, seg in enumerate(found):
+                start = lo if i == 0 else min(max(lo + seg.start_s, lo), hi)
+                stop = hi if i == len(found) - 1 else min(max(lo + seg.end_s, start), hi)
+                segments.append(Segment(start, stop, seg.text))
+        return Transcript(
+            text=" ".join(seg.text for seg in segments),
+            language=language or "en",
+            tokens=tokens,
+            duration_s=len(audio) / sr,
+            model_version=self.artifacts.version,
+            timings_ms=timings,
             segments=segments,
             retried_windows=retried,
         )
