@@ -42,6 +42,10 @@ class WhisperTokenizer:
         # Whisper's own rule; English-only configs may still list language ids
         self.multilingual = n_vocab >= 51865
 
+    def spoken(self, language: str | None) -> str | None:
+        """``language``, else English for an English-only model; None: to be detected."""
+        return language or (None if self.multilingual else "en")
+
     def _id(self, token: str) -> int:
         token_id = self.tokenizer.token_to_id(token)
         if token_id is None:

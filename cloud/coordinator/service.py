@@ -634,4 +634,7 @@ def create_app(coordinator: Coordinator) -> web.Application:
     app.router.add_get("/ui", ui_handler)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    from splitasr.cloud.coordinator.openai_api import add_routes
+
+    add_routes(app, coordinator, coordinator.metrics.registry)
     return app

@@ -78,7 +78,7 @@ class BatchTranscriber:
         rec = self.recognizer
         rec.tokenizer.check_language(options.language)
         sr = rec.spec.sample_rate
-        default_language = options.language or ("en" if not rec.multilingual else None)
+        default_language = rec.tokenizer.spoken(options.language)
         modes = plan(options.window, default_language)
         max_s = rec.max_window_s(options, default_language)
         queue: deque[_Window] = deque()

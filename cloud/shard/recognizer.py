@@ -242,7 +242,7 @@ class Recognizer:
             raise AudioError(f"expected non-empty mono audio, got shape {audio.shape}")
         sr = self.spec.sample_rate
         timer = _Timer()
-        language = options.language or ("en" if not self.multilingual else None)
+        language = self.tokenizer.spoken(options.language)
         all_tokens: list[list[int]] = []
         segments: list[Segment] = []
         retried, start = 0, 0

@@ -144,7 +144,7 @@ class Decoder(StageWorker):
     def warm_up(self) -> None:
         self.decoder.decode(
             np.zeros((1, WARM_UP_FRAMES // 2, self.dims["n_state"]), np.float32),
-            "en" if not self.decoder.tokenizer.multilingual else None,
+            self.decoder.tokenizer.spoken(None),
             1.0,
             DecodingOptions(),
         )

@@ -219,7 +219,7 @@ class Stage0:
         timings: dict,
     ) -> tuple[tuple[int, ...], str | None]:
         """Tokens kept for the window of frames ``start:`` (the guard's plan: FINALs may retry on a longer window)."""
-        modes = plan("auto" if priority == PRIORITY_FINAL else "trimmed", language)
+        modes = plan("auto" if priority == PRIORITY_FINAL else "trimmed", self.tokenizer.spoken(language))
         audio_s = (windows.frames - start) / self.spec.frames_per_second
         for attempt, mode in enumerate(modes):
             t = time.perf_counter()
