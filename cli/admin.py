@@ -93,6 +93,13 @@ def _token(args: argparse.Namespace) -> str:
     return token
 
 
+def _finals(pool: dict) -> str:
+    """FINAL latency percentiles of the last minute, or that there were none (no traffic yet)."""
+    if pool.get("final_p50_ms") is None:
+        return "no FINALs in the last minute"
+    return f"FINAL p50/p95/p99 {pool['final_p50_ms']}/{pool['final_p95_ms']}/{pool['final_p99_ms']} ms"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     status = call(args.coordinator, "/v1/pools", token=args.token or os.environ.get("SPLITASR_ADMIN_TOKEN"))
     if args.json:
@@ -103,8 +110,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"pool {pool['model']} ({', '.join(pool['languages'])}) version {pool.get('version', 'default')}: "
             f"{pool['replicas']} replicas "
             f"(desired {pool['desired']}, spares {pool['spares']}, starting {pool['starting']}), "
-            f"{pool['sessions']} sessions, FINAL p50/p95/p99 "
-            f"{pool['final_p50_ms']}/{pool['final_p95_ms']}/{pool['final_p99_ms']} ms, "
+            f"{pool['sessions']} sessions, {_finals(pool)}, "
             f"queue {pool['queue_delay_ms']} ms, cold start {pool['cold_start_s']} s"
         )
         for rule in pool.get("flags", []):

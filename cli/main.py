@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+import splitasr
 from splitasr.shared.errors import SplitASRError
 
 
@@ -15,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(prog="splitasr", description="Edge-cloud split speech recognition.")
     parser.add_argument("--log-level", default="WARNING", help="logging level (default WARNING)")
+    parser.add_argument("--version", action="version", version=f"splitasr {splitasr.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     offline.register(sub)
     cluster.register(sub)

@@ -105,7 +105,27 @@ def cmd_up_coordinator(args: argparse.Namespace) -> int:
         if args.ready_file:
             Path(args.ready_file).write_text(json.dumps(info))
         return 0
-    asyncio.run(run_coordinator(config, ready_file=args.ready_file, workdir=args.workdir))
+
+    def listening(url: str) -> None:
+        print(f"coordinator  {url}", flush=True)
+        print(f"dashboard    {url}/ui", flush=True)
+        print(f"OpenAI API   {url}/v1  (API key: a device token from `splitasr token DEVICE`)", flush=True)
+        print(f"metrics      {url}/metrics", flush=True)
+        print(f"starting pools {', '.join(p.model for p in config.pools)} ...", flush=True)
+
+    def ready(url: str) -> None:
+        print(f"ready: stream with `splitasr edge --coordinator {url} FILE`; Ctrl-C stops the cluster", flush=True)
+
+    asyncio.run(
+        run_coordinator(
+            config,
+            ready_file=args.ready_file,
+            workdir=args.workdir,
+            on_listening=listening,
+            on_ready=ready,
+            show_progress=sys.stderr.isatty(),
+        )
+    )
     return 0
 
 

@@ -1,5 +1,5 @@
 """The OpenAI-compatible API of the coordinator, with the official ``openai`` client and ``curl``,
-against a real local cluster, on real speech."""
+against a real local cluster, on real speech; and what an operator sees of that cluster."""
 
 from __future__ import annotations
 
@@ -40,6 +40,25 @@ def token(cluster) -> str:
 @pytest.fixture(scope="module")
 def client(cluster, token) -> OpenAI:
     return OpenAI(base_url=f"{cluster.url}/v1", api_key=token, max_retries=0, timeout=300)
+
+
+def test_up_prints_where_things_are_and_status_handles_a_pool_without_traffic(cluster):
+    printed = cluster.log_file.read_text()
+    for line in (f"coordinator  {cluster.url}", f"dashboard    {cluster.url}/ui", f"OpenAI API   {cluster.url}/v1"):
+        assert line in printed
+    assert f"ready: stream with `splitasr edge --coordinator {cluster.url} FILE`" in printed
+    status = cluster.cli("status")  # before any session: no latency percentiles yet
+    assert status.returncode == 0, status.stderr
+    assert "no FINALs in the last minute" in status.stdout
+    version = subprocess.run([sys.executable, "-m", "splitasr.cli", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("splitasr ") and version.returncode == 0
+    import urllib.request
+
+    shard = next(s for s in cluster.pool()["shards"] if s["stage"] == "dec")
+    for url in (cluster.url, shard["url"].replace("ws://", "http://")):
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as resp:
+            body = resp.read().decode()
+        assert "process_resident_memory_bytes" in body and "process_cpu_seconds_total" in body, url
 
 
 def test_models_lists_the_pools(client):

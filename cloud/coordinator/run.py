@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 from aiohttp import web
@@ -27,13 +28,20 @@ STATE_FILE = "coordinator.db"
 
 
 async def run_coordinator(
-    config: ClusterConfig, ready_file: str | None = None, workdir: str | None = None, stop: asyncio.Event | None = None
+    config: ClusterConfig,
+    ready_file: str | None = None,
+    workdir: str | None = None,
+    stop: asyncio.Event | None = None,
+    on_listening: Callable[[str], None] | None = None,
+    on_ready: Callable[[str], None] | None = None,
+    show_progress: bool = False,
 ) -> None:
-    """Serve the coordinator, start every pool's shards, run the control loop until SIGTERM/SIGINT."""
+    """Serve the coordinator, start every pool's shards, run the control loop until SIGTERM/SIGINT.
+    ``on_listening(url)`` runs once it serves HTTP, ``on_ready(url)`` once every pool is up."""
     from splitasr.models.stages import ensure_stages
 
     for pool in config.pools:  # export once here, not in every shard process at the same time
-        await asyncio.to_thread(ensure_stages, pool.model, int8=pool.int8, show_progress=False)
+        await asyncio.to_thread(ensure_stages, pool.model, int8=pool.int8, show_progress=show_progress)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     guard_server_loop(loop)
@@ -56,6 +64,8 @@ async def run_coordinator(
     host, port = runner.addresses[0][:2]
     scheme = "https" if config.tls_cert else "http"
     url = config.public_url or f"{scheme}://{host}:{port}"
+    if on_listening is not None:
+        on_listening(url)
     backend = _backend(config, url, workdir, state)
     if state is not None and isinstance(backend, LocalProcessBackend):
         state.put("port", str(port))
@@ -85,6 +95,8 @@ async def run_coordinator(
                 tmp.write_text(json.dumps({"pid": os.getpid(), "url": url, "workdir": str(backend.workdir)}))
                 os.replace(tmp, ready_file)
             log.info("cluster ready")
+            if on_ready is not None:
+                on_ready(url)
             await stop.wait()
         else:
             starting.cancel()

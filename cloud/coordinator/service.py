@@ -17,7 +17,7 @@ from collections import deque
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
 
 from splitasr.cloud.coordinator.autoscaler import Decision
 from splitasr.cloud.coordinator.backend import Backend
@@ -45,6 +45,7 @@ from splitasr.shared import tls
 from splitasr.shared.auth import ClusterAuth, bearer, ensure_cluster_secret
 from splitasr.shared.control import Heartbeat, RouteQuery, parse, parse_query
 from splitasr.shared.errors import AuthError, ConfigError, OverloadedError
+from splitasr.shared.process_metrics import process_registry
 from splitasr.shared.protocol import http_url
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ PROBE_AFTER_S = 1.5  # a heartbeat later than this (they come every second) gets
 
 class CoordinatorMetrics:
     def __init__(self) -> None:
-        self.registry = CollectorRegistry()
+        self.registry = process_registry()
         self.shards = Gauge(
             "splitasr_coordinator_shards", "Registered shards", ["pool", "stage", "state"], registry=self.registry
         )

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import Counter, Gauge, Histogram
+
+from splitasr.shared.process_metrics import process_registry
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.25, 0.4, 0.6, 1.0, 1.5, 2.5, 5.0, 10.0)
 
 
 class ShardMetrics:
     def __init__(self, model: str, role: str):
-        self.registry = CollectorRegistry()
+        self.registry = process_registry()
         labels = {"model": model, "role": role}
         self.info = Gauge("splitasr_shard_info", "Shard identity", list(labels), registry=self.registry)
         self.info.labels(**labels).set(1)
