@@ -3,10 +3,10 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
-# torch is only needed to export ONNX stages; pin the CPU build (elsewhere add
-# TORCH_INDEX=--extra-index-url=https://download.pytorch.org/whl/cpu).
+# torch is needed only by the tests (the reference export, models/whisper_torch.py); serving builds
+# its ONNX stages without it. The CPU build: torch's CPU index (unreachable indexes are skipped).
 TORCH_SPEC ?= torch==2.13.0
-TORCH_INDEX ?=
+TORCH_INDEX ?= --extra-index-url https://download.pytorch.org/whl/cpu
 EXTRAS ?= export,multilingual,dev,ray
 
 .PHONY: install demo test lint bench chaos clean

@@ -1,6 +1,8 @@
-"""Export the four ONNX stages of a split Whisper (``enc_a``, ``enc_b``, ``cross_kv``, ``dec_step``).
+"""The stage contract (names, inputs, outputs) and the torch export of the four ONNX stages of a
+split Whisper (``enc_a``, ``enc_b``, ``cross_kv``, ``dec_step``).
 
-Needs the ``export`` extra (torch, onnx); serving only loads the files this writes.
+Serving builds its stages without torch (``models/graphs.py``); this export (the ``export`` extra:
+torch, onnxscript) is the reference the tests compare those graphs with.
 """
 
 from __future__ import annotations

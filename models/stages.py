@@ -22,7 +22,7 @@ from splitasr.shared.features import DEFAULT_SPEC, FeatureSpec
 log = logging.getLogger(__name__)
 
 # Bump when the stage graphs' inputs/outputs change, so old caches are not reused.
-STAGE_FORMAT = 5  # 4: cross keys/values split into heads; 5: int8 per row (models/quantize.py)
+STAGE_FORMAT = 6  # 4: cross keys/values split into heads; 5: int8 per row (models/quantize.py); 6: graphs built without torch
 MANIFEST = "manifest.json"
 
 
@@ -109,7 +109,8 @@ def _export(files: ModelFiles, directory: Path, split_layer: int | None, spec: F
 
     from splitasr.models.ct2 import read_ct2
     from splitasr.models.dims import WhisperDims
-    from splitasr.models.export import OPSET, STAGES, export_stages
+    from splitasr.models.export import OPSET, STAGES
+    from splitasr.models.graphs import build_stages
 
     started = time.perf_counter()
     ct2 = read_ct2(files.model_bin)
@@ -120,21 +121,12 @@ def _export(files: ModelFiles, directory: Path, split_layer: int | None, spec: F
     tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=directory.parent))
     bar = tqdm(total=len(STAGES), desc=f"exporting {files.name} stages", unit="stage", disable=not show_progress)
     try:
-        for noisy in (
-            "onnx_ir",
-            "onnxscript",
-            "torch.onnx",
-            "torch.onnx._internal.exporter._registration",
-            "torch.export",
-            "torch._dynamo",
-        ):
-            logging.getLogger(noisy).setLevel(logging.ERROR)
 
         def progress(stage: str) -> None:
             bar.set_postfix_str(stage)
             bar.update(0 if stage == STAGES[0] else 1)
 
-        paths = export_stages(ct2, tmp, split, progress=progress)
+        paths = build_stages(ct2, tmp, split, progress=progress)  # onnx.helper graphs: no torch
         bar.update(1)
         for name in ("tokenizer.json", "config.json"):
             shutil.copyfile(files.directory / name, tmp / name)
@@ -145,6 +137,7 @@ def _export(files: ModelFiles, directory: Path, split_layer: int | None, spec: F
             "dims": dims.to_dict(),
             "feature_spec": spec.to_dict(),
             "opset": OPSET,
+            "exporter": "onnx-graphs",  # models/graphs.py (the torch export is the tests' reference)
             "stage_format": STAGE_FORMAT,
             "stages": {
                 s: {"file": p.name, "int8_file": f"{s}.int8.onnx", "bytes": p.stat().st_size} for s, p in paths.items()
