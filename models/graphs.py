@@ -86,18 +86,20 @@ class WhisperGraphs:
 
     @staticmethod
     def gelu(g: Graph, x: str) -> str:
-        """Exact GELU, ``0.5 x (1 + erf(x / sqrt 2))`` (onnxruntime fuses the pattern)."""
-        erf = g.op("Erf", g.op("Mul", x, g.const(1 / math.sqrt(2), np.float32)))
-        return g.op("Mul", g.op("Mul", x, g.const(0.5, np.float32)), g.op("Add", erf, g.const(1.0, np.float32)))
+        """Exact GELU, ``x * (0.5 * (1 + erf(x / sqrt 2)))``: the form torch exports, which onnxruntime
+        fuses into its Gelu kernel (other arrangements are left unfused: slower, and rounded apart)."""
+        erf = g.op("Erf", g.op("Div", x, g.const(math.sqrt(2), np.float32)))
+        half = g.op("Mul", g.const(0.5, np.float32), g.op("Add", erf, g.const(1.0, np.float32)))
+        return g.op("Mul", x, half)
 
-    def heads(self, g: Graph, x: str, n_head: int) -> str:
-        """(batch, time, state) -> (batch, heads, time, state // heads)."""
+    def heads(self, g: Graph, x: str, n_head: int, keys: bool = False) -> str:
+        """(batch, time, state) -> (batch, heads, time, state // heads); ``keys``: (…, state // heads, time)."""
         shaped = g.op("Reshape", x, g.const([0, 0, n_head, self.d // n_head]))
-        return g.op("Transpose", shaped, perm=[0, 2, 1, 3])
+        return g.op("Transpose", shaped, perm=[0, 2, 3, 1] if keys else [0, 2, 1, 3])
 
-    def attention(self, g: Graph, q: str, k: str, v: str, n_head: int, mask: str | None = None) -> str:
-        """Queries (batch, tq, state) over keys/values in heads; ``mask`` additive; -> (batch, tq, state)."""
-        kt = g.op("Transpose", k, perm=[0, 1, 3, 2])
+    def attention(self, g: Graph, q: str, kt: str, v: str, n_head: int, mask: str | None = None) -> str:
+        """Queries (batch, tq, state) over transposed keys (batch, heads, state // heads, tk) and
+        values (batch, heads, tk, state // heads); ``mask`` additive; -> (batch, tq, state)."""
         scores = g.op(
             "Mul", g.op("MatMul", self.heads(g, q, n_head), kt), g.const((self.d // n_head) ** -0.5, np.float32)
         )
@@ -115,7 +117,7 @@ class WhisperGraphs:
         src, d, n = f"encoder/layer_{i}/self_attention", self.d, self.dims.n_audio_head
         h = self.norm(g, x, f"{src}/layer_norm")
         q = self.linear(g, h, f"{src}/linear_0", slice(0, d))
-        k = self.heads(g, self.linear(g, h, f"{src}/linear_0", slice(d, 2 * d), bias=False), n)
+        k = self.heads(g, self.linear(g, h, f"{src}/linear_0", slice(d, 2 * d), bias=False), n, keys=True)
         v = self.heads(g, self.linear(g, h, f"{src}/linear_0", slice(2 * d, 3 * d)), n)
         x = g.op("Add", x, self.linear(g, self.attention(g, q, k, v, n), f"{src}/linear_1"))
         return self.mlp(g, x, f"encoder/layer_{i}/ffn")
@@ -205,10 +207,11 @@ class WhisperGraphs:
             k = g.op("Concat", past_k, self.linear(g, h, qkv, slice(d, 2 * d), bias=False), axis=1)
             v = g.op("Concat", past_v, self.linear(g, h, qkv, slice(2 * d, 3 * d)), axis=1)
             q = self.linear(g, h, qkv, slice(0, d))
-            a = self.attention(g, q, self.heads(g, k, n_head), self.heads(g, v, n_head), n_head, mask)
+            a = self.attention(g, q, self.heads(g, k, n_head, keys=True), self.heads(g, v, n_head), n_head, mask)
             x = g.op("Add", x, self.linear(g, a, f"{src}/self_attention/linear_1"))
             q = self.linear(g, self.norm(g, x, f"{src}/attention/layer_norm"), f"{src}/attention/linear_0")
-            a = self.attention(g, q, f"cross_k_{i}", f"cross_v_{i}", n_head, cross_mask)
+            cross_kt = g.op("Transpose", f"cross_k_{i}", perm=[0, 1, 3, 2])
+            a = self.attention(g, q, cross_kt, f"cross_v_{i}", n_head, cross_mask)
             x = g.op("Add", x, self.linear(g, a, f"{src}/attention/linear_2"))
             x = self.mlp(g, x, f"{src}/ffn")
             new_k.append(g.op("Unsqueeze", k, g.const([0])))

@@ -22,7 +22,8 @@ from splitasr.shared.features import DEFAULT_SPEC, FeatureSpec
 log = logging.getLogger(__name__)
 
 # Bump when the stage graphs' inputs/outputs change, so old caches are not reused.
-STAGE_FORMAT = 6  # 4: cross keys/values split into heads; 5: int8 per row (models/quantize.py); 6: graphs built without torch
+# 4: cross keys/values split into heads; 5: int8 per row (models/quantize.py); 6: built without torch
+STAGE_FORMAT = 6
 MANIFEST = "manifest.json"
 
 
