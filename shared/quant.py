@@ -11,7 +11,7 @@ from splitasr.shared.errors import ProtocolError
 from splitasr.shared.protocol import E_FIELD, E_TOO_LARGE, MAX_FRAMES_PER_MESSAGE, Features
 
 # Raw log10 mel spans about [-10, 3]; Whisper clamps everything below (max - 8) anyway, and the edge
-# normalises loudness, so [-8.35, 4.4] in steps of 0.05 (~0.6 % in power) loses nothing that matters.
+# normalises loudness, so [-8.4, 4.35] in steps of 0.05 (~0.6 % in power) loses nothing that matters.
 INT8_SCALE = 0.05
 INT8_OFFSET = -2.0
 DTYPES = ("int8", "float16", "float32")

@@ -74,7 +74,7 @@ class Session:
             raise ProtocolError(
                 E_STATE, f"utterance {utt}: {self.max_open_utterances} utterances are open; end one with EOU first"
             )
-        u = self.utterance(utt)
+        u = self.utterances.get(utt) or Utterance(utt)  # kept only once its first frame is accepted
         if u.ended or seq < u.next_seq:
             return None  # replayed frame we already have
         if seq != u.next_seq or start != u.n_frames:
@@ -83,6 +83,7 @@ class Session:
             )
         if u.n_frames + raw.shape[1] > self.max_frames:
             raise ProtocolError(E_TOO_LARGE, f"utterance {utt} exceeds {self.max_frames} frames; end it with EOU")
+        self.utterances[utt] = u
         u.chunks.append(raw)
         u.n_frames += raw.shape[1]
         u.next_seq += 1

@@ -270,6 +270,8 @@ class Connection:
 
     def final_frames(self, u: Utterance, speech_end: int | None) -> int:
         """Frames the FINAL recognises: up to the speech end plus a short tail, when the edge says where."""
+        if speech_end is not None:
+            speech_end = min(max(0, speech_end), u.n_frames)  # a hostile hint cannot cut frames off the end
         if self.config.speculate_after_s <= 0 or speech_end is None or u.n_frames - speech_end < self.speculate_frames:
             return u.n_frames
         return speech_end + self.speculate_frames
@@ -357,14 +359,16 @@ class Connection:
                 key=self.utterance_key(u),
                 rev=FINAL_REV,
             )
-        except StageUnavailableError as exc:
-            # the edge keeps the utterance and replays it elsewhere; nothing is lost
-            self.stage0.final_errors += 1
-            await self.send_error(ProtocolError(p.E_INTERNAL, str(exc), retryable=True), u.utt)
-            return
         except ProtocolError as exc:
             self.stage0.final_errors += 1
             await self.send_error(exc, u.utt)
+            return
+        except Exception as exc:  # a stage lost or failing: never leave the edge waiting for this FINAL
+            # the edge keeps the utterance and replays it elsewhere; nothing is lost
+            if not isinstance(exc, StageUnavailableError | SplitASRError | aiohttp.ClientError):
+                log.exception("FINAL of utterance %d failed", u.utt)
+            self.stage0.final_errors += 1
+            await self.send_error(ProtocolError(p.E_INTERNAL, str(exc), retryable=True), u.utt)
             return
         if self.stage0.fault is not None:  # a deliberately bad version (canary tests)
             await asyncio.sleep(self.stage0.fault.delay_s)
