@@ -52,14 +52,32 @@ class FeatureSpec:
 DEFAULT_SPEC = FeatureSpec()
 
 
+def hz_to_mel(hz: np.ndarray) -> np.ndarray:
+    """Slaney's mel scale (the Auditory Toolbox's, librosa's default): linear below 1 kHz, log above."""
+    hz = np.asarray(hz, np.float64)
+    linear = hz / (200.0 / 3)
+    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / (np.log(6.4) / 27.0), linear)
+
+
+def mel_to_hz(mel: np.ndarray) -> np.ndarray:
+    mel = np.asarray(mel, np.float64)
+    return np.where(mel >= 15.0, 1000.0 * np.exp((np.log(6.4) / 27.0) * (mel - 15.0)), mel * (200.0 / 3))
+
+
 @lru_cache(maxsize=8)
 def mel_filters(spec: FeatureSpec = DEFAULT_SPEC) -> np.ndarray:
-    """Slaney-normalised mel filterbank (equals Whisper's), float32 (n_mels, n_fft // 2 + 1)."""
-    import librosa
-
-    return librosa.filters.mel(
-        sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=spec.n_mels, htk=False, norm="slaney"
-    ).astype(np.float32)
+    """Slaney-normalised mel filterbank from 0 Hz to Nyquist, float32 (n_mels, n_fft // 2 + 1): what
+    ``librosa.filters.mel(sr, n_fft, n_mels)`` returns and Whisper's ``mel_filters.npz`` holds
+    (triangles between adjacent mel points, each scaled to unit area: 2 / (upper - lower) Hz)."""
+    freqs = np.linspace(0.0, spec.sample_rate / 2, spec.n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(0.0), hz_to_mel(spec.sample_rate / 2), spec.n_mels + 2))
+    ramps = edges[:, None] - freqs[None, :]
+    widths = np.diff(edges)
+    rising = -ramps[:-2] / widths[:-1, None]
+    falling = ramps[2:] / widths[1:, None]
+    weights = np.maximum(0.0, np.minimum(rising, falling)).astype(np.float32)  # rounded, then scaled:
+    weights *= (2.0 / (edges[2:] - edges[:-2]))[:, None]  # librosa's order, so the values are bit-equal
+    return weights
 
 
 @lru_cache(maxsize=8)

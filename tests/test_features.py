@@ -62,3 +62,16 @@ def test_bad_audio_is_rejected():
     stream.flush()
     with pytest.raises(AudioError, match="after flush"):
         stream.push(np.zeros(10, np.float32))
+
+
+@pytest.mark.parametrize("n_mels", [80, 128])
+def test_mel_filterbank_is_librosas_bit_for_bit(n_mels):
+    """Serving computes the Slaney filterbank itself (librosa, with numba and scipy, is ~400 MB of
+    a serving install for this one function); librosa stays the reference."""
+    import librosa
+
+    from splitasr.shared.features import FeatureSpec, mel_filters
+
+    spec = FeatureSpec(n_mels=n_mels)
+    expected = librosa.filters.mel(sr=spec.sample_rate, n_fft=spec.n_fft, n_mels=n_mels, htk=False, norm="slaney")
+    assert np.array_equal(mel_filters(spec), expected)
