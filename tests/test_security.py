@@ -241,14 +241,23 @@ def test_silent_connections_and_idle_sessions_are_closed(shards):
             error = p.decode((await ws.receive(timeout=10)).data)
             closed = (await ws.receive(timeout=10)).type
             no_hello = (error, closed, time.monotonic() - started)
+            ws = await http.ws_connect(url)  # PINGs, but never HELLO: the deadline holds
+            started, reply = time.monotonic(), None
+            while not isinstance(reply, p.Error) and time.monotonic() - started < 10:
+                await ws.send_bytes(p.encode(p.Ping(nonce=1)))
+                msg = await ws.receive(timeout=10)
+                reply = p.decode(msg.data)
+                await asyncio.sleep(0.3)  # the client's pace between pings, not a synchronisation
+            pinging = (reply, time.monotonic() - started)
         http, ws, welcome = await _session(url, "dev-idle")
         assert isinstance(welcome, p.Welcome)
         error = p.decode((await ws.receive(timeout=15)).data)  # says nothing after HELLO
         idle = (error, (await ws.receive(timeout=10)).type)
         await _close(http, ws)
-        return no_hello, idle
+        return no_hello, pinging, idle
 
-    (error, closed, waited), (idle_error, idle_closed) = asyncio.run(main())
+    (error, closed, waited), (ping_error, ping_waited), (idle_error, idle_closed) = asyncio.run(main())
+    assert ping_error.code == p.E_TIMEOUT and "no HELLO" in ping_error.message and ping_waited < 8
     assert error.code == p.E_TIMEOUT and "no HELLO" in error.message and 1.5 < waited < 8
     assert closed in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
     assert idle_error.code == p.E_TIMEOUT and "idle" in idle_error.message

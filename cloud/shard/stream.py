@@ -481,12 +481,14 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
     app[SOCKETS].add(ws)
     config = app[CONFIG]
     conn = Connection(ws, app[STAGE0], config, app[METRICS], app[STAGE0].worker.artifacts.version)
+    loop = asyncio.get_running_loop()
+    last_frame = loop.time()  # the deadlines run from here: websocket pongs (and PINGs before HELLO) do not count
     try:
         while not ws.closed:
             # a connection must say HELLO soon, and a session must not sit silent forever
             timeout = config.hello_timeout_s if conn.session is None else config.idle_timeout_s
-            try:
-                msg = await ws.receive(timeout=timeout)
+            try:  # one deadline for the wait, whatever control frames arrive meanwhile
+                msg = await asyncio.wait_for(ws.receive(), max(0.0, last_frame + timeout - loop.time()))
             except asyncio.TimeoutError:
                 what = "no HELLO" if conn.session is None else "session idle"
                 await conn.send_error(ProtocolError(p.E_TIMEOUT, f"{what} for {timeout:g} s; closing"))
@@ -498,6 +500,8 @@ async def stream_handler(request: web.Request) -> web.WebSocketResponse:
                     await conn.send_error(exc, getattr(exc, "utt", None))
                     if exc.code == p.E_AUTH:
                         break
+                if conn.session is not None:
+                    last_frame = loop.time()
             elif msg.type == aiohttp.WSMsgType.TEXT:
                 await conn.send_error(ProtocolError(p.E_MALFORMED, "text messages are not frames; send binary msgpack"))
             elif msg.type == aiohttp.WSMsgType.ERROR:
