@@ -14,6 +14,7 @@ import random
 import secrets
 import time
 from collections import deque
+from pathlib import Path
 
 import aiohttp
 from aiohttp import web
@@ -602,6 +603,18 @@ async def ui_handler(request: web.Request) -> web.Response:
     return web.Response(text=DASHBOARD_HTML, content_type="text/html")
 
 
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+async def edge_page(request: web.Request) -> web.Response:
+    """The browser edge (``static/edge.js``): ``/edge?token=DEVICE_TOKEN[&language=en]``."""
+    return web.FileResponse(STATIC / "edge.html")
+
+
+async def edge_script(request: web.Request) -> web.Response:
+    return web.FileResponse(STATIC / "edge.js", headers={"Content-Type": "text/javascript"})
+
+
 async def healthz(request: web.Request) -> web.Response:
     """Liveness: the process serves HTTP."""
     return web.json_response({"status": "ok"})
@@ -638,4 +651,6 @@ def create_app(coordinator: Coordinator) -> web.Application:
     from splitasr.cloud.coordinator.openai_api import add_routes
 
     add_routes(app, coordinator, coordinator.metrics.registry)
+    app.router.add_get("/edge", edge_page)
+    app.router.add_get("/edge.js", edge_script)
     return app
