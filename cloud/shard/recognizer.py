@@ -256,13 +256,16 @@ class Recognizer:
             found, start = consume_window(self.tokenizer, tokens, start, end, len(audio), sr)
             all_tokens.append(tokens)
             segments += found
+        return self._transcript(audio, language, all_tokens, timer.ms, segments, retried)
+
+    def _transcript(self, audio: np.ndarray, language, tokens, timings: dict, segments: list, retried: int):
         return Transcript(
-            text=" ".join(s.text for s in segments),
+            text=" ".join(seg.text for seg in segments),
             language=language or "en",
-            tokens=all_tokens,
-            duration_s=len(audio) / sr,
+            tokens=tokens,
+            duration_s=len(audio) / self.spec.sample_rate,
             model_version=self.artifacts.version,
-            timings_ms=timer.ms,
+            timings_ms=timings,
             segments=segments,
             retried_windows=retried,
         )
@@ -298,16 +301,7 @@ class Recognizer:
                 start = lo if i == 0 else min(max(lo + seg.start_s, lo), hi)
                 stop = hi if i == len(found) - 1 else min(max(lo + seg.end_s, start), hi)
                 segments.append(Segment(start, stop, seg.text))
-        return Transcript(
-            text=" ".join(seg.text for seg in segments),
-            language=language or "en",
-            tokens=tokens,
-            duration_s=len(audio) / sr,
-            model_version=self.artifacts.version,
-            timings_ms=timings,
-            segments=segments,
-            retried_windows=retried,
-        )
+        return self._transcript(audio, language, tokens, timings, segments, retried)
 
     def transcribe_file(self, path: str | Path, options: TranscribeOptions = TranscribeOptions()) -> Transcript:
         return self.transcribe(load_audio(path, self.spec.sample_rate), options)
