@@ -199,7 +199,7 @@ def cmd_transcribe_on_cluster(args: argparse.Namespace) -> int:
         elif args.output_format:
             end = max((f.end_s for f in result.finals), default=0.0)
             language = next((f.language for f in result.finals if f.language), args.language or "en")
-            write_outputs(args, result.path, result.text, language, end, result.finals)
+            write_outputs(args, result.path, result.text, language, end, [c for f in result.finals for c in f.cues()])
         elif args.json:
             print(json.dumps(result.to_dict(), ensure_ascii=False), flush=True)
         else:

@@ -26,6 +26,7 @@ from splitasr.shared.features import DEFAULT_SPEC, LogMelStream
 from splitasr.shared.limits import Backoff, TokenBucket, jittered
 from splitasr.shared.quant import decode_frames, features_frame
 from splitasr.shared.split import EDGE_SPLITS, SplitCosts, activation_frames, choose_split
+from splitasr.shared.subtitles import Cue, fit_segments
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +100,13 @@ class FinalResult:
     start_s: float = 0.0  # the utterance in stream time (seconds from the start of the input):
     end_s: float = 0.0  # first sample sent (pre-roll included) to the end of speech
     received_s: float = 0.0  # when the FINAL arrived, in seconds since the first audio chunk
+    segments: tuple = ()  # the decoder's segments in stream time: (start_s, end_s, text), Whisper timestamps
+
+    def cues(self) -> list[Cue]:
+        """Subtitle cues of this utterance: the decoder's segments fitted to the speech the VAD found
+        (``fit_segments``), or the whole utterance as one cue when the shard sent none."""
+        parts = list(self.segments) or [(self.start_s, self.end_s, self.text)]
+        return fit_segments(parts, self.start_s, self.end_s)
 
 
 @dataclass
@@ -122,6 +130,19 @@ class AgentReport:
     @property
     def bytes_per_speech_s(self) -> float:
         return self.bytes_sent / self.speech_s if self.speech_s else 0.0
+
+
+def _segments(raw: list, start_s: float) -> tuple:
+    """A FINAL's segments ([start, end, text] from the utterance's first frame) in stream time;
+    malformed entries (a shard of another version) are skipped."""
+    out = []
+    for seg in raw if isinstance(raw, list) else []:
+        if isinstance(seg, list) and len(seg) == 3 and isinstance(seg[2], str):
+            try:
+                out.append((start_s + float(seg[0]), start_s + float(seg[1]), seg[2]))
+            except (TypeError, ValueError):
+                continue
+    return tuple(out)
 
 
 class EdgeAgent:
@@ -537,6 +558,7 @@ class EdgeAgent:
             start_s,
             end_s,
             now - self._first_chunk_at if self._first_chunk_at is not None else 0.0,
+            _segments(frame.segments, start_s),
         )
         self.report.finals.append(result)  # every utterance's FINAL, for exactly-once accounting
         if self.report.language is None and result.text.strip() and frame.language:

@@ -30,9 +30,8 @@ class FileResult:
         return " ".join(f.text.strip() for f in self.finals).strip()
 
     def to_dict(self) -> dict:
-        segments = [
-            {"start": round(f.start_s, 2), "end": round(f.end_s, 2), "text": f.text.strip()} for f in self.finals
-        ]
+        cues = [c for f in self.finals for c in f.cues()]
+        segments = [{"start": round(c.start_s, 2), "end": round(c.end_s, 2), "text": c.text} for c in cues]
         out = {"file": str(self.path), "text": self.text, "segments": segments, "reconnects": self.reconnects}
         return out | ({"error": self.error} if self.error else {})
 

@@ -119,6 +119,9 @@ class Final(Frame):
     language: str
     model_version: str
     timings: dict = field(default_factory=dict)
+    # the decoder's segments (Whisper timestamp tokens): [start_s, end_s, text] in seconds from the
+    # utterance's first frame; the text is their concatenation
+    segments: list = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 from splitasr.shared.errors import ConfigError
@@ -33,6 +34,26 @@ def cues(segments: Iterable[Timed]) -> list[tuple[float, float, str]]:
         if following is not None:
             end = min(end, max(following, start))
         out.append((start, end, text))
+    return out
+
+
+@dataclass(frozen=True)
+class Cue:
+    start_s: float
+    end_s: float
+    text: str
+
+
+def fit_segments(parts: list[tuple[float, float, str]], lo: float, hi: float) -> list[Cue]:
+    """The decoder's segments of one utterance (stream time) fitted to its speech ``[lo, hi]`` from
+    the VAD: the first starts at ``lo``, the last ends at ``hi`` (Whisper's timestamps drift at the
+    edges of a window), the inner boundaries are the decoder's, clamped into the utterance."""
+    kept = [p for p in parts if p[2].strip()]
+    out = []
+    for i, (start, end, text) in enumerate(kept):
+        start = lo if i == 0 else min(max(start, lo), hi)
+        end = hi if i == len(kept) - 1 else min(max(end, start), hi)
+        out.append(Cue(start, end, text.strip()))
     return out
 
 

@@ -207,24 +207,25 @@ class TranscriptionAPI:
     def _body(fmt: str, finals: list, language: str | None, duration_s: float) -> dict | str:
         text = " ".join(f.text.strip() for f in finals)
         language = language or next((f.language for f in finals if f.language), "en")
+        timed = [cue for f in finals for cue in f.cues()]
         if fmt in ("text", "srt", "vtt"):
-            return render("txt" if fmt == "text" else fmt, text, language, duration_s, finals)
+            return render("txt" if fmt == "text" else fmt, text, language, duration_s, timed)
         if fmt == "json":
             return {"text": text}
         segments = [
             {
                 "id": i,
                 "seek": 0,
-                "start": round(f.start_s, 3),
-                "end": round(f.end_s, 3),
-                "text": f.text.strip(),
+                "start": round(seg.start_s, 3),
+                "end": round(seg.end_s, 3),
+                "text": seg.text,
                 "tokens": [],
                 "temperature": 0.0,
                 "avg_logprob": 0.0,
                 "compression_ratio": 0.0,
                 "no_speech_prob": 0.0,
             }
-            for i, f in enumerate(finals)
+            for i, seg in enumerate(timed)
         ]
         return {
             "task": "transcribe",

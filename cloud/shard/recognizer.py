@@ -26,6 +26,7 @@ from splitasr.models.stages import StageArtifacts, ensure_stages
 from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
 from splitasr.shared.audio import load_audio
 from splitasr.shared.errors import AudioError
+from splitasr.shared.subtitles import fit_segments
 
 log = logging.getLogger(__name__)
 
@@ -295,12 +296,9 @@ class Recognizer:
             retried += part.retried_windows
             for key, ms in part.timings_ms.items():
                 timings[key] = timings.get(key, 0.0) + ms
-            found = [seg for seg in part.segments if seg.text.strip()]
             lo, hi = first / sr, max(first, end) / sr
-            for i, seg in enumerate(found):
-                start = lo if i == 0 else min(max(lo + seg.start_s, lo), hi)
-                stop = hi if i == len(found) - 1 else min(max(lo + seg.end_s, start), hi)
-                segments.append(Segment(start, stop, seg.text))
+            found = [(lo + seg.start_s, lo + seg.end_s, seg.text) for seg in part.segments]
+            segments += [Segment(c.start_s, c.end_s, c.text) for c in fit_segments(found, lo, hi)]
         return self._transcript(audio, language, tokens, timings, segments, retried)
 
     def transcribe_file(self, path: str | Path, options: TranscribeOptions = TranscribeOptions()) -> Transcript:

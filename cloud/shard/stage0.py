@@ -150,16 +150,17 @@ class Stage0:
         stale: Callable[[], bool] | None = None,
         key: str | None = None,
         rev: int = FINAL_REV,
-    ) -> tuple[str, str, dict]:
-        """Text, language and timings of raw log10 mel frames (one utterance or its prefix), or of
-        the windows of an utterance whose encoder A runs elsewhere (:class:`Windows`)."""
+    ) -> tuple[str, str, dict, list]:
+        """Text, language, timings and the decoder's segments ([start_s, end_s, text] from the first
+        frame) of raw log10 mel frames (one utterance or its prefix), or of the windows of an
+        utterance whose encoder A runs elsewhere (:class:`Windows`)."""
         if isinstance(raw, Windows):
             return await self._recognise(raw, language, priority, stale, key, rev)
         cache_key = feature_key(raw, language, self.worker.artifacts.version, self.pad_frames)
         cached = self.cache.get(cache_key)
         if cached is not None:
             self.worker.metrics.cache_hits.inc()
-            return cached[0], cached[1], {**cached[2], "cached": 1.0}
+            return cached[0], cached[1], {**cached[2], "cached": 1.0}, cached[3]
         running = self._inflight.get(cache_key)
         if running is not None and priority == PRIORITY_FINAL:
             try:  # the same frames are already being recognised (a partial that covers them all)
@@ -184,7 +185,7 @@ class Stage0:
 
     async def _recognise(
         self, windows: Windows, language: str | None, priority: int, stale, key: str | None, rev: int
-    ) -> tuple[str, str, dict]:
+    ) -> tuple[str, str, dict, list]:
         """The guard's plan over the stage chain: a FINAL whose trimmed window decodes to a degenerate
         hypothesis is decoded again on the longer window, and, as offline, decoding goes on after the
         last finished segment when the model stopped more than a second before the utterance's end
@@ -193,19 +194,21 @@ class Stage0:
         final = priority == PRIORITY_FINAL
         fps = self.spec.frames_per_second
         timings: dict = {"queue_ms": 0.0, "windows": 0}
-        texts, start, n = [], 0, windows.frames
+        segments, start, n = [], 0, windows.frames
         while start < n:
             tokens, language = await self._window(windows, start, language, priority, stale, key, rev, timings)
             # frames as the unit; a FINAL's utterance counts as cut (its end is the speech end)
             found, following = consume_window(self.tokenizer, list(tokens), start, n, n + 1 if final else n, fps)
-            texts += [seg.text for seg in found]
+            segments += [
+                [round(seg.start_s, 2), round(seg.end_s, 2), seg.text.strip()] for seg in found if seg.text.strip()
+            ]
             if following >= n or timings["windows"] >= MAX_FINAL_WINDOWS:
                 break
             start = following
         self.overload.observe(time.perf_counter(), timings["queue_ms"] / 1000)
         self.worker.metrics.overload_level.set(self.overload.level)
         timings["total_ms"] = (time.perf_counter() - started) * 1000
-        return " ".join(texts).strip(), language or "en", timings
+        return " ".join(seg[2] for seg in segments).strip(), language or "en", timings, segments
 
     async def _window(
         self,

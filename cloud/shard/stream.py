@@ -280,7 +280,7 @@ class Connection:
         """The FINAL-to-be of a pause, at FINAL priority; sent as a PARTIAL, kept for the EOU by feature hash."""
         frames = self.final_frames(u, speech_end)
         try:
-            text, _, _ = await self.stage0.recognise(
+            text, _, _, _ = await self.stage0.recognise(
                 u.raw(frames), self.session.language, PRIORITY_FINAL, key=self.utterance_key(u) + "/spec", rev=frames
             )
         except (SplitASRError, aiohttp.ClientError) as exc:
@@ -297,7 +297,7 @@ class Connection:
 
     async def run_partial(self, u: Utterance) -> None:
         try:
-            text, _, _ = await self.stage0.recognise(
+            text, _, _, _ = await self.stage0.recognise(
                 u.raw(),
                 self.session.language,
                 PRIORITY_PARTIAL,
@@ -352,7 +352,7 @@ class Connection:
     async def run_final(self, u: Utterance, eou_at: float, speech_end: int | None = None) -> None:
         frames = self.final_frames(u, speech_end)
         try:
-            text, language, timings = await self.stage0.recognise(
+            text, language, timings, segments = await self.stage0.recognise(
                 u.raw(frames) if self.split == "features" else EdgeWindows(self, u.utt, frames),
                 self.session.language,
                 PRIORITY_FINAL,
@@ -381,6 +381,7 @@ class Connection:
             language=language,
             model_version=self.model_version,
             timings={k: round(v, 2) for k, v in timings.items()},
+            segments=segments if self.stage0.fault is None else [],
         )
         self.session.forget(u.utt)
         now = time.perf_counter()
