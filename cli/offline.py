@@ -223,13 +223,18 @@ def cmd_transcribe_on_cluster(args: argparse.Namespace) -> int:
 def cmd_transcribe(args: argparse.Namespace) -> int:
     from splitasr.cloud.shard.recognizer import TranscribeOptions
     from splitasr.shared.audio import load_audio
+    from splitasr.shared.errors import ConfigError
 
+    if args.batch and args.vad:
+        raise ConfigError("--vad transcribes one file at a time; leave out --batch")
+    if args.output_format and args.output_dir:
+        stems = [Path(p).stem for p in (expand_inputs(args.files) if args.batch or args.coordinator else args.files)]
+        clashing = sorted({s for s in stems if stems.count(s) > 1})
+        if clashing:
+            raise ConfigError(f"--output-dir: several inputs would write {', '.join(clashing)}.*; use one run each")
     if args.coordinator:
         return cmd_transcribe_on_cluster(args)  # the cluster's edge sessions always cut at pauses (VAD)
-    if args.batch and args.vad:
-        from splitasr.shared.errors import ConfigError
 
-        raise ConfigError("--vad transcribes one file at a time; leave out --batch")
     if args.batch:
         return cmd_transcribe_batch(args)
 

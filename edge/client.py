@@ -43,8 +43,9 @@ async def array_source(audio: np.ndarray, realtime: bool = False, chunk_s: float
     loop = asyncio.get_running_loop()
     started = loop.time()
     for i in range(0, len(audio), step):
-        if realtime:
-            await asyncio.sleep(max(0.0, started + i / SAMPLE_RATE - loop.time()))
+        # pace like a device, or at least let the event loop serve others between chunks (the
+        # coordinator runs uploads of its OpenAI-compatible API this way)
+        await asyncio.sleep(max(0.0, started + i / SAMPLE_RATE - loop.time()) if realtime else 0)
         yield np.asarray(audio[i : i + step], np.float32)
 
 

@@ -190,9 +190,13 @@ def speech_regions(
     audio: np.ndarray, options: SegmenterOptions = SegmenterOptions(), sample_rate: int = 16000
 ) -> list[tuple[int, int]]:
     """``(first voiced sample, speech end)`` of each utterance the edge's segmenter finds in a whole
-    recording: the same endpointing as streaming, for offline subtitle timings (``--vad``)."""
-    segmenter = Segmenter(options, sample_rate)
-    events = [e for i in range(0, len(audio), sample_rate) for e in segmenter.push(audio[i : i + sample_rate])]
+    recording, after the edge's conditioning: the same endpointing as streaming, for offline
+    subtitle timings (``--vad``)."""
+    from splitasr.edge.conditioning import Conditioner
+
+    segmenter, conditioner = Segmenter(options, sample_rate), Conditioner(sample_rate=sample_rate)
+    chunks = (conditioner.process(audio[i : i + sample_rate]) for i in range(0, len(audio), sample_rate))
+    events = [e for chunk in chunks for e in segmenter.push(chunk)]
     out, start = [], 0
     for event in [*events, *segmenter.finish()]:
         if isinstance(event, Start):

@@ -23,6 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 QMAX = 127.0
+AMAX_FLOOR = 1e-30
 SHIFT = 128  # activations in [-127, 127] are stored as uint8 in [1, 255] with zero point 128
 
 
@@ -56,7 +57,7 @@ def constant_matmuls(model: onnx.ModelProto) -> dict[str, tuple[int, ...]]:
 
 def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric int8 of a ``[K, N]`` weight with one scale per column: ``(w_q, scale)``, ``w ≈ w_q * scale``."""
-    scale = np.maximum(np.abs(w).max(axis=0), np.finfo(np.float32).tiny) / QMAX
+    scale = np.maximum(np.abs(w).max(axis=0), AMAX_FLOOR) / QMAX
     return np.clip(np.round(w / scale), -QMAX, QMAX).astype(np.int8), scale.astype(np.float32)
 
 
@@ -64,7 +65,8 @@ def _constants() -> list[onnx.TensorProto]:
     return [
         numpy_helper.from_array(np.array([-1], np.int64), "q8_last_axis"),
         numpy_helper.from_array(np.array(QMAX, np.float32), "q8_qmax"),
-        numpy_helper.from_array(np.array(np.finfo(np.float32).tiny, np.float32), "q8_tiny"),
+        # the smallest row maximum: 127 / it stays finite in float32 (an all-zero row stays exactly zero)
+        numpy_helper.from_array(np.array(AMAX_FLOOR, np.float32), "q8_floor"),
         numpy_helper.from_array(np.array(1.0, np.float32), "q8_one"),
         numpy_helper.from_array(np.array(SHIFT, np.uint8), "q8_zero_point"),
     ]
@@ -75,7 +77,7 @@ def _quantize_rows(x: str, p: str) -> tuple[list[onnx.NodeProto], str, str]:
     nodes = [
         helper.make_node("Abs", [x], [p + "abs"]),
         helper.make_node("ReduceMax", [p + "abs", "q8_last_axis"], [p + "amax"], keepdims=1),
-        helper.make_node("Max", [p + "amax", "q8_tiny"], [p + "amax_nz"]),
+        helper.make_node("Max", [p + "amax", "q8_floor"], [p + "amax_nz"]),
         helper.make_node("Div", [p + "amax_nz", "q8_qmax"], [p + "scale"]),
         helper.make_node("Div", ["q8_qmax", p + "amax_nz"], [p + "inv"]),
         helper.make_node("Mul", [x, p + "inv"], [p + "scaled"]),

@@ -106,3 +106,15 @@ def test_bytes_that_no_decoder_reads_name_both_decoders():
     with pytest.raises(AudioError, match="uploaded audio") as info:
         load_audio(b"\x00garbage" * 100)
     assert "soundfile" in str(info.value) and "ffmpeg" in str(info.value)
+
+
+def test_a_length_limit_is_checked_before_decoding_everything(tmp_path, real_manifest):
+    """An upload's decoded length is bounded (25 MB of FLAC silence is about 150 hours of audio)."""
+    entry = next(e for e in real_manifest if e.file.name == "en_ljspeech_LJ001-0011.flac")
+    audio = load_audio(entry.file)
+    m4a = tmp_path / "clip.m4a"
+    encode(audio, 16000, m4a, "aac", 16000, 1)
+    for source in (entry.file, entry.file.read_bytes(), m4a, m4a.read_bytes()):  # soundfile, then PyAV
+        with pytest.raises(AudioError, match="lasts more than 2 s"):
+            load_audio(source, max_s=2.0)
+        assert load_audio(source, max_s=60.0).size > 16000 * 4

@@ -151,6 +151,8 @@ def test_bad_requests_get_openai_errors(cluster, client, token):
         client.audio.transcriptions.create(model="whisper-1", file=CLIPS[1].open("rb"), response_format="docx")
     with pytest.raises(BadRequestError, match="not served"):
         client.audio.transcriptions.create(model="whisper-large", file=CLIPS[1].open("rb"))
+    with pytest.raises(BadRequestError, match="language 'english' is not served"):
+        client.audio.transcriptions.create(model="whisper-1", file=CLIPS[1].open("rb"), language="english")
     with pytest.raises(BadRequestError, match="cannot decode"):
         client.audio.transcriptions.create(model="whisper-1", file=("noise.bin", b"\x00garbage" * 500))
     with pytest.raises(BadRequestError, match="word timestamps"):

@@ -32,6 +32,12 @@ def run_example(code: str) -> str:
 
 def test_the_readme_shows_two_examples_and_the_api_is_lazy():
     assert len(readme_examples()) == 2
+    import subprocess
+    import sys
+
+    probe = "import sys, splitasr; print(sorted({'onnxruntime', 'aiohttp', 'numpy'} & set(sys.modules)))"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]", loaded  # `import splitasr` (and so every CLI start) loads no heavy module
     assert re.fullmatch(r"\d+\.\d+\.\d+.*", splitasr.__version__)
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = splitasr.nope

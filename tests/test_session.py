@@ -20,6 +20,8 @@ def test_refused_frames_do_not_open_utterances():
             s.add_features(utt, seq=3, start=0, raw=frames(10))  # not the first frame of an utterance
         with pytest.raises(ProtocolError):
             s.add_features(utt, seq=0, start=0, raw=frames(101))  # over the size limit
+        with pytest.raises(ProtocolError):
+            s.end(utt, last_seq=5)  # an EOU after frames that never came
     assert s.open_utterances() == 0
     assert s.add_features(0, 0, 0, frames(10)) is not None and s.add_features(1, 0, 0, frames(10)) is not None
     with pytest.raises(ProtocolError, match="2 utterances are open"):

@@ -80,3 +80,23 @@ def test_transcribe_writes_subtitles_whose_cues_sit_at_the_utterances(tmp_path, 
     within = float(np.mean(np.array(distances) <= 0.5))
     print(f"{within:.0%} of {len(distances)} utterance boundaries within 0.5 s of a cue boundary")
     assert within >= 0.7
+
+
+def test_inputs_that_would_write_the_same_subtitle_file_are_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()  # talk.wav and talk.m4a: both would be out/talk.srt
+    args = ["transcribe", "--output-format", "srt", "--output-dir", str(tmp_path / "out")]
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "splitasr.cli",
+            *args,
+            str(tmp_path / "a" / "talk.wav"),
+            str(tmp_path / "b" / "talk.m4a"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2 and "several inputs would write talk.*" in run.stderr, run.stderr

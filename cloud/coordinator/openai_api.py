@@ -18,9 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 
 from aiohttp import BodyPartReader, web
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter as MetricCounter
+from prometheus_client import Histogram
 
 from splitasr.shared.audio import load_audio
 from splitasr.shared.auth import bearer
@@ -30,8 +32,12 @@ from splitasr.shared.subtitles import render
 log = logging.getLogger(__name__)
 
 MAX_UPLOAD_BYTES = 25 * 1024 * 1024  # OpenAI's limit for this endpoint
+MAX_AUDIO_S = 3 * 3600.0  # decoded length: 25 MB of silence or low-rate Opus decodes to far more
 MAX_CONCURRENT = 16  # uploads decoded and streamed at once; more get 429
+MAX_PER_DEVICE = 2  # ... of them from one device (they share its audio rate limit at the shards)
 MAX_FIELD_BYTES = 4096  # a form field other than the file
+MAX_PARTS = 32
+FORM_DEADLINE_S = 120.0  # the whole upload must arrive within this
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 ALIASES = ("whisper-1",)  # OpenAI's model name: the pool for the language, as with no model
 BATCH_MAX_DEFER_S = 60.0  # an HTTP caller waits for its answer: defer at most this long
@@ -43,7 +49,7 @@ LANGUAGE_NAMES = {
 
 class ApiMetrics:
     def __init__(self, registry) -> None:
-        self.requests = Counter(
+        self.requests = MetricCounter(
             "splitasr_api_transcriptions_total",
             "OpenAI-compatible transcription requests",
             ["format", "status"],
@@ -67,11 +73,24 @@ async def _read_form(request: web.Request) -> tuple[bytes, dict[str, list[str]]]
     """The uploaded file and the other fields, within the size limits (streamed, never buffered whole)."""
     if not request.content_type.startswith("multipart/"):
         raise ConfigError("send multipart/form-data with a 'file' field")
-    reader = await request.multipart()
-    data, fields = None, {}
+    try:  # a trickling upload does not hold a slot forever
+        return await asyncio.wait_for(_read_parts(await request.multipart()), FORM_DEADLINE_S)
+    except asyncio.TimeoutError:
+        raise ConfigError(f"the upload did not arrive within {FORM_DEADLINE_S:g} s") from None
+    except ValueError as exc:  # malformed multipart framing
+        raise ConfigError(f"malformed multipart body: {exc}") from None
+
+
+async def _read_parts(reader) -> tuple[bytes, dict[str, list[str]]]:
+    data, fields, parts = None, {}, 0
     while (part := await reader.next()) is not None:
+        parts += 1
+        if parts > MAX_PARTS:
+            raise ConfigError(f"more than {MAX_PARTS} form fields")
         if not isinstance(part, BodyPartReader):
             raise ConfigError("nested multipart is not supported")
+        if part.name == "file" and data is not None:
+            raise ConfigError("one 'file' field per request")
         limit = MAX_UPLOAD_BYTES if part.name == "file" else MAX_FIELD_BYTES
         chunks, size = [], 0
         while chunk := await part.read_chunk(64 * 1024):
@@ -103,6 +122,7 @@ class TranscriptionAPI:
         self.c = coordinator
         self.metrics = ApiMetrics(registry)
         self.running = 0
+        self.per_device: Counter[str] = Counter()
 
     async def models(self, request: web.Request) -> web.Response:
         data = [
@@ -117,7 +137,7 @@ class TranscriptionAPI:
         try:
             response = await self._transcribe(request)
             fmt = response.headers.get("X-Response-Format", fmt)
-            status = "ok"
+            status = "ok" if response.status == 200 else str(response.status)
             return response
         except web.HTTPException as exc:
             status = str(exc.status)
@@ -146,7 +166,10 @@ class TranscriptionAPI:
         device, token = self._device(request)
         if self.running >= MAX_CONCURRENT:
             return openai_error(429, f"more than {MAX_CONCURRENT} transcriptions at once; retry", "rate_limit")
+        if self.per_device[device] >= MAX_PER_DEVICE:
+            return openai_error(429, f"device {device!r} has {MAX_PER_DEVICE} transcriptions running", "rate_limit")
         self.running += 1
+        self.per_device[device] += 1
         try:
             data, fields = await _read_form(request)
             fmt = _one(fields, "response_format", "json")
@@ -158,7 +181,7 @@ class TranscriptionAPI:
             if granularities - {"segment"}:
                 raise ConfigError("timestamp_granularities: only 'segment' is supported (no word timestamps)")
             model, language, qos = self._route_fields(fields)
-            audio = await asyncio.to_thread(load_audio, data)
+            audio = await asyncio.to_thread(load_audio, data, 16000, MAX_AUDIO_S)
             finals = await self._stream(audio, device, token, model, language, qos)
             body = self._body(fmt, finals, language, len(audio) / 16000)
             response = (
@@ -170,6 +193,9 @@ class TranscriptionAPI:
             return response
         finally:
             self.running -= 1
+            self.per_device[device] -= 1
+            if not self.per_device[device]:
+                del self.per_device[device]
 
     def _route_fields(self, fields: dict[str, list[str]]) -> tuple[str | None, str | None, str]:
         model = _one(fields, "model") or None
@@ -179,6 +205,9 @@ class TranscriptionAPI:
         elif model is not None and model not in pools:
             raise ConfigError(f"model {model!r} is not served; models: {', '.join(sorted(pools) + list(ALIASES))}")
         language = (_one(fields, "language") or "").lower() or None
+        served = {lang for p in self.c.config.pools for lang in p.languages}
+        if language is not None and language not in served and "*" not in served:
+            raise ConfigError(f"language {language!r} is not served; languages: {', '.join(sorted(served))}")
         qos = _one(fields, "qos", "batch")
         if qos not in ("batch", "interactive"):
             raise ConfigError(f"qos must be batch or interactive, got {qos!r}")

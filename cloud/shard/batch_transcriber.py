@@ -50,6 +50,7 @@ class _Window:
     file: _File
     start: int
     end: int
+    modes: tuple  # the plan, from the file's language when the window was cut (as offline)
     attempt: int = 0
 
 
@@ -79,8 +80,12 @@ class BatchTranscriber:
         rec.tokenizer.check_language(options.language)
         sr = rec.spec.sample_rate
         default_language = rec.tokenizer.spoken(options.language)
-        modes = plan(options.window, default_language)
-        max_s = rec.max_window_s(options, default_language)
+
+        def window(f: _File, start: int) -> _Window:
+            """A file's next window, cut and planned for its language as known now (None: detecting)."""
+            end = window_end(f.audio, start, sr, rec.max_window_s(options, f.language))
+            return _Window(f, start, end, plan(options.window, f.language))
+
         queue: deque[_Window] = deque()
         inflight: dict[str, list[_Window]] = {}
         files = iter(items)
@@ -95,9 +100,9 @@ class BatchTranscriber:
         def complete(w: _Window, result: DecodeResult) -> Iterator[BatchResult]:
             f = w.file
             text = rec.tokenizer.decode(list(result.tokens))
-            kept = judge(result, text, w.attempt, modes, rec.tokenizer.eot, options.guard)
+            kept = judge(result, text, w.attempt, w.modes, rec.tokenizer.eot, options.guard)
             if kept is None:  # degenerate: the same window again on the plan's next mode
-                queue.appendleft(_Window(f, w.start, w.end, w.attempt + 1))
+                queue.appendleft(_Window(f, w.start, w.end, w.modes, w.attempt + 1))
                 return
             f.retried += w.attempt > 0
             f.tokens.append(list(kept))
@@ -106,7 +111,7 @@ class BatchTranscriber:
             if on_audio_done:
                 on_audio_done((start - w.start) / sr)
             if start < len(f.audio):
-                queue.appendleft(_Window(f, start, window_end(f.audio, start, sr, max_s)))
+                queue.appendleft(window(f, start))
                 return
             transcript = Transcript(
                 " ".join(seg.text for seg in f.segments),
@@ -138,13 +143,13 @@ class BatchTranscriber:
                         yield BatchResult(name, error=exc)
                         continue
                     f = _File(name, audio, default_language)
-                    queue.append(_Window(f, 0, window_end(audio, 0, sr, max_s)))
+                    queue.append(window(f, 0))
                     continue
                 w = queue.popleft()
                 self.stats.windows += 1
                 raw = audio_log_mel(w.file.audio[w.start : w.end], rec.spec)
-                mel = window_mel(raw, modes[w.attempt], rec.spec, options.pad_s)
-                retry = has_next(modes, w.attempt)  # a loop stops this window early (the cached result too)
+                mel = window_mel(raw, w.modes[w.attempt], rec.spec, options.pad_s)
+                retry = has_next(w.modes, w.attempt)  # a loop stops this window early (the cached result too)
                 key = feature_key(mel, w.file.language, rec.artifacts.version, retry)
                 cached = self.cache.get(key)
                 if cached is not None:

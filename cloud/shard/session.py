@@ -63,9 +63,6 @@ class Session:
     def open_utterances(self) -> int:
         return sum(1 for u in self.utterances.values() if not u.ended)
 
-    def utterance(self, utt: int) -> Utterance:
-        return self.utterances.setdefault(utt, Utterance(utt))
-
     def add_features(
         self, utt: int, seq: int, start: int, raw: np.ndarray, speech_end: int | None = None
     ) -> Utterance | None:
@@ -95,11 +92,12 @@ class Session:
         """Mark the end of an utterance; None if already ended (replayed EOU)."""
         if utt not in self.utterances and self.open_utterances() >= self.max_open_utterances:
             raise ProtocolError(E_STATE, f"utterance {utt}: {self.max_open_utterances} utterances are open")
-        u = self.utterance(utt)
+        u = self.utterances.get(utt) or Utterance(utt)  # kept only once the EOU is accepted
         if u.ended:
             return None
         if last_seq != u.next_seq - 1:
             raise ProtocolError(E_STATE, f"utterance {utt}: EOU after seq {last_seq}, but {u.next_seq} frames arrived")
+        self.utterances[utt] = u
         u.ended = True
         return u
 

@@ -34,6 +34,11 @@ FINAL_LATENCY_WINDOW_S = 60.0  # the FINAL latency percentiles a heartbeat repor
 MAX_FINAL_WINDOWS = 6  # decoding passes of one FINAL (guard retries and continuations after a stop)
 
 
+def window_choice(priority: int) -> str:
+    """FINALs take the guard's plan (``auto``); partials one trimmed window."""
+    return "auto" if priority == PRIORITY_FINAL else "trimmed"
+
+
 class Stage0:
     """The stage-0 side of recognition: encoder A here, the rest of the chain through the stage client.
 
@@ -156,14 +161,15 @@ class Stage0:
         utterance whose encoder A runs elsewhere (:class:`Windows`)."""
         if isinstance(raw, Windows):
             return await self._recognise(raw, language, priority, stale, key, rev)
-        cache_key = feature_key(raw, language, self.worker.artifacts.version, self.pad_frames)
+        # the plan is part of the key: a FINAL never takes a partial's single trimmed window
+        cache_key = feature_key(raw, language, self.worker.artifacts.version, self.pad_frames, window_choice(priority))
         cached = self.cache.get(cache_key)
         if cached is not None:
             self.worker.metrics.cache_hits.inc()
             return cached[0], cached[1], {**cached[2], "cached": 1.0}, cached[3]
         running = self._inflight.get(cache_key)
         if running is not None and priority == PRIORITY_FINAL:
-            try:  # the same frames are already being recognised (a partial that covers them all)
+            try:  # the same frames are already being recognised for a FINAL (a speculative one)
                 result = await asyncio.shield(running)
                 self.worker.metrics.cache_hits.inc()
                 return result
@@ -222,7 +228,7 @@ class Stage0:
         timings: dict,
     ) -> tuple[tuple[int, ...], str | None]:
         """Tokens kept for the window of frames ``start:`` (the guard's plan: FINALs may retry on a longer window)."""
-        modes = plan("auto" if priority == PRIORITY_FINAL else "trimmed", self.tokenizer.spoken(language))
+        modes = plan(window_choice(priority), self.tokenizer.spoken(language))
         audio_s = (windows.frames - start) / self.spec.frames_per_second
         for attempt, mode in enumerate(modes):
             t = time.perf_counter()

@@ -286,6 +286,7 @@ class BrowserEdge {
     await new Promise((ok, fail) => { this.ws.onopen = ok; this.ws.onerror = () => fail(new Error("websocket to " + shard.url)); });
     const welcome = new Promise((ok, fail) => { this.onWelcome = ok; this.onFail = fail; });
     this.ws.onmessage = (e) => this.receive(mpDecode(e.data));
+    this.ws.onclose = () => this.closed();
     this.send({ t: "HELLO", device_id: this.p.device, token: this.p.token, session_id: this.p.session,
       ticket: shard.ticket || "", language: this.p.language || null, split: "features", qos: "interactive" });
     await welcome;
@@ -297,10 +298,19 @@ class BrowserEdge {
     if (f.t === "WELCOME") this.onWelcome(f);
     else if (f.t === "PARTIAL") this.ui.partial(f.utt, f.text);
     else if (f.t === "FINAL") {
-      this.pending.delete(f.utt);
       if (f.text.trim()) { this.finals.push({ utt: f.utt, text: f.text.trim() }); this.ui.final(f.utt, f.text.trim()); }
-      if (this.closing && !this.pending.size) this.closing();
-    } else if (f.t === "ERROR") { this.ui.status("error: " + f.code + ": " + f.message); if (this.onFail) this.onFail(new Error(f.message)); }
+      this.settle(f.utt);
+    } else if (f.t === "ERROR") {
+      this.ui.status("error: " + f.code + ": " + f.message);
+      if (this.onFail) this.onFail(new Error(f.message));
+      if (f.utt !== null && f.utt !== undefined) this.settle(f.utt); // that utterance gets no FINAL here
+    } else if (f.t === "DRAIN") this.ui.status("the shard asks to move: reload the page to continue");
+  }
+  settle(utt) { this.pending.delete(utt); if (this.closing && !this.pending.size) this.closing(); }
+  closed() { // no reconnect here (the Python edge replays elsewhere): say so, and let stop() finish
+    this.ui.status("disconnected from the shard");
+    this.pending.clear();
+    if (this.closing) this.closing();
   }
   audio(samples) { // 16 kHz float32 chunks from the microphone
     const x = this.cond.process(samples);
@@ -336,6 +346,7 @@ class BrowserEdge {
     for (const e of this.seg.finish()) this.event(e);
     if (this.pending.size) await new Promise((ok) => { this.closing = ok; });
     clearInterval(this.ping);
+    this.ws.onclose = null;
     this.ws.close();
   }
 }
@@ -345,8 +356,10 @@ async function main() {
   const q = new URLSearchParams(location.search);
   const $ = (id) => document.getElementById(id);
   const token = q.get("token") || "";
+  // test hook: report the results (and the first utterance's samples) to a loopback URL only
+  const report = /^http:\/\/(127\.0\.0\.1|localhost)(:\d+)?\//.test(q.get("report") || "") ? q.get("report") : "";
   const params = { token, device: token.split(".")[0], session: crypto.randomUUID().replaceAll("-", ""),
-    language: q.get("language") || "en", model: q.get("model") || "", probe: q.has("report") };
+    language: q.get("language") || "en", model: q.get("model") || "", probe: Boolean(report) };
   const ui = {
     status: (s) => { $("status").textContent = s; },
     partial: (utt, text) => { $("partial").textContent = text; },
@@ -368,13 +381,13 @@ async function main() {
     tap.disconnect(); source.disconnect(); media.getTracks().forEach((t) => t.stop());
     await edge.stop();
     ui.status("done: " + edge.finals.length + " finals");
-    if (q.get("report")) {
+    if (report) {
       const body = JSON.stringify({ finals: edge.finals, samples: edge.probe.samples, raw: edge.probe.raw, consumed: edge.consumed });
-      await fetch(q.get("report"), { method: "POST", mode: "no-cors", body });
+      await fetch(report, { method: "POST", mode: "no-cors", body });
     }
   } catch (err) {
     ui.status("error: " + err.message);
-    if (q.get("report")) await fetch(q.get("report"), { method: "POST", mode: "no-cors", body: JSON.stringify({ error: err.message }) });
+    if (report) await fetch(report, { method: "POST", mode: "no-cors", body: JSON.stringify({ error: err.message }) });
   }
 }
 if (typeof window !== "undefined") main();
