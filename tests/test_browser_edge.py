@@ -1,10 +1,12 @@
 """The browser edge (``/edge``, ``cloud/coordinator/static/edge.js``) in headless Chromium, fed a
 real long-form recording through Chromium's fake microphone, against a real local cluster: its
 log-mel features equal the Python recipe's within the int8 step, and its FINALs read like the
-Python edge's on the same file."""
+Python edge's on the same audio (the samples the page captured, which Chromium's capture path has
+resampled; and, for the record, the file itself)."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -56,6 +58,20 @@ def report_url():
     server.shutdown()
 
 
+def python_edge(url: str, path) -> list[str]:
+    """The Python edge's FINAL texts, in utterance order, with the browser edge's VAD (energy)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "splitasr.cli", "edge", "--coordinator", url, "--device-id", "python"]
+        + ["--vad", "energy", "--no-realtime", "--json", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    finals = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    return [f["text"] for f in sorted(finals, key=lambda f: f["utt"])]  # sent at once, answered in any order
+
+
 def test_browser_edge_streams_features_like_the_python_edge(tmp_path, tiny_artifacts, report_url):
     (stream,) = build_streams(tmp_path / "streams", count=1, per_stream=6, min_clip_s=1.0, seed=3)
     audio, rate = sf.read(stream.path, dtype="float32")
@@ -84,16 +100,12 @@ def test_browser_edge_streams_features_like_the_python_edge(tmp_path, tiny_artif
                 browser.wait()
         report = Reports.bodies[-1]
         assert "error" not in report, report
-        python_edge = subprocess.run(
-            [sys.executable, "-m", "splitasr.cli", "edge", "--coordinator", cluster.url, "--device-id", "python"]
-            + ["--vad", "energy", "--no-realtime", "--json", str(stream.path)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-    assert python_edge.returncode == 0, python_edge.stderr
-    finals = [json.loads(line) for line in python_edge.stdout.splitlines() if line.startswith("{")]
-    python_texts = [f["text"] for f in sorted(finals, key=lambda f: f["utt"])]  # sent at once, answered in any order
+        captured = np.frombuffer(base64.b64decode(report["captured"]), np.float32)
+        sf.write(tmp_path / "captured.wav", captured, 16000, subtype="FLOAT")
+        python_texts = {
+            name: python_edge(cluster.url, path)
+            for name, path in (("captured", tmp_path / "captured.wav"), ("file", stream.path))
+        }
 
     # features: the page's raw log-mel of its first utterance, against the Python recipe on the same samples
     samples = np.array(report["samples"], np.float32)
@@ -105,16 +117,14 @@ def test_browser_edge_streams_features_like_the_python_edge(tmp_path, tiny_artif
     print(f"features: {n} frames, max abs diff {step.max():.2e} (int8 step 0.05)")
     assert step.max() < 0.05
 
-    # text: the browser's FINALs and the Python edge's on the same recording
+    # text: the browser's FINALs and the Python edge's (energy VAD) on the same audio
     browser_text = " ".join(f["text"] for f in report["finals"])
     wer = {}
-    for name, text in (("browser", browser_text), ("python", " ".join(python_texts))):
+    for name, text in (("browser", browser_text), *((f"python, {k}", " ".join(v)) for k, v in python_texts.items())):
         tally = WERTally()
         tally.add(stream.reference, text)
         wer[name] = tally.wer
-    print(
-        f"browser edge: {len(report['finals'])} FINALs, WER {wer['browser']:.3f}; python edge (energy VAD): "
-        f"{len(python_texts)} FINALs, WER {wer['python']:.3f}"
-    )
-    print("reference:", stream.reference, "\nbrowser:", browser_text, "\npython:", " ".join(python_texts))
-    assert report["finals"] and wer["browser"] <= wer["python"] + 0.01
+        print(f"{name}: {text!r} WER {tally.wer:.3f}")
+    print(f"reference ({len(stream.reference.split())} words): {stream.reference!r}")
+    assert len(report["finals"]) == len(python_texts["captured"])
+    assert abs(wer["browser"] - wer["python, captured"]) <= 0.01

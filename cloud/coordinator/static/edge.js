@@ -272,6 +272,7 @@ class BrowserEdge {
   constructor(params, ui) {
     this.p = params; this.ui = ui; this.cond = new Conditioner(); this.seg = new Segmenter();
     this.utt = -1; this.consumed = 0; this.finals = []; this.pending = new Set(); this.probe = null;
+    this.captured = params.probe ? [] : null; // test hook: the samples as captured, to replay in Python
   }
   async connect() {
     const q = new URLSearchParams({ device: this.p.device, session: this.p.session });
@@ -313,6 +314,7 @@ class BrowserEdge {
     if (this.closing) this.closing();
   }
   audio(samples) { // 16 kHz float32 chunks from the microphone
+    if (this.captured) this.captured.push(samples);
     const x = this.cond.process(samples);
     this.consumed += x.length;
     for (const e of this.seg.push(x)) this.event(e);
@@ -382,7 +384,13 @@ async function main() {
     await edge.stop();
     ui.status("done: " + edge.finals.length + " finals");
     if (report) {
-      const body = JSON.stringify({ finals: edge.finals, samples: edge.probe.samples, raw: edge.probe.raw, consumed: edge.consumed });
+      const all = new Float32Array(edge.captured.reduce((n, c) => n + c.length, 0));
+      edge.captured.reduce((at, c) => { all.set(c, at); return at + c.length; }, 0);
+      let captured = "";
+      const bytes = new Uint8Array(all.buffer);
+      for (let i = 0; i < bytes.length; i += 0x8000) captured += String.fromCharCode(...bytes.subarray(i, i + 0x8000));
+      const body = JSON.stringify({ finals: edge.finals, samples: edge.probe.samples, raw: edge.probe.raw,
+        consumed: edge.consumed, captured: btoa(captured) });
       await fetch(report, { method: "POST", mode: "no-cors", body });
     }
   } catch (err) {
