@@ -21,13 +21,19 @@ SAMPLE_RATE = 16000
 
 async def file_source(path: str | Path, realtime: bool = True, chunk_s: float = 0.02) -> AsyncIterator[np.ndarray]:
     """Chunks of a file at 16 kHz; ``realtime`` paces them like a live device would deliver them."""
-    audio = load_audio(path, SAMPLE_RATE)
+    async for chunk in array_source(load_audio(path, SAMPLE_RATE), realtime, chunk_s):
+        yield chunk
+
+
+async def array_source(audio: np.ndarray, realtime: bool = False, chunk_s: float = 0.02) -> AsyncIterator[np.ndarray]:
+    """Chunks of 16 kHz mono float32 samples, paced like a live device when ``realtime``."""
     step = int(chunk_s * SAMPLE_RATE)
     started = time.monotonic()
     for i in range(0, len(audio), step):
-        if realtime:  # a live device delivers audio at wall-clock pace
-            await asyncio.sleep(max(0.0, started + i / SAMPLE_RATE - time.monotonic()))
-        yield audio[i : i + step]
+        # pace like a device (wall-clock), or at least let the event loop serve others between chunks
+        # (the coordinator runs uploads of its OpenAI-compatible API this way)
+        await asyncio.sleep(max(0.0, started + i / SAMPLE_RATE - time.monotonic()) if realtime else 0)
+        yield np.asarray(audio[i : i + step], np.float32)
 
 
 async def stdin_source(

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from splitasr.edge.agent import AgentOptions, AgentReport, EdgeAgent, FinalResult
-from splitasr.edge.audio_in import SAMPLE_RATE, file_source
+from splitasr.edge.audio_in import array_source, file_source
 
 Final = FinalResult  # one per utterance: text, language, start_s/end_s in stream time, latencies
 
@@ -35,18 +35,6 @@ class Partial:
     utt: int
     text: str
     stable: int = 0  # characters of ``text`` that later partials keep
-
-
-async def array_source(audio: np.ndarray, realtime: bool = False, chunk_s: float = 0.02) -> AsyncIterator[np.ndarray]:
-    """Chunks of 16 kHz mono float32 samples, paced like a live device when ``realtime``."""
-    step = int(chunk_s * SAMPLE_RATE)
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    for i in range(0, len(audio), step):
-        # pace like a device, or at least let the event loop serve others between chunks (the
-        # coordinator runs uploads of its OpenAI-compatible API this way)
-        await asyncio.sleep(max(0.0, started + i / SAMPLE_RATE - loop.time()) if realtime else 0)
-        yield np.asarray(audio[i : i + step], np.float32)
 
 
 class EdgeClient:

@@ -27,6 +27,8 @@ LONG_REAL = [
 ADMIN_TOKEN = "test-admin-token"
 #: an autoscaler that keeps exactly one replica (no spares, no forecast)
 FIXED_ONE = {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0, "predictive": False}
+#: one tiny.en int8 pool of one replica per stage
+ONE_TINY_POOL = {"pools": [{"model": "tiny.en", "zones": ["a"], "int8": True, "autoscaler": FIXED_ONE}]}
 
 
 def wait_until(check: Callable[[], Any], timeout_s: float, what: str, every_s: float = 0.05) -> Any:

@@ -25,11 +25,9 @@ from splitasr.shared.features import log_mel
 from splitasr.shared.longform import build_streams
 from splitasr.shared.wer import WERTally
 from tests.browser import FLAGS, chromium
-from tests.cluster import FIXED_ONE, CoordinatorProcess
+from tests.cluster import ONE_TINY_POOL, CoordinatorProcess
 
 pytestmark = pytest.mark.integration
-
-CONFIG = {"pools": [{"model": "tiny.en", "zones": ["a"], "int8": True, "autoscaler": FIXED_ONE}]}
 
 
 class Reports(BaseHTTPRequestHandler):
@@ -77,7 +75,7 @@ def test_browser_edge_streams_features_like_the_python_edge(tmp_path, tiny_artif
     audio, rate = sf.read(stream.path, dtype="float32")
     assert rate == 16000 and audio.ndim == 1  # the first long-form format: 16 kHz mono, no noise
     seconds = len(audio) / rate
-    with CoordinatorProcess(tmp_path / "cluster", CONFIG) as cluster:
+    with CoordinatorProcess(tmp_path / "cluster", ONE_TINY_POOL) as cluster:
         token = ClusterAuth(secret_from_env()).device_token("browser", ttl_s=3600)
         url = f"{cluster.url}/edge?token={token}&language=en&seconds={seconds + 1.5:.1f}&report={report_url}"
         fake_mic = [

@@ -14,11 +14,10 @@ from openai import AuthenticationError, BadRequestError, OpenAI
 
 from splitasr.shared.auth import ClusterAuth, secret_from_env
 from splitasr.shared.wer import WERTally
-from tests.cluster import FIXED_ONE, REAL_EN, CoordinatorProcess
+from tests.cluster import ONE_TINY_POOL, REAL_EN, CoordinatorProcess
 
 pytestmark = pytest.mark.integration
 
-CONFIG = {"pools": [{"model": "tiny.en", "zones": ["a"], "int8": True, "autoscaler": FIXED_ONE}]}
 CLIPS = [
     REAL_EN / "en_ljspeech_LJ001-0026_to_0030_concat.flac",  # 35 s, five sentences with pauses
     REAL_EN / "en_ljspeech_LJ001-0011.flac",
@@ -28,7 +27,7 @@ CLIPS = [
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, tiny_artifacts):
-    with CoordinatorProcess(tmp_path_factory.mktemp("openai"), CONFIG) as c:
+    with CoordinatorProcess(tmp_path_factory.mktemp("openai"), ONE_TINY_POOL) as c:
         yield c
 
 

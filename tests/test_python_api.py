@@ -10,12 +10,11 @@ from pathlib import Path
 import pytest
 
 import splitasr
-from tests.cluster import FIXED_ONE, CoordinatorProcess
+from tests.cluster import ONE_TINY_POOL, CoordinatorProcess
 
 pytestmark = pytest.mark.integration
 
 README = Path(__file__).resolve().parent.parent / "README.md"
-CONFIG = {"pools": [{"model": "tiny.en", "zones": ["a"], "int8": True, "autoscaler": FIXED_ONE}]}
 
 
 def readme_examples() -> list[str]:
@@ -50,6 +49,6 @@ def test_transcribe_example(tiny_int8_recognizer):
 
 
 def test_streaming_example_against_a_cluster(tmp_path, tiny_artifacts):
-    with CoordinatorProcess(tmp_path / "cluster", CONFIG) as cluster:
+    with CoordinatorProcess(tmp_path / "cluster", ONE_TINY_POOL) as cluster:
         printed = run_example(readme_examples()[1].replace("http://127.0.0.1:7070", cluster.url))
     assert re.search(r"^\[0\.\d\d-\d\.\d\d\] It is of the first importance", printed, re.M), printed

@@ -215,7 +215,7 @@ class TranscriptionAPI:
 
     async def _stream(self, audio, device: str, token: str, model, language, qos: str) -> list:
         from splitasr.edge.agent import AgentOptions, EdgeAgent
-        from splitasr.edge.client import array_source
+        from splitasr.edge.audio_in import array_source
 
         url = getattr(self.c.backend, "coordinator_url", None)
         if not url:
