@@ -11,6 +11,8 @@ from tokenizers import Tokenizer
 
 from splitasr.shared.errors import ModelFormatError, UnknownLanguageError
 
+TIMESTAMP_S = 0.02  # Whisper's timestamp tokens are this many seconds apart
+
 
 @dataclass(frozen=True)
 class DecoderConfig:
@@ -131,7 +133,7 @@ class WhisperTokenizer:
                 if t < self.eot:
                     text.append(t)
                 continue
-            stamp = (t - begin) * 0.02
+            stamp = (t - begin) * TIMESTAMP_S
             if start is None:
                 start = stamp
             else:

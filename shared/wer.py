@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cache
@@ -108,14 +109,20 @@ def read_manifest(path: str | Path) -> list[ManifestEntry]:
     return entries
 
 
-def repeats_phrase(text: str, max_words: int = 4, times: int = 3) -> bool:
-    """Does a phrase of 1..``max_words`` words occur ``times`` times back to back (a decoding loop,
-    or speech that really repeats: compare with the reference)?"""
-    words = text.lower().split()
-    return any(
+def repeats_phrase(text: str, max_words: int = 4, times: int = 3, long_words: int = 5) -> bool:
+    """Does a phrase of 1..``max_words`` words occur ``times`` times back to back, or one of
+    ``long_words`` words or more twice (a sentence said again: a decoding loop, or speech that really
+    repeats: compare with the reference)?"""
+    words = re.findall(r"[\w']+", text.lower())
+    short = any(
         all(words[i : i + n] == words[i + k * n : i + (k + 1) * n] for k in range(1, times))
         for n in range(1, max_words + 1)
         for i in range(len(words) - times * n + 1)
+    )
+    return short or any(
+        words[i : i + n] == words[i + n : i + 2 * n]
+        for n in range(long_words, len(words) // 2 + 1)
+        for i in range(len(words) - 2 * n + 1)
     )
 
 

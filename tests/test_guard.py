@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from splitasr.cloud.shard.decoding import SuppressRules
 from splitasr.cloud.shard.guard import (
     DecodeResult,
     GuardOptions,
@@ -14,6 +15,7 @@ from splitasr.cloud.shard.guard import (
     loops_at_tail,
     plan,
     repetition_start,
+    span_repeat,
 )
 from splitasr.cloud.shard.windows import next_start, window_end
 
@@ -29,6 +31,22 @@ def test_repetition_found_in_text_tokens_across_timestamps():
     # "zero zero zero" is " 0" twice after "0": two back-to-back repeats are speech, three are a loop
     assert repetition_start([15, 657, 657], EOT) is None
     assert repetition_start([15, 657, 657, 657], EOT) == 2
+
+
+def test_a_sentence_said_twice_is_a_loop_and_is_cut_after_its_first_turn():
+    """tiny.en on a trimmed window of a real 4.6 s clip: "Montreal forced liner. I hardly know her."
+    twice, the second time in a new segment; two turns of a short n-gram stay speech ("0 0")."""
+    sentence = [10, 11, 12, 13, 14, 15, 16]
+    tokens = [TS, *sentence, TS + 150, TS + 150, *sentence, TS + 231]
+    assert repetition_start(tokens, EOT) is None  # two turns: not a short-n-gram loop
+    assert span_repeat(tokens, EOT) == 8  # after the first turn
+    assert span_repeat([TS, 1, 2, 3, 4, 5, 1, 2, 3, 4, 5, TS + 9], EOT) is None  # 5 tokens: too short
+    assert span_repeat([9, *sentence, *sentence[:-1], 8], EOT) is None
+    result = DecodeResult(tuple(tokens), avg_logprob=-0.2)
+    assert assess(result, "a b c d e f g a b c d e f g", EOT) is Verdict.RETRY
+    assert judge(result, "a b c d e f g a b c d e f g", 1, ("trimmed", "long"), EOT, GuardOptions()) == tuple(
+        tokens[:8]
+    )
 
 
 def test_a_loop_is_found_at_the_token_that_completes_it_exactly_as_repetition_start_finds_it():
@@ -112,3 +130,22 @@ def test_window_modes_share_one_builder():
     np.testing.assert_array_equal(trimmed[0, :, :336], long[0, :, :336])  # the same frames, more silence
     assert long[0, 0, -1] == (max(SILENCE_LOG_MEL, -1.0 - 8.0) + 4) / 4
     assert full[0, 0, -1] == 0.0  # faster-whisper pads the normalised features with zeros
+
+
+def test_no_segment_starts_after_the_audio_ends():
+    """Whisper's timestamp rules plus ``last_start``: once a segment has ended, the next may start no
+    later than the audio's end; past it only EOT is left (text there transcribes the padding)."""
+    rules = SuppressRules((), (), EOT, timestamp_begin=TS)
+    vocab = TS + 1501
+    open_end = [TS, 10, 11, TS + 280]  # "<|0.00|> a b <|5.60|>": the next token opens a segment or is EOT
+
+    def allowed(tokens, last_start=None):
+        logits = np.zeros(vocab, np.float32)
+        logits[EOT] = 20.0  # likelier than all timestamps together (else Whisper's rule masks text and EOT)
+        rules.apply_timestamps(logits, tokens, last_start)
+        return {t for t in [*range(EOT + 1), *range(TS, vocab)] if np.isfinite(logits[t])}  # text, EOT, timestamps
+
+    assert allowed(open_end) == {EOT, *range(TS + 280, vocab)}  # Whisper's rule alone
+    assert allowed(open_end, last_start=287) == {EOT, *range(TS + 280, TS + 288)}  # audio ends at 5.76 s
+    assert allowed([TS, 10, 11, TS + 290], last_start=287) == {EOT}  # nothing left but the end
+    assert allowed([TS, 10, 11], last_start=287) == allowed([TS, 10, 11])  # inside a segment: no change

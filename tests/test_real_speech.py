@@ -34,10 +34,10 @@ def test_real_english_clips_default_settings_no_loops(tiny_int8_recognizer, real
             loops.append((entry.file.name, result.text))
     print(f"WER {tally.wer:.3f} on {len(english)} clips, holdout {held.wer:.3f}, {retried} windows retried")
     assert not loops, loops
-    # faster-whisper tiny.en int8 greedy with its default fallbacks: 15.5 % on these clips (benchmarks/offline.py)
-    # splitasr: 151 errors of 838 words (18.0 %) with onnxruntime 1.32.0 (CI, 2026-12-05); earlier
-    # installs gave 17.9 %. A regression guard with room for a word or two between releases.
-    assert tally.wer <= 0.185
+    # faster-whisper tiny.en int8 greedy with its default fallbacks: 14.7-15.6 % on these clips over runs
+    # (benchmarks/offline.py); splitasr 13.7 % (holdout 15.2 %) on 2026-12-06, after the guard stopped
+    # text past the audio's end and sentences said twice. A regression guard with room for a few words.
+    assert tally.wer <= 0.15
     assert retried > 0, "the guard never retried: trimmed windows loop on these clips"
 
 

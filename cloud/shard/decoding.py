@@ -70,8 +70,12 @@ class SuppressRules:
             logits[:, list(self.at_begin)] = -np.inf
         return logits
 
-    def apply_timestamps(self, logits: np.ndarray, tokens: list[int]) -> None:
-        """Whisper's ``ApplyTimestampRules`` on one row's logits (in place), given its tokens so far."""
+    def apply_timestamps(self, logits: np.ndarray, tokens: list[int], last_start: int | None = None) -> None:
+        """Whisper's ``ApplyTimestampRules`` on one row's logits (in place), given its tokens so far.
+
+        ``last_start`` (in 0.02 s steps): no segment after the first starts later, since the audio
+        ends there; text after it would transcribe the window's padding (on a trimmed window,
+        tiny.en repeats its last sentence there). Then only EOT is left."""
         begin = self.timestamp_begin
         if not tokens:  # the first token is a timestamp, no later than max_initial_timestamp
             logits[:begin] = -np.inf
@@ -84,6 +88,8 @@ class SuppressRules:
                 logits[begin:] = -np.inf
             else:  # an open segment end: another timestamp or EOT, not text
                 logits[: self.eot] = -np.inf
+                if last_start is not None:  # the next segment's start: not after the audio
+                    logits[begin + last_start + 1 :] = -np.inf
         stamps = [t for t in tokens if t >= begin]
         if stamps:  # timestamps never decrease; a new segment starts after the last one
             floor = stamps[-1] if last_ts and not penultimate_ts else stamps[-1] + 1
@@ -124,6 +130,7 @@ class Sequence:
     tokens: list[int] = field(default_factory=list)
     tag: Any = None  # the caller's handle (a request, a window index)
     timestamps: bool = False  # Whisper's timestamp rules apply to this sequence
+    last_start: int | None = None  # timestamp step after which no segment starts (the audio's end)
     sum_logprob: float = 0.0  # of the generated tokens, EOT included
     no_speech_prob: float = 0.0  # P(no speech) at the start-of-transcript position
     hit_cap: bool = False  # stopped by the token cap, not by EOT
@@ -186,7 +193,7 @@ class _Lane:
         logits = self.rules.apply(logits.astype(np.float32, copy=True), first)
         for row, s in enumerate(seqs):
             if s.timestamps:
-                self.rules.apply_timestamps(logits[row], s.tokens)
+                self.rules.apply_timestamps(logits[row], s.tokens, s.last_start)
         logprobs = _log_softmax(logits)
         best = logprobs.argmax(axis=-1)
         done = []

@@ -6,7 +6,7 @@ window often loops (``5, 5, 5, 5 …``) until the token cap. This module holds t
 every path (offline, batch mode, streaming) applies to each decoded window, following
 openai-whisper / faster-whisper: a hypothesis is *degenerate* when it reached the token cap, its
 text compresses too well (gzip ratio above ``compression_ratio_threshold``, Whisper's loop
-detector), a short n-gram repeats back to back, or its average log-probability is below
+detector), a short n-gram repeats back to back (or a longer span twice), or its average log-probability is below
 ``log_prob_threshold``; a degenerate hypothesis of a trimmed window is decoded again on a longer
 window (``plan``: at least 15 s, which on the tune split of the real dev set was both more accurate
 and cheaper than the full 30 s; ``auto-full`` retries on 30 s). A window is *silent* when Whisper's
@@ -21,6 +21,8 @@ import zlib
 from dataclasses import dataclass
 from enum import Enum
 from typing import Literal
+
+import numpy as np
 
 WindowMode = Literal["trimmed", "long", "full"]
 WindowChoice = Literal["auto", "trimmed", "full"]
@@ -56,6 +58,7 @@ class GuardOptions:
     no_speech_threshold: float = 0.6
     max_ngram: int = 8  # repeated n-grams of up to this many tokens count as a loop
     max_repeats: int = 3  # ... when one occurs this many times back to back
+    span_tokens: int = 6  # a span of at least this many tokens said twice back to back is a loop too
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,24 @@ def repetition_start(
     return None
 
 
+def span_repeat(tokens: tuple[int, ...] | list[int], eot: int, min_tokens: int = 6) -> int | None:
+    """Index (into ``tokens``) after the first turn of a text span of at least ``min_tokens`` tokens
+    said twice back to back (a sentence decoded again, which :func:`repetition_start` misses: it
+    needs three turns of a short n-gram), or None. Timestamps are skipped, as there."""
+    where = [i for i, tok in enumerate(tokens) if tok < eot]
+    t = np.asarray([tokens[i] for i in where], np.int64)
+    best: int | None = None
+    for n in range(min_tokens, len(t) // 2 + 1):
+        same = t[:-n] == t[n:]  # same[j]: token j equals token j + n
+        run = 0
+        for j, eq in enumerate(same.tolist()):
+            run = run + 1 if eq else 0
+            if run == n:  # t[j-n+1 : j+1] == t[j+1 : j+n+1]: the first turn ends at j
+                best = j if best is None else min(best, j)
+                break
+    return None if best is None else where[best] + 1
+
+
 def loops_at_tail(tokens: list[int], eot: int, max_ngram: int = 8, max_repeats: int = 3) -> bool:
     """Whether the text tokens end with an n-gram (n ≤ ``max_ngram``) repeated ``max_repeats`` times
     back to back. Checked after every new token, it finds the first loop that
@@ -144,6 +165,7 @@ def assess(result: DecodeResult, text: str, eot: int, options: GuardOptions = Gu
         unsure
         or _runaway(result, text, options)
         or repetition_start(result.tokens, eot, options.max_ngram, options.max_repeats) is not None
+        or span_repeat(result.tokens, eot, options.span_tokens) is not None
     ):
         return Verdict.RETRY
     return Verdict.ACCEPT
@@ -153,11 +175,13 @@ def final_tokens(
     result: DecodeResult, text: str, verdict: Verdict, eot: int, options: GuardOptions = GuardOptions()
 ) -> tuple[int, ...]:
     """The tokens to keep once no window is left to try: none for silence; a runaway loop (token cap
-    reached or text that compresses too well) cut after its first turn; otherwise all of them."""
+    reached or text that compresses too well) or a span said twice cut after its first turn;
+    otherwise all of them."""
     if verdict is Verdict.SILENCE:
         return ()
-    if verdict is Verdict.RETRY and _runaway(result, text, options):
-        cut = repetition_start(result.tokens, eot, options.max_ngram, 2)
+    if verdict is Verdict.RETRY:
+        cut = repetition_start(result.tokens, eot, options.max_ngram, 2) if _runaway(result, text, options) else None
+        cut = cut if cut is not None else span_repeat(result.tokens, eot, options.span_tokens)
         if cut is not None:
             return result.tokens[:cut]
     return result.tokens

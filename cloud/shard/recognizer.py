@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +24,7 @@ from splitasr.cloud.shard.guard import (
 from splitasr.cloud.shard.runtime import RuntimeOptions, StageRuntime
 from splitasr.cloud.shard.windows import audio_log_mel, next_start, window_end, window_mel
 from splitasr.models.stages import StageArtifacts, ensure_stages
-from splitasr.models.tokenizer import DecoderConfig, WhisperTokenizer
+from splitasr.models.tokenizer import TIMESTAMP_S, DecoderConfig, WhisperTokenizer
 from splitasr.shared.audio import load_audio
 from splitasr.shared.errors import AudioError
 from splitasr.shared.subtitles import fit_segments
@@ -138,7 +139,14 @@ class TextDecoder:
         prompt = self.tokenizer.prompt(language, options.timestamps)
         cap = options.token_cap(audio_seconds, len(prompt))
         return Sequence(
-            prompt, cap, cross_k[:, 0], cross_v[:, 0], tag=tag, timestamps=options.timestamps, loop_guard=loop_guard
+            prompt,
+            cap,
+            cross_k[:, 0],
+            cross_v[:, 0],
+            tag=tag,
+            timestamps=options.timestamps,
+            last_start=max(0, math.ceil(round(audio_seconds / TIMESTAMP_S, 6)) - 1),
+            loop_guard=loop_guard,
         )
 
     def detect_language(self, cross_k: np.ndarray, cross_v: np.ndarray) -> list[str]:
