@@ -5,7 +5,8 @@ over 30 s; 8–48 kHz, stereo). tiny.en runs the English clips; base (``--model 
 the language given. Systems: splitasr with default settings (fp32, int8), splitasr batch mode (int8,
 result cache off), faster-whisper greedy with its default fallbacks (fp32, int8; the baseline) and
 its ``BatchedInferencePipeline`` (int8). Systems run interleaved for ``--rounds`` rounds (median
-reported) so that other load on the machine hits them alike. WER is reported on all clips and on
+speed, mean WER with its range: faster-whisper's temperature fallback samples, so its WER moves
+from run to run) so that other load on the machine hits them alike. WER is reported on all clips and on
 the held-out split (never used for tuning), with the number of hypotheses that loop. Writes
 benchmarks/results/offline[-MODEL].json + .png.
 """
@@ -114,16 +115,18 @@ def main() -> int:
         run(clips[:1])
     walls: dict[str, list[float]] = {name: [] for name in systems}
     texts: dict[str, list[str]] = {}
+    wers: dict[str, list[float]] = {name: [] for name in systems}  # faster-whisper's fallback samples: WER varies
     for _ in range(args.rounds):
         for name, run in systems.items():
             started = time.perf_counter()
             texts[name] = run(clips)
             walls[name].append(time.perf_counter() - started)
+            wers[name].append(score(clips, texts[name]))
     baseline = audio_s / median(walls["faster-whisper int8"])
     rows, results = [], {}
     for name in systems:
         speed = audio_s / median(walls[name])
-        wer, held = score(clips, texts[name]), score(clips, texts[name], "holdout")
+        wer, held = sum(wers[name]) / len(wers[name]), score(clips, texts[name], "holdout")
         loops = [  # a reference may repeat a word itself ("word word word word")
             str(e.file.name)
             for (e, _), t in zip(clips, texts[name], strict=True)
@@ -133,15 +136,24 @@ def main() -> int:
             "audio_s_per_wall_s": round(speed, 2),
             "ratio_vs_fw_int8": round(speed / baseline, 3),
             "wall_s": [round(w, 3) for w in walls[name]],
-            "wer": round(wer, 4),
-            "wer_holdout": round(held, 4),
+            "wer": round(wer, 4),  # mean over rounds
+            "wer_rounds": [round(w, 4) for w in wers[name]],
+            "wer_holdout": round(held, 4),  # last round, as the texts and loops
             "looping_hypotheses": loops,
             "texts": texts[name],
         }
         if hasattr(run := systems[name], "sizes"):
             results[name]["decoder_batch_sizes"] = {str(k): v for k, v in sorted(run.sizes.items())}
         rows.append(
-            [name, round(speed, 1), round(speed / baseline, 2), f"{wer * 100:.1f}%", f"{held * 100:.1f}%", len(loops)]
+            [
+                name,
+                round(speed, 1),
+                round(speed / baseline, 2),
+                f"{wer * 100:.1f}%"
+                + (f" ({min(wers[name]) * 100:.1f}-{max(wers[name]) * 100:.1f})" if args.rounds > 1 else ""),
+                f"{held * 100:.1f}%",
+                len(loops),
+            ]
         )
     print(
         f"{len(clips)} real clips ({sum(e.split == 'holdout' for e, _ in clips)} held out), {audio_s:.1f} s of audio, "

@@ -244,9 +244,10 @@ def cmd_transcribe(args: argparse.Namespace) -> int:
     for path, audio in zip(args.files, audios, strict=True):
         started = time.perf_counter()
         if args.vad:
-            from splitasr.edge.segmenter import speech_regions
+            from splitasr.edge.segmenter import SegmenterOptions, speech_regions
 
-            result = recognizer.transcribe_regions(audio, speech_regions(audio), options)
+            edge = SegmenterOptions()
+            result = recognizer.transcribe_regions(audio, speech_regions(audio, edge), options, head_s=edge.pre_roll_s)
         else:
             result = recognizer.transcribe(audio, options)
         wall = time.perf_counter() - started
