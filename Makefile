@@ -32,11 +32,12 @@ test: install lint
 	$(BIN)/pytest -q -ra --durations=25
 
 bench: install
-	$(PY) benchmarks/offline.py
-	$(PY) benchmarks/offline.py --model base --quick
+	$(PY) benchmarks/offline.py --rounds 3
+	$(PY) benchmarks/offline.py --model base --quick --rounds 3
 	$(PY) benchmarks/processes.py
 	$(PY) benchmarks/batching.py
 	$(PY) benchmarks/streaming.py
+	$(PY) benchmarks/subtitles.py
 	$(PY) benchmarks/capacity.py
 	$(PY) benchmarks/simulate.py
 	$(PY) benchmarks/calibrate.py

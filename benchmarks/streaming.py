@@ -7,7 +7,8 @@ count as one utterance. Each stream runs through ``splitasr edge``'s agent (Sile
 local cluster (tiny.en int8: stage-0 replicas + enc_b + dec, one thread each) in real time; N
 streams run at once, stream i playing long-form stream i mod ``--count`` (16 streams of 8 clips: the
 102 English clips, some twice in other company and formats). An N=1 row plays ``--solo`` streams
-(4) one after another, so that it holds more than one stream's words. Latency runs from the utterance's true
+(all 16) one after another, so that it holds the same words as the N=16 row (a subset of 4 streams
+held 212 words, too few: one falsetto sentence the VAD misses moved its WER by 4 points). Latency runs from the utterance's true
 end (its last voiced sample in the stream) to the FINAL's arrival. The offline WER of each row is
 ``Recognizer.transcribe`` (default settings) on exactly the stream files that row played, so a
 stream played twice counts twice on both sides. Writes
@@ -79,7 +80,7 @@ def main() -> int:
     parser.add_argument("--stage0-replicas", type=int, default=2)
     parser.add_argument("--count", type=int, default=16, help="long-form streams (16 x 8 clips cover the English set)")
     parser.add_argument("--per-stream", type=int, default=8, help="clips per long-form stream")
-    parser.add_argument("--solo", type=int, default=4, help="N=1 rows play this many streams, one at a time")
+    parser.add_argument("--solo", type=int, default=16, help="N=1 rows play this many streams, one at a time")
     parser.add_argument("--name", default="streaming", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     from splitasr.cloud.shard.recognizer import Recognizer
