@@ -7,11 +7,11 @@ count as one utterance. Each stream runs through ``splitasr edge``'s agent (Sile
 local cluster (tiny.en int8: stage-0 replicas + enc_b + dec, one thread each) in real time; N
 streams run at once, stream i playing long-form stream i mod ``--count`` (16 streams of 8 clips: the
 102 English clips, some twice in other company and formats). An N=1 row plays ``--solo`` streams
-(all 16) one after another, so that it holds the same words as the N=16 row (a subset of 4 streams
-held 212 words, too few: one falsetto sentence the VAD misses moved its WER by 4 points). Latency runs from the utterance's true
-end (its last voiced sample in the stream) to the FINAL's arrival. The offline WER of each row is
-``Recognizer.transcribe`` (default settings) on exactly the stream files that row played, so a
-stream played twice counts twice on both sides. Writes
+(all 16) one after another, so that it holds the same words as the N=16 row (a subset of 4
+streams held 212 words, too few: one falsetto sentence the VAD misses moved its WER by 4 points).
+Latency runs from the utterance's true end (its last voiced sample in the stream) to the FINAL's
+arrival. The offline WER of each row is ``Recognizer.transcribe`` (default settings) on exactly the
+stream files that row played, so a stream played twice counts twice on both sides. Writes
 benchmarks/results/streaming.json + streaming.png (``--name`` changes the name).
 """
 
