@@ -170,3 +170,40 @@ def test_bad_requests_get_openai_errors(cluster, client, token):
     )
     assert big.stdout.endswith(b"413"), big.stdout[-300:]
     assert cluster.get("/v1/pools")["pools"][0]["model"] == "tiny.en"  # the coordinator is still serving
+
+
+def test_a_client_that_leaves_stops_its_transcription(cluster, token):
+    """aiohttp does not cancel a handler when its client disconnects: the API notices the closed
+    connection and stops the upload's session (answer 499, counted), instead of streaming 35 s of
+    audio through the cluster for nobody."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    from tests.cluster import wait_until
+
+    def gone() -> float:
+        with urllib.request.urlopen(f"{cluster.url}/metrics", timeout=10) as resp:
+            body = resp.read().decode()
+        line = 'splitasr_api_transcriptions_total{format="json",status="499"} '
+        return next((float(x.split(" ")[-1]) for x in body.splitlines() if x.startswith(line)), 0.0)
+
+    before = gone()
+    boundary = "splitasr-test-boundary"
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="model"\r\n\r\ntiny.en\r\n'
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n'
+            "Content-Type: audio/flac\r\n\r\n"
+        ).encode()
+        + CLIPS[0].read_bytes()
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    url = urllib.parse.urlsplit(cluster.url)
+    head = (
+        f"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer {token}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
+        sock.sendall(head.encode() + body)  # the whole request, then the connection closes unanswered
+    wait_until(lambda: gone() > before, 60, "the abandoned transcription to be stopped")

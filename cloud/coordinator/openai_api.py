@@ -16,6 +16,7 @@ lost. The FINALs, one per utterance with its start and end, become the response'
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -38,6 +39,28 @@ MAX_PER_DEVICE = 2  # ... of them from one device (they share its audio rate lim
 MAX_FIELD_BYTES = 4096  # a form field other than the file
 MAX_PARTS = 32
 FORM_DEADLINE_S = 120.0  # the whole upload must arrive within this
+GONE_POLL_S = 1.0  # how often a running transcription checks that its client is still connected
+
+
+class ClientGone(Exception):
+    """The HTTP client closed its connection before its transcription was done."""
+
+
+async def unless_gone(request: web.Request, work):
+    """``await work``, cancelled (ClientGone) once the client's connection closes: aiohttp does not
+    cancel handlers on a disconnect, and an abandoned upload would hold a session for minutes."""
+    task = asyncio.ensure_future(work)
+    try:
+        while not (await asyncio.wait({task}, timeout=GONE_POLL_S))[0]:
+            if request.transport is None or request.transport.is_closing():
+                raise ClientGone()
+        return task.result()
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
 RESPONSE_FORMATS = ("json", "text", "srt", "vtt", "verbose_json")
 ALIASES = ("whisper-1",)  # OpenAI's model name: the pool for the language, as with no model
 BATCH_MAX_DEFER_S = 60.0  # an HTTP caller waits for its answer: defer at most this long
@@ -79,6 +102,8 @@ async def _read_form(request: web.Request) -> tuple[bytes, dict[str, list[str]]]
         raise ConfigError(f"the upload did not arrive within {FORM_DEADLINE_S:g} s") from None
     except ValueError as exc:  # malformed multipart framing
         raise ConfigError(f"malformed multipart body: {exc}") from None
+    except ConnectionResetError:  # the client left mid-upload (aiohttp sets this on the payload)
+        raise ClientGone() from None
 
 
 async def _read_parts(reader) -> tuple[bytes, dict[str, list[str]]]:
@@ -139,6 +164,10 @@ class TranscriptionAPI:
             fmt = response.headers.get("X-Response-Format", fmt)
             status = "ok" if response.status == 200 else str(response.status)
             return response
+        except ClientGone:
+            status = "499"  # nginx's "client closed request": nobody reads this answer
+            log.info("the client of a transcription went away; its session was stopped")
+            return web.Response(status=499)
         except web.HTTPException as exc:
             status = str(exc.status)
             return openai_error(exc.status, exc.text or exc.reason, "too_large" if exc.status == 413 else "http")
@@ -181,8 +210,8 @@ class TranscriptionAPI:
             if granularities - {"segment"}:
                 raise ConfigError("timestamp_granularities: only 'segment' is supported (no word timestamps)")
             model, language, qos = self._route_fields(fields)
-            audio = await asyncio.to_thread(load_audio, data, 16000, MAX_AUDIO_S)
-            finals = await self._stream(audio, device, token, model, language, qos)
+            audio = await unless_gone(request, asyncio.to_thread(load_audio, data, 16000, MAX_AUDIO_S))
+            finals = await unless_gone(request, self._stream(audio, device, token, model, language, qos))
             body = self._body(fmt, finals, language, len(audio) / 16000)
             response = (
                 web.json_response(body)
@@ -214,8 +243,9 @@ class TranscriptionAPI:
         return model, language, qos
 
     async def _stream(self, audio, device: str, token: str, model, language, qos: str) -> list:
-        from splitasr.edge.agent import AgentOptions, EdgeAgent
+        from splitasr.edge.agent import AgentOptions, EdgeAgent, edge_frames
         from splitasr.edge.audio_in import array_source
+        from splitasr.shared.offload import in_thread
 
         url = getattr(self.c.backend, "coordinator_url", None)
         if not url:
@@ -229,7 +259,9 @@ class TranscriptionAPI:
             qos=qos,
             max_defer_s=BATCH_MAX_DEFER_S,
         )
-        report = await EdgeAgent(options).run(array_source(audio))
+        # the edge pipeline (conditioning, VAD, log-mel) runs on a worker thread, off the control plane
+        async with contextlib.aclosing(in_thread(lambda: edge_frames(array_source(audio), options))) as frames:
+            report = await EdgeAgent(options).run_frames(frames)
         return sorted((f for f in report.finals if f.text.strip()), key=lambda f: f.utt)
 
     @staticmethod
