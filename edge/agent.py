@@ -404,6 +404,8 @@ class EdgeAgent:
                         self.on_partial(frame)
                 elif isinstance(frame, p.Drain) or (isinstance(frame, p.Error) and frame.retryable):
                     log.info("shard asked us to move (%s); reconnecting", frame)
+                    if isinstance(frame, p.Error) and frame.retry_after_ms:  # e.g. overloaded: tried last for that long
+                        self._suspect[self._url] = time.monotonic() + jittered(frame.retry_after_ms / 1000)
                     reconnect = True
                     break
                 elif isinstance(frame, p.Error):

@@ -1,0 +1,98 @@
+"""The edge agent against in-process fakes on loopback (a coordinator's ``/v1/route`` and two
+stage-0 shards): a shard that answers a running session with a retryable ``overloaded`` ERROR and a
+``retry_after_ms`` is skipped for that long, even when the coordinator, which has not noticed the
+overload, routes the session to it again."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
+
+from splitasr.edge.agent import STREAM_PATH, AgentOptions, EdgeAgent
+from splitasr.edge.audio_in import file_source
+from splitasr.shared import protocol as p
+from tests.cluster import REAL_EN
+
+CLIP = REAL_EN / "en_ljspeech_LJ001-0026_to_0030_concat.flac"  # 35 s, several utterances
+
+
+def fake_shard(behaviour: str, hellos: list) -> web.Application:
+    """A stage-0 stand-in: WELCOME to every HELLO; then ``busy``: an overload ERROR at the first
+    FEATURES; ``draining``: a FINAL for the first EOU, then DRAIN (a rolling restart)."""
+
+    async def stream(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        finals = 0
+        async for msg in ws:
+            if msg.type != WSMsgType.BINARY:
+                continue
+            frame = p.decode(msg.data)
+            if isinstance(frame, p.Hello):
+                hellos.append(frame.session_id)
+                await ws.send_bytes(p.encode(p.Welcome(session_id=frame.session_id, feature_spec=frame.feature_spec)))
+            elif isinstance(frame, p.Features) and behaviour == "busy":
+                error = p.Error(p.E_OVERLOAD, "busy", retryable=True, retry_after_ms=60_000)
+                await ws.send_bytes(p.encode(error))
+            elif isinstance(frame, p.EndOfUtterance) and behaviour != "busy":
+                final = p.Final(utt=frame.utt, text=f"utterance {frame.utt}", language="en", model_version="fake")
+                await ws.send_bytes(p.encode(final))
+                finals += 1
+                if behaviour == "draining" and finals == 1:
+                    await ws.send_bytes(p.encode(p.Drain(reason="restart")))
+        return ws
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"ok": True})
+
+    app = web.Application()
+    app.router.add_get(STREAM_PATH, stream)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+def fake_coordinator(shard_urls: list[str], routes: list) -> web.Application:
+    """Routes every request to the same shards, in the same order (it has not seen the overload)."""
+
+    async def route(request: web.Request) -> web.Response:
+        routes.append(request.query["session"])
+        candidates = [
+            {"shard_id": f"s{i}", "url": url, "zone": "a", "region": "r", "sessions": 0}
+            for i, url in enumerate(shard_urls)
+        ]
+        return web.json_response({"pool": "tiny.en", "stage": "enc_a", "candidates": candidates})
+
+    app = web.Application()
+    app.router.add_get("/v1/route", route)
+    return app
+
+
+def test_an_overloaded_shard_is_skipped_for_its_retry_after_even_when_routed_again():
+    hellos: dict[str, list] = {"busy": [], "draining": []}
+    routes: list = []
+
+    async def main():
+        shards = {name: TestServer(fake_shard(name, hellos[name]), host="127.0.0.1", port=0) for name in hellos}
+        for server in shards.values():
+            await server.start_server()
+        bases = {name: f"ws://127.0.0.1:{s.port}" for name, s in shards.items()}
+        urls = {name: base + STREAM_PATH for name, base in bases.items()}
+        coordinator = TestServer(fake_coordinator([bases["busy"], bases["draining"]], routes), host="127.0.0.1", port=0)
+        await coordinator.start_server()
+        try:
+            options = AgentOptions(
+                coordinator=f"http://127.0.0.1:{coordinator.port}", device_id="mover", language="en", final_timeout_s=30
+            )
+            report = await asyncio.wait_for(EdgeAgent(options).run(file_source(CLIP, realtime=False)), 60)
+            return urls, report
+        finally:
+            for server in [*shards.values(), coordinator]:
+                await server.close()
+
+    urls, report = asyncio.run(main())
+    # busy (overloaded) -> draining (FINAL, then DRAIN) -> routed again: busy is skipped -> draining
+    assert report.shards == [urls["busy"], urls["draining"], urls["draining"]], report.shards
+    assert len(hellos["busy"]) == 1 and len(routes) == 2
+    assert report.utterances >= 2 and sorted(f.utt for f in report.finals) == list(range(report.utterances))
