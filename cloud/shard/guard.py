@@ -6,8 +6,8 @@ window often loops (``5, 5, 5, 5 …``) until the token cap. This module holds t
 every path (offline, batch mode, streaming) applies to each decoded window, following
 openai-whisper / faster-whisper: a hypothesis is *degenerate* when it reached the token cap, its
 text compresses too well (gzip ratio above ``compression_ratio_threshold``, Whisper's loop
-detector), a short n-gram repeats back to back (or a longer span twice), or its average log-probability is below
-``log_prob_threshold``; a degenerate hypothesis of a trimmed window is decoded again on a longer
+detector), a short n-gram repeats back to back (or a longer span twice), or its average
+log-probability is below ``log_prob_threshold``; a degenerate hypothesis of a trimmed window is decoded again on a longer
 window (``plan``: at least 15 s, which on the tune split of the real dev set was both more accurate
 and cheaper than the full 30 s; ``auto-full`` retries on 30 s). A window is *silent* when Whisper's
 no-speech probability is above
