@@ -51,6 +51,7 @@ class AutoscalerConfig:
     warm_spares: int = 1
     predictive: bool = True
     max_scale_up_rate: float = 10.0  # a decision asks for at most this x the ready replicas (as Knative's)
+    scale_in_on_decline: bool = False  # a clear fall of demand (sessions ending) skips the scale-in hold
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
@@ -178,6 +179,22 @@ def predictive(config: AutoscalerConfig, history: Sequence[Sample], now: float) 
     return math.ceil(rate * config.mean_session_s * demand_per_session(config, samples, now))
 
 
+def _trend(points: Sequence[tuple[float, float]]) -> tuple[float, float, float, float] | None:
+    """Least-squares line through ``(t, y)`` points: (slope, its standard error, mean t, mean y);
+    None for fewer than three points or no spread in t."""
+    n = len(points)
+    if n < 3:
+        return None
+    mean_t = sum(t for t, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    sxx = sum((t - mean_t) ** 2 for t, _ in points)
+    if sxx <= 0:
+        return None
+    slope = sum((t - mean_t) * (y - mean_y) for t, y in points) / sxx
+    residual = sum((y - mean_y - slope * (t - mean_t)) ** 2 for t, y in points) / (n - 2)
+    return slope, math.sqrt(residual / sxx), mean_t, mean_y
+
+
 def projected_sessions(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
     """Sessions one lead time from now: the panic window's mean, or, while the count rises clearly
     (a least-squares slope over twice its standard error) and the pool is predictive, the fitted line
@@ -186,17 +203,21 @@ def projected_sessions(config: AutoscalerConfig, history: Sequence[Sample], now:
     recent = _window(history, now, config.panic_window_s)
     if not recent:
         return 0.0
-    n = len(recent)
-    mean_t = sum(s.t for s in recent) / n
-    mean_y = sum(s.sessions for s in recent) / n
-    sxx = sum((s.t - mean_t) ** 2 for s in recent)
-    if n < 3 or sxx <= 0:
+    fit = _trend([(s.t, s.sessions) for s in recent])
+    mean_y = sum(s.sessions for s in recent) / len(recent)
+    if fit is None:
         return mean_y
-    slope = sum((s.t - mean_t) * (s.sessions - mean_y) for s in recent) / sxx
-    residual = sum((s.sessions - mean_y - slope * (s.t - mean_t)) ** 2 for s in recent) / (n - 2)
-    if not config.predictive or slope <= 0 or slope <= 2 * math.sqrt(residual / sxx):
+    slope, error, mean_t, _ = fit
+    if not config.predictive or slope <= 0 or slope <= 2 * error:
         return mean_y
     return max(mean_y + slope * (now - mean_t), recent[-1].sessions) + slope * config.lead_time_s
+
+
+def declining(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> bool:
+    """Whether the stage's demand falls clearly over the panic window (a least-squares slope below
+    minus twice its standard error): sessions ending, not noise."""
+    fit = _trend([(s.t, demand(config, s)) for s in _window(history, now, config.panic_window_s)])
+    return fit is not None and fit[0] < 0 and -fit[0] > 2 * fit[1]
 
 
 def feed_forward(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> int:
@@ -225,7 +246,8 @@ def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past
     if wanted < baseline:
         # scale in only if no recommendation in the stabilisation window asked for more
         held = max((d.recommended for d in past if now - config.scale_in_stabilization_s < d.t < now), default=0)
-        if held > wanted or panic:
+        falling = config.scale_in_on_decline and declining(config, history, now)
+        if panic or (held > wanted and not falling):
             wanted, reason = min(baseline, max(held, wanted)), f"scale-in held ({reason})"
     # a queue delay of minutes must not ask for thousands of replicas at once (the simulator found
     # 1 -> 10^6 decoders in one step): like Knative's max scale-up rate, at most this x what is ready

@@ -7,11 +7,11 @@ every path (offline, batch mode, streaming) applies to each decoded window, foll
 openai-whisper / faster-whisper: a hypothesis is *degenerate* when it reached the token cap, its
 text compresses too well (gzip ratio above ``compression_ratio_threshold``, Whisper's loop
 detector), a short n-gram repeats back to back (or a longer span twice), or its average
-log-probability is below ``log_prob_threshold``; a degenerate hypothesis of a trimmed window is decoded again on a longer
-window (``plan``: at least 15 s, which on the tune split of the real dev set was both more accurate
-and cheaper than the full 30 s; ``auto-full`` retries on 30 s). A window is *silent* when Whisper's
-no-speech probability is above
-``no_speech_threshold`` and the hypothesis is unsure (average log-probability below the threshold):
+log-probability is below ``log_prob_threshold``; a degenerate hypothesis of a trimmed window is
+decoded again on a longer window (``plan``: at least 15 s, which on the tune split of the real dev
+set was both more accurate and cheaper than the full 30 s; ``auto-full`` retries on 30 s). A
+window is *silent* when Whisper's no-speech probability is above ``no_speech_threshold`` and the
+hypothesis is unsure (average log-probability below the threshold):
 it yields no text. Pure functions, no I/O.
 """
 
