@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -66,6 +68,24 @@ def test_scale_in_only_after_the_stabilisation_window():
     timeline = simulate(CONFIG, lambda t: 40 if t < 100 else 4, 500, replicas=10)
     assert all(r >= 10 for t, r, _ in timeline if 100 <= t < 100 + 300 - 1)
     assert any(r <= 2 for t, r, _ in timeline if t >= 100 + 300 + 61)
+
+
+def test_a_clear_decline_skips_the_scale_in_hold_when_asked_but_noise_does_not():
+    """``scale_in_on_decline`` (opt-in): sessions that end steadily (40 -> 4 over 60 s) are followed
+    down while they fall (the stable window's mean lags); with it off the pool waits the whole
+    300 s; noise is not a decline."""
+    falling = lambda t: 40 if t < 100 else max(4, 40 - 0.6 * (t - 100))  # noqa: E731
+    held = simulate(CONFIG, falling, 260, replicas=10)
+    quick = simulate(dataclasses.replace(CONFIG, scale_in_on_decline=True), falling, 260, replicas=10)
+    assert all(r >= 10 for t, r, _ in held if 100 <= t < 260)
+    assert max(r for t, r, _ in quick if t >= 170) <= 5
+    rng = np.random.default_rng(1)
+    noise = rng.normal(0, 2.0, 700)
+    config = dataclasses.replace(CONFIG, scale_in_on_decline=True)
+    timeline = simulate(config, lambda t: max(0.0, 14 + noise[t]), 700, replicas=4)
+    after_warmup = [r for t, r, _ in timeline if t >= 60]
+    # one change more than without it in 10 minutes of noise (a 60 s window's slope passes 3 SE by chance)
+    assert sum(1 for a, b in zip(after_warmup, after_warmup[1:], strict=False) if a != b) <= 2
 
 
 def test_no_scale_in_while_new_replicas_are_still_starting():

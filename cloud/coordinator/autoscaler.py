@@ -214,10 +214,10 @@ def projected_sessions(config: AutoscalerConfig, history: Sequence[Sample], now:
 
 
 def declining(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> bool:
-    """Whether the stage's demand falls clearly over the panic window (a least-squares slope below
-    minus twice its standard error): sessions ending, not noise."""
-    fit = _trend([(s.t, demand(config, s)) for s in _window(history, now, config.panic_window_s)])
-    return fit is not None and fit[0] < 0 and -fit[0] > 2 * fit[1]
+    """Whether the stage's demand falls clearly over the stable window (a least-squares slope below
+    minus three times its standard error): sessions ending, not noise."""
+    fit = _trend([(s.t, demand(config, s)) for s in _window(history, now, config.stable_window_s)])
+    return fit is not None and fit[0] < 0 and -fit[0] > 3 * fit[1]
 
 
 def feed_forward(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> int:
