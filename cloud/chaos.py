@@ -210,17 +210,23 @@ class Injector:
         fault = Fault(kind, round(time.monotonic() - started, 2), shard["stage"], shard["pid"], time.monotonic())
         try:
             os.kill(shard["pid"], signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
-        except ProcessLookupError:
+        except ProcessLookupError:  # it died since the coordinator's last view: counted, not struck
+            self.skipped.append({"kind": kind, "at_s": fault.at_s, "reason": "the shard had exited"})
             return None
         self.faults.append(fault)
         log.info("chaos: %s %s shard pid %d at %.1f s", kind, fault.stage, fault.pid, fault.at_s)
         return fault
 
-    async def _hang(self, started: float) -> None:
+    async def _hang(self, started: float) -> asyncio.Task | None:
+        """SIGSTOP a shard now (before a kill due at the same moment picks its targets, so the two
+        never strike the same shard); the returned task sends SIGCONT after ``hang_s``."""
         fault = await self._strike("hang", started)
         if fault is None:
-            return
+            return None
         self.hung.add(fault.pid)
+        return asyncio.create_task(self._release(fault))
+
+    async def _release(self, fault: Fault) -> None:
         try:
             await asyncio.sleep(self.o.hang_s)  # the length of the hang
         finally:
@@ -255,7 +261,8 @@ class Injector:
                 if not await _at(started, at, done):
                     return
                 if kind == "hang":
-                    tasks.append(asyncio.create_task(self._hang(started)))
+                    if (release := await self._hang(started)) is not None:
+                        tasks.append(release)
                 elif kind == "coordinator":
                     tasks.append(asyncio.create_task(self._restart_coordinator(started)))
                 else:
