@@ -339,8 +339,9 @@ class EdgeAgent:
 
     async def _next_url(self, http: aiohttp.ClientSession) -> str | None:
         if self.o.coordinator:
-            if not self._routed:
-                self._routed = await self._route(http)
+            now = time.monotonic()
+            if all(self._suspect.get(u, 0.0) > now for u in self._routed):  # none left, or only suspects
+                self._routed = await self._route(http) or self._routed  # a suspect only if nothing else
             if self._routed:
                 self._routed = self._trusted(self._routed)
                 return self._routed.pop(0)

@@ -2,7 +2,7 @@
 
 The coordinator streams API uploads through the edge pipeline (conditioning, Silero VAD, log-mel);
 on its own event loop that work would delay the control plane (heartbeats, routes). ``in_thread``
-runs the generator in a thread with an event loop of its own and passes items back through a queue
+runs the generator in a thread of its own (with its own event loop) and passes items back through a queue
 of ``maxsize`` items, so a slow consumer holds the producer back (memory stays bounded) and a
 consumer that stops early stops the producer.
 """
@@ -52,7 +52,17 @@ async def in_thread(make: Callable[[], AsyncIterator[T]], maxsize: int = 64) -> 
         if not stop.is_set():
             hand_over(end)
 
-    worker = loop.run_in_executor(None, work)
+    finished = asyncio.Event()
+
+    def run() -> None:
+        try:
+            work()
+        finally:
+            loop.call_soon_threadsafe(finished.set)
+
+    # a thread of its own: the loop's default executor has CPUs + 4 threads, and a producer that
+    # its consumer paces holds one for the whole stream
+    threading.Thread(target=run, name="offload", daemon=True).start()
     try:
         while (item := await queue.get()) is not _END:
             if isinstance(item, BaseException):
@@ -60,4 +70,4 @@ async def in_thread(make: Callable[[], AsyncIterator[T]], maxsize: int = 64) -> 
             yield item
     finally:
         stop.set()
-        await worker
+        await finished.wait()

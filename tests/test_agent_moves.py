@@ -40,7 +40,7 @@ def fake_shard(behaviour: str, hellos: list) -> web.Application:
                 final = p.Final(utt=frame.utt, text=f"utterance {frame.utt}", language="en", model_version="fake")
                 await ws.send_bytes(p.encode(final))
                 finals += 1
-                if behaviour == "draining" and finals == 1:
+                if behaviour == "draining" and finals == 1 and len(hellos) == 1:  # once, on the first session
                     await ws.send_bytes(p.encode(p.Drain(reason="restart")))
         return ws
 

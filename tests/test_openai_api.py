@@ -172,14 +172,18 @@ def test_bad_requests_get_openai_errors(cluster, client, token):
     assert cluster.get("/v1/pools")["pools"][0]["model"] == "tiny.en"  # the coordinator is still serving
 
 
-def test_a_client_that_leaves_stops_its_transcription(cluster, token):
+def test_a_client_that_leaves_stops_its_transcription(cluster, token, tmp_path):
     """aiohttp does not cancel a handler when its client disconnects: the API notices the closed
-    connection and stops the upload's session (answer 499, counted), instead of streaming 35 s of
-    audio through the cluster for nobody."""
+    connection and stops the upload's session (answer 499, counted), instead of streaming minutes
+    of audio through the cluster for nobody. The client leaves once its session is on a shard."""
     import socket
     import urllib.parse
     import urllib.request
 
+    import numpy as np
+    import soundfile as sf
+
+    from splitasr.shared.audio import load_audio
     from tests.cluster import wait_until
 
     def gone() -> float:
@@ -188,7 +192,13 @@ def test_a_client_that_leaves_stops_its_transcription(cluster, token):
         line = 'splitasr_api_transcriptions_total{format="json",status="499"} '
         return next((float(x.split(" ")[-1]) for x in body.splitlines() if x.startswith(line)), 0.0)
 
+    def sessions() -> int:
+        return sum(s["sessions"] for s in cluster.stage0())
+
+    long = tmp_path / "long.flac"  # 175 s: five times a 35 s recording
+    sf.write(long, np.tile(load_audio(CLIPS[0]), 5), 16000)
     before = gone()
+    wait_until(lambda: sessions() == 0, 30, "no session from earlier tests")
     boundary = "splitasr-test-boundary"
     body = (
         (
@@ -196,7 +206,7 @@ def test_a_client_that_leaves_stops_its_transcription(cluster, token):
             f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.flac"\r\n'
             "Content-Type: audio/flac\r\n\r\n"
         ).encode()
-        + CLIPS[0].read_bytes()
+        + long.read_bytes()
         + f"\r\n--{boundary}--\r\n".encode()
     )
     url = urllib.parse.urlsplit(cluster.url)
@@ -205,5 +215,8 @@ def test_a_client_that_leaves_stops_its_transcription(cluster, token):
         f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: {len(body)}\r\n\r\n"
     )
     with socket.create_connection((url.hostname, url.port), timeout=10) as sock:
-        sock.sendall(head.encode() + body)  # the whole request, then the connection closes unanswered
-    wait_until(lambda: gone() > before, 60, "the abandoned transcription to be stopped")
+        sock.sendall(head.encode() + body)
+        wait_until(lambda: sessions() >= 1, 60, "the upload's session on a shard")
+    # the connection is closed, unanswered: the session ends and the request counts as 499
+    wait_until(lambda: gone() > before, 30, "the abandoned transcription to be stopped")
+    wait_until(lambda: sessions() == 0, 30, "the abandoned session to leave its shard")

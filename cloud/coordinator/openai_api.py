@@ -260,8 +260,10 @@ class TranscriptionAPI:
             max_defer_s=BATCH_MAX_DEFER_S,
         )
         # the edge pipeline (conditioning, VAD, log-mel) runs on a worker thread, off the control plane
-        async with contextlib.aclosing(in_thread(lambda: edge_frames(array_source(audio), options))) as frames:
-            report = await EdgeAgent(options).run_frames(frames)
+        agent = EdgeAgent(options)  # its segmenter takes the pool's edge flags (endpoint silence)
+        source = in_thread(lambda: edge_frames(array_source(audio), options, agent.segmenter))
+        async with contextlib.aclosing(source) as frames:
+            report = await agent.run_frames(frames)
         return sorted((f for f in report.finals if f.text.strip()), key=lambda f: f.utt)
 
     @staticmethod
