@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
+#: an autoscaler that keeps exactly one replica per stage (no spares, no forecast)
+FIXED = {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0, "predictive": False}
 
 
 def machine() -> dict:

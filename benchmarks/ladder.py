@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from capacity import Answer  # noqa: E402
-from common import machine, print_table, recorded_streams, save_figure, write_json  # noqa: E402
+from common import FIXED, machine, print_table, recorded_streams, save_figure, write_json  # noqa: E402
 from streaming import pct, true_end_latencies  # noqa: E402
 
 from splitasr.cli.admin import call  # noqa: E402
@@ -43,7 +43,6 @@ from splitasr.shared.errors import SessionRejectedError  # noqa: E402
 from splitasr.shared.wer import WERTally  # noqa: E402
 
 ADMIN = "ladder-bench"
-FIXED = {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0, "predictive": False}
 
 
 def config(ladder: bool, slo_ms: float) -> dict:

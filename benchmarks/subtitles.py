@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import bar_plot, print_table, write_json  # noqa: E402
+from common import FIXED, bar_plot, print_table, write_json  # noqa: E402
 
 from splitasr.cloud.coordinator.launch import CoordinatorProcess  # noqa: E402
 from splitasr.cloud.shard.recognizer import Recognizer  # noqa: E402
@@ -34,7 +34,6 @@ from splitasr.shared.longform import LongStream, build_streams  # noqa: E402
 from splitasr.shared.wer import WERTally  # noqa: E402
 
 TOLERANCE_S = 0.5
-FIXED_ONE = {"min_replicas": 1, "max_replicas": 1, "warm_spares": 0, "predictive": False}  # one replica per stage
 
 
 def boundary_distances(stream: LongStream, segments) -> list[float]:
@@ -107,7 +106,7 @@ def main() -> int:
         "--vad (Silero endpointing)": measure("--vad", vad, streams, audio_s),
     }
     if not args.no_api:
-        config = {"pools": [{"model": "tiny.en", "zones": ["a"], "int8": True, "autoscaler": FIXED_ONE}]}
+        config = {"pools": [{"model": "tiny.en", "zones": ["a"], "int8": True, "autoscaler": FIXED}]}
         with CoordinatorProcess(config, workdir / "cluster") as cluster:
             api = api_system(cluster.url)
             results["OpenAI API verbose_json (cluster)"] = measure("API", lambda s: api(s.path), streams, audio_s)

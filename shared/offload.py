@@ -2,8 +2,8 @@
 
 The coordinator streams API uploads through the edge pipeline (conditioning, Silero VAD, log-mel);
 on its own event loop that work would delay the control plane (heartbeats, routes). ``in_thread``
-runs the generator in a thread of its own (with its own event loop) and passes items back through a queue
-of ``maxsize`` items, so a slow consumer holds the producer back (memory stays bounded) and a
+runs the generator in a thread of its own (with its own event loop) and passes items back through
+a queue of ``maxsize`` items, so a slow consumer holds the producer back (memory stays bounded) and a
 consumer that stops early stops the producer.
 """
 
@@ -43,20 +43,17 @@ async def in_thread(make: Callable[[], AsyncIterator[T]], maxsize: int = 64) -> 
             if stop.is_set() or not hand_over(item):
                 return
 
-    def work() -> None:
+    finished = asyncio.Event()
+
+    def run() -> None:
         try:
             asyncio.run(produce())
             end: object = _END
         except BaseException as exc:  # handed to the consumer, raised there
             end = exc
-        if not stop.is_set():
-            hand_over(end)
-
-    finished = asyncio.Event()
-
-    def run() -> None:
         try:
-            work()
+            if not stop.is_set():
+                hand_over(end)
         finally:
             loop.call_soon_threadsafe(finished.set)
 

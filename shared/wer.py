@@ -114,16 +114,15 @@ def repeats_phrase(text: str, max_words: int = 4, times: int = 3, long_words: in
     ``long_words`` words or more twice (a sentence said again: a decoding loop, or speech that really
     repeats: compare with the reference)?"""
     words = re.findall(r"[\w']+", text.lower())
-    short = any(
-        all(words[i : i + n] == words[i + k * n : i + (k + 1) * n] for k in range(1, times))
-        for n in range(1, max_words + 1)
-        for i in range(len(words) - times * n + 1)
-    )
-    return short or any(
-        words[i : i + n] == words[i + n : i + 2 * n]
-        for n in range(long_words, len(words) // 2 + 1)
-        for i in range(len(words) - 2 * n + 1)
-    )
+
+    def turns(lengths: range, times: int) -> bool:  # a phrase of one of these lengths, ``times`` times in a row
+        return any(
+            all(words[i : i + n] == words[i + k * n : i + (k + 1) * n] for k in range(1, times))
+            for n in lengths
+            for i in range(len(words) - times * n + 1)
+        )
+
+    return turns(range(1, max_words + 1), times) or turns(range(long_words, len(words) // 2 + 1), 2)
 
 
 def corpus_wer(pairs: Iterable[tuple[str, str]], language: str = "en") -> float:
