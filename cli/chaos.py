@@ -25,6 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=d.network_every_s,
         help="a third run through fault-injecting proxies: reset, stall or delay a link this often (0: no run)",
     )
+    p.add_argument(
+        "--live-edges",
+        action="store_true",
+        help="run every edge's VAD and log-mel on this machine during the runs (default: once, before them; "
+        "the runs replay the frames in real time, as devices would send them)",
+    )
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--report", default=None, metavar="FILE", help="write the report here (JSON)")
     p.add_argument("--workdir", default=None, help="streams, coordinator and shard logs (default: a temp dir)")
@@ -50,6 +56,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         baseline=not args.no_baseline,
         coordinator_restart=not args.no_coordinator_restart,
         network_every_s=args.network_every_s,
+        live_edges=args.live_edges,
         seed=args.seed,
     )
     print(f"chaos: {options.streams} real-time streams, ~{options.duration_s:g} s per run …", file=sys.stderr)
@@ -61,12 +68,13 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     faulted = [report[name] for name in ("chaos", "network") if name in report]
     for run in faulted:
         for kind in Injector.KINDS + NetworkInjector.KINDS:
-            gap = run.get(f"{kind}_to_next_final_s")
+            gap, added = run.get(f"{kind}_to_next_final_s"), run.get(f"{kind}_added_s")
             if gap:
                 print(
                     f"{kind}: {sum(f['kind'] == kind for f in run['faults'])} faults, "
                     f"{gap['utterances_in_flight']} utterances in flight; fault (or EOU) -> FINAL "
                     f"p50 {gap['p50']} s, p99 {gap['p99']} s, max {gap['max']} s"
+                    + (f"; added to EOU -> FINAL p50 {added['p50']} s, p99 {added['p99']} s" if added else "")
                 )
     print(f"shard restarts by the backend: {report['restarts']}; orphans at the end: {len(report['orphans'])}")
     if args.report:

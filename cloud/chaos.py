@@ -16,11 +16,18 @@ edges and stage 0 and between stages; every ``network_every_s`` one proxy resets
 stalls for ``NET_STALL_S`` (a partition: nothing moves, the peers' deadlines must notice) or delays
 every chunk by ``NET_DELAY_S`` for ``NET_DELAY_FOR_S``.
 
+The edges run on devices, not on the cluster's machine: by default each stream's edge pipeline
+(conditioning, Silero VAD, endpointing, log-mel, int8 frames) runs once before the runs, and each
+run's edge agents replay those frames in real time (``live_edges`` runs the pipeline in every
+agent instead, on the cluster's cores). The agents' sessions, routing, failover and replay of
+unanswered utterances are the same either way.
+
 The report gives, for both runs, utterances, FINALs, duplicates, lost utterances and the WER.
 Shards left running at the end count as orphans. For every utterance in flight when a fault
 struck (begun, its FINAL not yet arrived), the report measures the time from the fault to that
-FINAL, or from its EOU when the utterance had not ended then: what the fault cost on top of the
-endpointing.
+FINAL, or from its EOU when the utterance had not ended then (what the fault cost on top of the
+endpointing), and what the fault added: that utterance's EOU → FINAL minus the same utterance's in
+the no-fault run.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -43,7 +51,7 @@ import numpy as np
 
 from splitasr.cloud.faultproxy import FaultProxy
 from splitasr.cloud.local_cluster import ChainSpec, LocalCluster, ShardProcess
-from splitasr.edge.agent import AgentOptions, EdgeAgent, FinalResult
+from splitasr.edge.agent import AgentOptions, EdgeAgent, EdgeFrame, FinalResult, record_frames, replay_frames
 from splitasr.edge.audio_in import file_source
 from splitasr.shared.errors import ConfigError, SplitASRError
 from splitasr.shared.longform import LongStream, build_streams
@@ -66,6 +74,7 @@ class ChaosOptions:
     coordinator_restart: bool = True  # SIGKILL the coordinator two thirds into the run and start it again
     network_every_s: float = 4.0  # a network run: a proxy resets, stalls or delays this often; 0: no run
     baseline: bool = True  # a no-fault run of the same streams first
+    live_edges: bool = False  # run every edge's VAD and log-mel here, not once before the runs
     seed: int = 1
 
     def __post_init__(self) -> None:
@@ -118,15 +127,29 @@ class Fault:
     recovered_s: float | None = None  # coordinator: until the new one was ready
 
 
+def edge_options(index: int, where: dict | None = None) -> AgentOptions:
+    """Stream ``index``'s edge; ``where``: ``{"coordinator": url}`` or ``{"shards": [stage-0 urls]}``."""
+    return AgentOptions(device_id=f"chaos-{index}", language="en", **(where or {}))
+
+
+def record_edges(streams: list[LongStream]) -> list[list[EdgeFrame]]:
+    """Each stream's edge frames, made once (as the devices would) for the runs to replay."""
+
+    async def record(i: int, stream: LongStream) -> list[EdgeFrame]:
+        return await record_frames(file_source(stream.path, realtime=False), edge_options(i))
+
+    return [asyncio.run(record(i, s)) for i, s in enumerate(streams)]
+
+
 class StreamRun:
     """One stream's agent and the arrival time of each of its FINALs."""
 
-    def __init__(self, index: int, stream: LongStream, where: dict):
-        """``where``: ``{"coordinator": url}`` or ``{"shards": [stage-0 urls]}``."""
+    def __init__(self, index: int, stream: LongStream, where: dict, frames: list[EdgeFrame] | None = None):
+        """``frames``: the stream's recorded edge frames to replay; None runs the edge pipeline live."""
         self.stream = stream
+        self.frames = frames
         self.arrivals: list[tuple[float, FinalResult]] = []  # (monotonic arrival, FINAL)
-        options = AgentOptions(device_id=f"chaos-{index}", language="en", **where)
-        self.agent = EdgeAgent(options, on_final=self._on_final)
+        self.agent = EdgeAgent(edge_options(index, where), on_final=self._on_final)
         self.error: str | None = None
 
     def _on_final(self, result: FinalResult) -> None:
@@ -134,20 +157,27 @@ class StreamRun:
 
     async def run(self) -> None:
         try:
-            await self.agent.run(file_source(self.stream.path, realtime=True))
+            if self.frames is None:
+                await self.agent.run(file_source(self.stream.path, realtime=True))
+            else:
+                await self.agent.run_frames(replay_frames(self.frames))
         except SplitASRError as exc:  # counted as lost utterances in the report
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def recoveries(self, t: float) -> list[float]:
-        """For each utterance in flight at ``t`` (begun, FINAL not yet arrived): its FINAL's arrival
-        minus ``t``, or minus its EOU when the utterance had not ended at ``t``."""
+    def recoveries(self, t: float) -> list[tuple[int, float]]:
+        """For each utterance in flight at ``t`` (begun, FINAL not yet arrived): (its index, its
+        FINAL's arrival minus ``t``, or minus its EOU when the utterance had not ended at ``t``)."""
         out = []
         for arrival, f in self.arrivals:
             first_chunk = arrival - f.received_s
             eou = arrival - f.eou_latency_s
             if first_chunk + f.start_s <= t < arrival:
-                out.append(arrival - max(t, eou))
+                out.append((f.utt, arrival - max(t, eou)))
         return out
+
+    def latencies(self) -> dict[int, float]:
+        """EOU -> FINAL of each utterance with a FINAL, by utterance index."""
+        return {f.utt: f.eou_latency_s for f in self.agent.report.finals}
 
 
 def strike_targets(pools: list[dict], hung: set[int]) -> list[dict]:
@@ -251,10 +281,12 @@ class Injector:
         plan: list[tuple[float, str]] = []
         if self.o.kill_every_s:
             plan += [(t, "kill") for t in np.arange(self.o.kill_every_s, self.horizon_s, self.o.kill_every_s)]
+        # the hang and the restart strike between two kills, so the cost of each is its own
+        offset = self.o.kill_every_s / 2
         if self.o.hang_s:
-            plan.append((self.horizon_s / 3, "hang"))
+            plan.append((self.horizon_s / 3 + offset, "hang"))
         if self.o.coordinator_restart:
-            plan.append((2 * self.horizon_s / 3, "coordinator"))
+            plan.append((2 * self.horizon_s / 3 + offset, "coordinator"))
         tasks = []
         try:
             for at, kind in sorted(plan):
@@ -328,14 +360,52 @@ def summarise(runs: list[StreamRun], wall_s: float) -> dict:
         "reconnects": reconnects,
         "eou_to_final_s": {"p50": _pct(eou, 50), "p99": _pct(eou, 99), "max": _pct(eou, 100)},
         "texts": [[f.text for f in sorted(r.agent.report.finals, key=lambda f: f.utt) if f.text] for r in runs],
+        "eou_latency_s": [{str(u): round(s, 3) for u, s in sorted(r.latencies().items())} for r in runs],
         "wall_s": round(wall_s, 1),
     }
 
 
-async def _play(streams: list[LongStream], where: dict, make_injector=None) -> dict:
-    """Play ``streams`` in real time through edges pointed at ``where``; ``make_injector(runs)``
-    gives the faults (None: a no-fault run)."""
-    runs = [StreamRun(i, s, where) for i, s in enumerate(streams)]
+def charge(runs: list[StreamRun], faults: list[Fault]) -> dict[tuple[int, int], tuple[Fault, float]]:
+    """Each utterance in flight at a fault, by (stream, utterance): the last fault that struck while
+    it was in flight, and the time from that fault (or the EOU, if later) to its FINAL. An utterance in
+    flight through several faults (a long one) is counted once."""
+    charged = {}
+    for f in sorted(faults, key=lambda f: f.at):
+        for i, r in enumerate(runs):
+            for utt, gap in r.recoveries(f.at):
+                charged[i, utt] = (f, gap)
+    return charged
+
+
+def costs(charged: dict, runs: list[StreamRun], baseline: dict | None, which) -> tuple[list[float], list[float]]:
+    """For the charged utterances whose fault passes ``which``: fault (or EOU) -> FINAL, and what the
+    fault added (EOU -> FINAL minus the same utterance's in ``baseline``, the no-fault run's summary)."""
+    gaps, added = [], []
+    for (i, utt), (f, gap) in charged.items():
+        if not which(f):
+            continue
+        gaps.append(gap)
+        before = baseline["eou_latency_s"][i].get(str(utt)) if baseline else None
+        if before is not None:
+            added.append(runs[i].latencies()[utt] - before)
+    return gaps, added
+
+
+def _spread(values: list[float]) -> dict:
+    return {"p50": _pct(values, 50), "p99": _pct(values, 99), "max": _pct(values, 100)}
+
+
+async def _play(
+    streams: list[LongStream],
+    frames: list[list[EdgeFrame]] | None,
+    where: dict,
+    make_injector=None,
+    baseline: dict | None = None,
+) -> dict:
+    """Play ``streams`` in real time through edges pointed at ``where`` (replaying ``frames`` when
+    given); ``make_injector(runs)`` gives the faults (None: a no-fault run); ``baseline``: the
+    no-fault run's summary, to which each fault's cost is compared."""
+    runs = [StreamRun(i, s, where, frames[i] if frames else None) for i, s in enumerate(streams)]
     injector = make_injector(runs) if make_injector is not None else None
     done = asyncio.Event()
     faults = asyncio.create_task(injector.run(done)) if injector else None
@@ -351,22 +421,30 @@ async def _play(streams: list[LongStream], where: dict, make_injector=None) -> d
         summary["fault_horizon_s"] = round(injector.horizon_s, 1)
         summary["skipped_faults"] = injector.skipped
         summary["faults"] = []
+        charged = charge(runs, injector.faults)
         for f in injector.faults:
-            gaps = [g for r in runs for g in r.recoveries(f.at)]
+            gaps, added = costs(charged, runs, baseline, lambda g, f=f: g is f)
             entry = {k: v for k, v in dataclasses.asdict(f).items() if k != "at"}
-            summary["faults"].append(entry | {"in_flight": len(gaps), "worst_s": round(max(gaps), 3) if gaps else None})
+            summary["faults"].append(
+                entry
+                | {
+                    "in_flight": sum(len(r.recoveries(f.at)) for r in runs),
+                    "charged": len(gaps),
+                    "worst_s": round(max(gaps), 3) if gaps else None,
+                    "worst_added_s": round(max(added), 3) if added else None,
+                }
+            )
         for kind in injector.KINDS:
-            gaps = [g for f in injector.faults if f.kind == kind for r in runs for g in r.recoveries(f.at)]
-            summary[f"{kind}_to_next_final_s"] = {
-                "utterances_in_flight": len(gaps),
-                "p50": _pct(gaps, 50),
-                "p99": _pct(gaps, 99),
-                "max": _pct(gaps, 100),
-            }
+            gaps, added = costs(charged, runs, baseline, lambda g, kind=kind: g.kind == kind)
+            summary[f"{kind}_to_next_final_s"] = {"utterances_in_flight": len(gaps)} | _spread(gaps)
+            if baseline is not None:
+                summary[f"{kind}_added_s"] = _spread(added)
     return summary
 
 
-def _network_run(streams: list[LongStream], options: ChaosOptions, workdir: Path) -> dict:
+def _network_run(
+    streams: list[LongStream], frames, options: ChaosOptions, workdir: Path, baseline: dict | None
+) -> dict:
     """The same streams through a static chain with a fault-injecting proxy in front of every shard."""
     proxies: list[tuple[ShardProcess, FaultProxy]] = []
 
@@ -379,7 +457,7 @@ def _network_run(streams: list[LongStream], options: ChaosOptions, workdir: Path
     try:
         with LocalCluster([network_chain()], workdir, reach=behind_proxy) as cluster:
             where = {"shards": cluster.stage0_urls("tiny.en")}
-            return asyncio.run(_play(streams, where, lambda runs: NetworkInjector(proxies, options, runs)))
+            return asyncio.run(_play(streams, frames, where, partial(NetworkInjector, proxies, options), baseline))
     finally:
         for _, proxy in proxies:
             proxy.close()
@@ -397,14 +475,16 @@ def run_chaos(options: ChaosOptions, workdir: Path | None = None) -> dict:
         "cluster": cluster_config(),
         "streams": [{"file": s.path.name, "utterances": len(s.utterances)} for s in streams],
     }
+    frames = None if options.live_edges else record_edges(streams)
     cluster = CoordinatorProcess(cluster_config(), workdir / "cluster")
     with cluster:
         where = {"coordinator": cluster.url}
-        if options.baseline:
-            report["baseline"] = asyncio.run(_play(streams, where))
-        report["chaos"] = asyncio.run(_play(streams, where, lambda runs: Injector(cluster, options, runs)))
+        baseline = asyncio.run(_play(streams, frames, where)) if options.baseline else None
+        if baseline is not None:
+            report["baseline"] = baseline
+        report["chaos"] = asyncio.run(_play(streams, frames, where, partial(Injector, cluster, options), baseline))
         report["restarts"] = sum(1 for line in cluster.log_tail(10**7).splitlines() if "crashed" in line)
     report["orphans"] = cluster.orphans  # shard pids still running once the coordinator had stopped
     if options.network_every_s:
-        report["network"] = _network_run(streams, options, workdir / "network")
+        report["network"] = _network_run(streams, frames, options, workdir / "network", baseline)
     return report

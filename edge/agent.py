@@ -166,6 +166,7 @@ class EdgeAgent:
         self._ring = [stream_url(u) for u in options.shards]  # static shards, taken in turn
         self._turn = itertools.count()
         self._routed: list[str] = []  # candidates from the coordinator, best first
+        self._reroute = False  # a session was lost: ask the coordinator again before using _routed
         self._tickets: dict[str, str] = {}  # stream url -> the coordinator's route ticket for this session
         self.rtt_ms: dict[str, float] = {}
         self._pending: dict[int, list[bytes]] = {}  # utt -> encoded frames, kept until its FINAL
@@ -313,24 +314,31 @@ class EdgeAgent:
         except ConfigError as exc:
             log.warning("coordinator %s sent a bad route answer (%s)", base, exc)
             return []
-        urls = []
         now = time.monotonic()
-        for candidate in (c.model_dump() for c in candidates):
-            if self._suspect.get(stream_url(candidate["url"]), 0.0) > now:
-                continue  # failed us lately: not worth a probe while the coordinator has not noticed
-            http_url = p.http_url(candidate["url"])
-            started = time.monotonic()
-            try:
-                async with http.get(f"{http_url}/healthz", timeout=aiohttp.ClientTimeout(total=2)) as resp:
-                    if resp.status != 200:
-                        continue
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
-                continue
-            self.rtt_ms[candidate["url"]] = (time.monotonic() - started) * 1000
-            urls.append(stream_url(candidate["url"]))
-            if candidate["ticket"]:
-                self._tickets[urls[-1]] = candidate["ticket"]
+        # failed us lately: not worth a probe while the coordinator has not noticed
+        fresh = [c for c in candidates if self._suspect.get(stream_url(c.url), 0.0) <= now]
+        # probed all at once: a hung candidate (its kernel still accepts TCP) costs one timeout, not one each
+        alive = await asyncio.gather(*(self._probe(http, c.url) for c in fresh))
+        urls = []
+        for candidate, ok in zip(fresh, alive, strict=True):
+            if ok:
+                urls.append(stream_url(candidate.url))
+                if candidate.ticket:
+                    self._tickets[urls[-1]] = candidate.ticket
         return urls
+
+    async def _probe(self, http: aiohttp.ClientSession, url: str) -> bool:
+        """Whether stage-0 shard ``url`` answers its /healthz within the handshake timeout (RTT kept)."""
+        started = time.monotonic()
+        try:
+            timeout = aiohttp.ClientTimeout(total=self.o.handshake_timeout_s)
+            async with http.get(f"{p.http_url(url)}/healthz", timeout=timeout) as resp:
+                if resp.status != 200:
+                    return False
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            return False
+        self.rtt_ms[url] = (time.monotonic() - started) * 1000
+        return True
 
     def _trusted(self, urls: list[str]) -> list[str]:
         """``urls`` with those that failed lately moved to the end (kept: they may be all there is)."""
@@ -340,8 +348,10 @@ class EdgeAgent:
     async def _next_url(self, http: aiohttp.ClientSession) -> str | None:
         if self.o.coordinator:
             now = time.monotonic()
-            if all(self._suspect.get(u, 0.0) > now for u in self._routed):  # none left, or only suspects
-                self._routed = await self._route(http) or self._routed  # a suspect only if nothing else
+            # none left, only suspects, or a shard was lost (the others listed may have died since)
+            if self._reroute or all(self._suspect.get(u, 0.0) > now for u in self._routed):
+                self._reroute = False
+                self._routed = await self._route(http) or self._routed  # the old list if no answer
             if self._routed:
                 self._routed = self._trusted(self._routed)
                 return self._routed.pop(0)
@@ -416,6 +426,7 @@ class EdgeAgent:
             if not reconnect:  # lost (crashed, hung: no pong within half a heartbeat), not asked to move
                 log.warning("lost the session on %s (%r); reconnecting elsewhere", self._url, ws.exception())
                 self._suspect[self._url] = time.monotonic() + p.SUSPECT_S
+                self._reroute = True
             await ws.close()
             self.report.reconnects += 1
             async with self._lock:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from splitasr.cloud.chaos import strike_targets
+import dataclasses
+
+import pytest
+
+from splitasr.cloud.chaos import Fault, StreamRun, charge, costs, strike_targets
+from splitasr.edge.agent import FinalResult
 
 
 def _shard(pid: int, stage: str, breaker: str = "closed", draining: bool = False) -> dict:
@@ -29,3 +34,29 @@ def test_a_fault_never_takes_the_last_live_replica_of_a_stage():
     assert sorted(s["pid"] for s in strike_targets(pools, hung=set())) == [1, 2, 5, 6, 8, 9]
     lonely = [{"model": "tiny.en", "shards": [_shard(1, "enc_a"), _shard(3, "enc_b"), _shard(5, "dec")]}]
     assert strike_targets(lonely, hung=set()) == []  # nothing may be struck: the fault is skipped
+
+
+def _run_with(finals: list[tuple[float, float, float, float]]) -> StreamRun:
+    """A stream whose FINALs arrived at monotonic times: (first chunk at, start_s, EOU at, arrival)."""
+    run = StreamRun(0, None, {"coordinator": "http://127.0.0.1:1"}, frames=[])
+    for utt, (first, start_s, eou, arrival) in enumerate(finals):
+        f = FinalResult(utt, "x", "en", "v", 0.0, 1.0, eou_latency_s=arrival - eou, start_s=start_s)
+        run.arrivals.append((arrival, dataclasses.replace(f, received_s=arrival - first)))
+        run.agent.report.finals.append(f)
+    return run
+
+
+def test_an_utterance_in_flight_through_several_faults_is_charged_once_to_the_last():
+    # utterance 0 runs 0..20 s (EOU at 20, FINAL at 21); utterance 1 runs 22..25 (FINAL at 25.2)
+    run = _run_with([(0.0, 0.0, 20.0, 21.0), (0.0, 22.0, 25.0, 25.2)])
+    kills = [Fault("kill", t, "enc_a", 1, at=t) for t in (5.0, 10.0, 15.0)]
+    hang = Fault("hang", 24.0, "dec", 2, at=24.0)
+    charged = charge([run], [*kills, hang])
+    assert charged.keys() == {(0, 0), (0, 1)}
+    assert charged[0, 0] == (kills[-1], 1.0)  # from the EOU: it came after the kill
+    assert charged[0, 1][0] is hang and charged[0, 1][1] == pytest.approx(0.2)
+    baseline = {"eou_latency_s": [{"0": 0.4, "1": 0.1}]}
+    gaps, added = costs(charged, [run], baseline, lambda f: f.kind == "kill")
+    assert gaps == [1.0] and added == [pytest.approx(0.6)]  # 1.0 s EOU -> FINAL against 0.4 s without faults
+    gaps, added = costs(charged, [run], None, lambda f: f.kind == "hang")
+    assert gaps == [pytest.approx(0.2)] and added == []  # no baseline: nothing to compare with
