@@ -253,6 +253,8 @@ class EdgeAgent:
                 refusal = reply
                 log.info("shard %s refused the session (%s: %s)", url, reply.code, reply.message)
                 advised_s = jittered((reply.retry_after_ms or 0) / 1000)
+                if advised_s:  # e.g. overloaded: tried last for that long, as when a running session is told so
+                    self._suspect[url] = time.monotonic() + advised_s
                 await asyncio.sleep(min(max(backoff.next(), advised_s), self.o.reconnect_max_s))
                 continue
             self._ws, self._url = ws, url

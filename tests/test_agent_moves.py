@@ -22,7 +22,8 @@ CLIP = REAL_EN / "en_ljspeech_LJ001-0026_to_0030_concat.flac"  # 35 s, several u
 def fake_shard(behaviour: str, hellos: list) -> web.Application:
     """A stage-0 stand-in: WELCOME to every HELLO; then ``busy``: an overload ERROR at the first
     FEATURES; ``draining``: a FINAL for the first EOU, then DRAIN (a rolling restart); ``crash``: a
-    FINAL for the first EOU, then the connection drops (no DRAIN)."""
+    FINAL for the first EOU, then the connection drops (no DRAIN); ``refuse``: an overload ERROR
+    with a ``retry_after_ms`` for every HELLO."""
 
     async def stream(request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
@@ -34,6 +35,10 @@ def fake_shard(behaviour: str, hellos: list) -> web.Application:
             frame = p.decode(msg.data)
             if isinstance(frame, p.Hello):
                 hellos.append(frame.session_id)
+                if behaviour == "refuse":
+                    error = p.Error(p.E_OVERLOAD, "full", retryable=True, retry_after_ms=60_000)
+                    await ws.send_bytes(p.encode(error))
+                    break
                 await ws.send_bytes(p.encode(p.Welcome(session_id=frame.session_id, feature_spec=frame.feature_spec)))
             elif isinstance(frame, p.Features) and behaviour == "busy":
                 error = p.Error(p.E_OVERLOAD, "busy", retryable=True, retry_after_ms=60_000)
@@ -75,8 +80,9 @@ def fake_coordinator(shard_urls: list[str], routes: list, later: list[str] | Non
     return app
 
 
-def test_an_overloaded_shard_is_skipped_for_its_retry_after_even_when_routed_again():
-    hellos: dict[str, list] = {"busy": [], "draining": []}
+def run_agent(hellos: dict, first: list[str], later: list[str] | None = None):
+    """One agent through fake shards (``hellos``: behaviour -> HELLOs seen); the coordinator lists
+    the shards named ``first``, then (``later``) others. Returns (stream url by name, report, routes)."""
     routes: list = []
 
     async def main():
@@ -84,20 +90,26 @@ def test_an_overloaded_shard_is_skipped_for_its_retry_after_even_when_routed_aga
         for server in shards.values():
             await server.start_server()
         bases = {name: f"ws://127.0.0.1:{s.port}" for name, s in shards.items()}
-        urls = {name: base + STREAM_PATH for name, base in bases.items()}
-        coordinator = TestServer(fake_coordinator([bases["busy"], bases["draining"]], routes), host="127.0.0.1", port=0)
+        app = fake_coordinator([bases[n] for n in first], routes, [bases[n] for n in later] if later else None)
+        coordinator = TestServer(app, host="127.0.0.1", port=0)
         await coordinator.start_server()
         try:
             options = AgentOptions(
-                coordinator=f"http://127.0.0.1:{coordinator.port}", device_id="mover", language="en", final_timeout_s=30
+                coordinator=f"http://127.0.0.1:{coordinator.port}", device_id="edge", language="en", final_timeout_s=30
             )
             report = await asyncio.wait_for(EdgeAgent(options).run(file_source(CLIP, realtime=False)), 60)
-            return urls, report
+            return {name: base + STREAM_PATH for name, base in bases.items()}, report
         finally:
             for server in [*shards.values(), coordinator]:
                 await server.close()
 
     urls, report = asyncio.run(main())
+    return urls, report, routes
+
+
+def test_an_overloaded_shard_is_skipped_for_its_retry_after_even_when_routed_again():
+    hellos: dict[str, list] = {"busy": [], "draining": []}
+    urls, report, routes = run_agent(hellos, ["busy", "draining"])
     # busy (overloaded) -> draining (FINAL, then DRAIN) -> routed again: busy is skipped -> draining
     assert report.shards == [urls["busy"], urls["draining"], urls["draining"]], report.shards
     assert len(hellos["busy"]) == 1 and len(routes) == 2
@@ -108,27 +120,17 @@ def test_a_lost_session_asks_the_coordinator_again():
     """The first answer lists ``crash`` and ``stale``; when ``crash`` drops the session, the
     coordinator lists only ``fresh`` (``stale`` died or drains: it knows, the edge's old answer does not)."""
     hellos: dict[str, list] = {"crash": [], "stale": [], "fresh": []}
-    routes: list = []
-
-    async def main():
-        shards = {name: TestServer(fake_shard(name, hellos[name]), host="127.0.0.1", port=0) for name in hellos}
-        for server in shards.values():
-            await server.start_server()
-        bases = {name: f"ws://127.0.0.1:{s.port}" for name, s in shards.items()}
-        app = fake_coordinator([bases["crash"], bases["stale"]], routes, later=[bases["fresh"]])
-        coordinator = TestServer(app, host="127.0.0.1", port=0)
-        await coordinator.start_server()
-        try:
-            options = AgentOptions(
-                coordinator=f"http://127.0.0.1:{coordinator.port}", device_id="lost", language="en", final_timeout_s=30
-            )
-            report = await asyncio.wait_for(EdgeAgent(options).run(file_source(CLIP, realtime=False)), 60)
-            return {name: base + STREAM_PATH for name, base in bases.items()}, report
-        finally:
-            for server in [*shards.values(), coordinator]:
-                await server.close()
-
-    urls, report = asyncio.run(main())
+    urls, report, routes = run_agent(hellos, ["crash", "stale"], later=["fresh"])
     assert report.shards == [urls["crash"], urls["fresh"]], report.shards
     assert hellos["stale"] == [] and len(routes) == 2 and report.reconnects == 1
+    assert report.utterances >= 2 and sorted(f.utt for f in report.finals) == list(range(report.utterances))
+
+
+def test_a_shard_that_refuses_a_hello_with_retry_after_is_skipped_for_that_long():
+    """``refuse`` answers HELLO with overloaded, retry after 60 s; ``crash`` drops every session
+    after its first FINAL, so the agent asks for a route again and again: ``refuse`` is not tried again."""
+    hellos: dict[str, list] = {"refuse": [], "crash": []}
+    urls, report, routes = run_agent(hellos, ["refuse", "crash"])
+    assert len(hellos["refuse"]) == 1 and len(routes) >= 2, (hellos, routes)
+    assert set(report.shards) == {urls["crash"]}
     assert report.utterances >= 2 and sorted(f.utt for f in report.finals) == list(range(report.utterances))
