@@ -40,6 +40,7 @@ bench: install
 	$(PY) benchmarks/subtitles.py
 	$(PY) benchmarks/capacity.py
 	$(PY) benchmarks/simulate.py
+	$(PY) benchmarks/frontier.py
 	$(PY) benchmarks/calibrate.py
 	$(PY) benchmarks/calibrate.py --rate 0.4 --name calibrate-high
 
