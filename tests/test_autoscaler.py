@@ -79,6 +79,8 @@ def test_a_clear_decline_skips_the_scale_in_hold_when_asked_but_noise_does_not()
     quick = simulate(dataclasses.replace(CONFIG, scale_in_on_decline=True), falling, 260, replicas=10)
     assert all(r >= 10 for t, r, _ in held if 100 <= t < 260)
     assert max(r for t, r, _ in quick if t >= 170) <= 5
+    assert any("declining: scale-in not held" in why for t, r, why in quick if 100 <= t < 170)  # the reason says so
+    assert not any("declining" in why for _, _, why in held)
     rng = np.random.default_rng(1)
     noise = rng.normal(0, 2.0, 700)
     config = dataclasses.replace(CONFIG, scale_in_on_decline=True)

@@ -249,6 +249,8 @@ def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past
         falling = config.scale_in_on_decline and declining(config, history, now)
         if panic or (held > wanted and not falling):
             wanted, reason = min(baseline, max(held, wanted)), f"scale-in held ({reason})"
+        elif held > wanted:  # the hold would have kept more: the decline let the pool follow it down
+            reason = f"{reason}, declining: scale-in not held"
     # a queue delay of minutes must not ask for thousands of replicas at once (the simulator found
     # 1 -> 10^6 decoders in one step): like Knative's max scale-up rate, at most this x what is ready
     if wanted > current:
