@@ -133,8 +133,8 @@ def test_window_modes_share_one_builder():
 
 
 def test_no_segment_starts_after_the_audio_ends():
-    """Whisper's timestamp rules plus ``last_start``: once a segment has ended, the next may start no
-    later than the audio's end; past it only EOT is left (text there transcribes the padding)."""
+    """Whisper's timestamp rules plus ``last_start``: a segment, the first too, may start no later
+    than the audio's end; past it only EOT is left (text there transcribes the padding)."""
     rules = SuppressRules((), (), EOT, timestamp_begin=TS)
     vocab = TS + 1501
     open_end = [TS, 10, 11, TS + 280]  # "<|0.00|> a b <|5.60|>": the next token opens a segment or is EOT
@@ -149,3 +149,6 @@ def test_no_segment_starts_after_the_audio_ends():
     assert allowed(open_end, last_start=287) == {EOT, *range(TS + 280, TS + 288)}  # audio ends at 5.76 s
     assert allowed([TS, 10, 11, TS + 290], last_start=287) == {EOT}  # nothing left but the end
     assert allowed([TS, 10, 11], last_start=287) == allowed([TS, 10, 11])  # inside a segment: no change
+    assert allowed([]) == set(range(TS, TS + 51))  # the first start: Whisper's 1 s bound
+    assert allowed([], last_start=287) == set(range(TS, TS + 51))  # a long clip: the same
+    assert allowed([], last_start=30) == set(range(TS, TS + 31))  # a 0.62 s clip starts within its audio

@@ -73,13 +73,16 @@ class SuppressRules:
     def apply_timestamps(self, logits: np.ndarray, tokens: list[int], last_start: int | None = None) -> None:
         """Whisper's ``ApplyTimestampRules`` on one row's logits (in place), given its tokens so far.
 
-        ``last_start`` (in 0.02 s steps): no segment after the first starts later, since the audio
-        ends there; text after it would transcribe the window's padding (on a trimmed window,
-        tiny.en repeats its last sentence there). Then only EOT is left."""
+        ``last_start`` (in 0.02 s steps): no segment starts later, since the audio ends there; text
+        after it would transcribe the window's padding (on a trimmed window, tiny.en repeats its
+        last sentence there). Then only EOT is left. The first segment's start is also bounded by
+        Whisper's ``max_initial_timestamp`` (1 s), which alone let a clip shorter than that start in
+        the padding."""
         begin = self.timestamp_begin
         if not tokens:  # the first token is a timestamp, no later than max_initial_timestamp
+            first = self.max_initial_timestamp if last_start is None else min(self.max_initial_timestamp, last_start)
             logits[:begin] = -np.inf
-            logits[begin + self.max_initial_timestamp + 1 :] = -np.inf
+            logits[begin + first + 1 :] = -np.inf
             return
         last_ts = tokens[-1] >= begin
         penultimate_ts = len(tokens) < 2 or tokens[-2] >= begin
