@@ -72,7 +72,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
             if gap:
                 print(
                     f"{kind}: {sum(f['kind'] == kind for f in run['faults'])} faults, "
-                    f"{gap['utterances_in_flight']} utterances in flight; fault (or EOU) -> FINAL "
+                    f"{gap['charged']} utterances charged; fault (or EOU) -> FINAL "
                     f"p50 {gap['p50']} s, p99 {gap['p99']} s, max {gap['max']} s"
                     + (f"; added to EOU -> FINAL p50 {added['p50']} s, p99 {added['p99']} s" if added else "")
                 )

@@ -20,14 +20,16 @@ The edges run on devices, not on the cluster's machine: by default each stream's
 (conditioning, Silero VAD, endpointing, log-mel, int8 frames) runs once before the runs, and each
 run's edge agents replay those frames in real time (``live_edges`` runs the pipeline in every
 agent instead, on the cluster's cores). The agents' sessions, routing, failover and replay of
-unanswered utterances are the same either way.
+unanswered utterances are the same either way; recorded frames keep the edge's own endpointing,
+while live agents follow a pool's ``endpoint_silence_s`` flag (the chaos cluster sets none).
 
 The report gives, for both runs, utterances, FINALs, duplicates, lost utterances and the WER.
 Shards left running at the end count as orphans. For every utterance in flight when a fault
 struck (begun, its FINAL not yet arrived), the report measures the time from the fault to that
 FINAL, or from its EOU when the utterance had not ended then (what the fault cost on top of the
 endpointing), and what the fault added: that utterance's EOU → FINAL minus the same utterance's in
-the no-fault run.
+the no-fault run (for the network run too, whose static proxied chain is not the baseline's
+coordinator-routed cluster).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ import signal
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -63,6 +66,7 @@ CLIP_AND_PAUSE_S = 7.5  # mean clip plus pause of a long-form stream: sizes a st
 NET_STALL_S = 3.0  # a network partition of one link: longer than hang detection (1.5 x HEARTBEAT_S)
 NET_DELAY_S = 0.2  # added to every chunk on one link ...
 NET_DELAY_FOR_S = 5.0  # ... for this long
+SAME_START_S = 0.05  # an utterance of the no-fault run is the same one if it starts within this
 
 
 @dataclass(frozen=True)
@@ -175,9 +179,9 @@ class StreamRun:
                 out.append((f.utt, arrival - max(t, eou)))
         return out
 
-    def latencies(self) -> dict[int, float]:
-        """EOU -> FINAL of each utterance with a FINAL, by utterance index."""
-        return {f.utt: f.eou_latency_s for f in self.agent.report.finals}
+    def latencies(self) -> dict[int, tuple[float, float]]:
+        """(EOU -> FINAL, start in stream time) of each utterance with a FINAL, by utterance index."""
+        return {f.utt: (f.eou_latency_s, f.start_s) for f in self.agent.report.finals}
 
 
 def strike_targets(pools: list[dict], hung: set[int]) -> list[dict]:
@@ -197,6 +201,14 @@ def strike_targets(pools: list[dict], hung: set[int]) -> list[dict]:
 def fault_horizon(options: ChaosOptions, runs: list[StreamRun]) -> float:
     """Faults strike while streams still play: up to the last utterance's end."""
     return min(options.duration_s, max(r.stream.utterances[-1].end_s for r in runs))
+
+
+def between_kills(at_s: float, kill_every_s: float) -> float:
+    """The midpoint between the two kills around ``at_s`` (``at_s`` itself with no kills): a hang or
+    restart that struck with a kill would share its cost."""
+    if not kill_every_s:
+        return at_s
+    return (math.floor(at_s / kill_every_s) + 0.5) * kill_every_s
 
 
 async def _at(started: float, at_s: float, done: asyncio.Event) -> bool:
@@ -281,12 +293,10 @@ class Injector:
         plan: list[tuple[float, str]] = []
         if self.o.kill_every_s:
             plan += [(t, "kill") for t in np.arange(self.o.kill_every_s, self.horizon_s, self.o.kill_every_s)]
-        # the hang and the restart strike between two kills, so the cost of each is its own
-        offset = self.o.kill_every_s / 2
         if self.o.hang_s:
-            plan.append((self.horizon_s / 3 + offset, "hang"))
+            plan.append((between_kills(self.horizon_s / 3, self.o.kill_every_s), "hang"))
         if self.o.coordinator_restart:
-            plan.append((2 * self.horizon_s / 3 + offset, "coordinator"))
+            plan.append((between_kills(2 * self.horizon_s / 3, self.o.kill_every_s), "coordinator"))
         tasks = []
         try:
             for at, kind in sorted(plan):
@@ -358,9 +368,10 @@ def summarise(runs: list[StreamRun], wall_s: float) -> dict:
         "failed_streams": [r.error for r in runs if r.error],
         "wer": round(tally.wer, 4),
         "reconnects": reconnects,
-        "eou_to_final_s": {"p50": _pct(eou, 50), "p99": _pct(eou, 99), "max": _pct(eou, 100)},
+        "eou_to_final_s": _spread(eou),
         "texts": [[f.text for f in sorted(r.agent.report.finals, key=lambda f: f.utt) if f.text] for r in runs],
-        "eou_latency_s": [{str(u): round(s, 3) for u, s in sorted(r.latencies().items())} for r in runs],
+        # per stream, utterance -> [EOU -> FINAL, start in stream time]: what a fault's cost is compared with
+        "eou_latency_s": [{str(u): [round(x, 3) for x in v] for u, v in sorted(r.latencies().items())} for r in runs],
         "wall_s": round(wall_s, 1),
     }
 
@@ -377,17 +388,25 @@ def charge(runs: list[StreamRun], faults: list[Fault]) -> dict[tuple[int, int], 
     return charged
 
 
-def costs(charged: dict, runs: list[StreamRun], baseline: dict | None, which) -> tuple[list[float], list[float]]:
+def costs(
+    charged: dict[tuple[int, int], tuple[Fault, float]],
+    runs: list[StreamRun],
+    baseline: dict | None,
+    which: Callable[[Fault], bool],
+) -> tuple[list[float], list[float]]:
     """For the charged utterances whose fault passes ``which``: fault (or EOU) -> FINAL, and what the
-    fault added (EOU -> FINAL minus the same utterance's in ``baseline``, the no-fault run's summary)."""
+    fault added (EOU -> FINAL minus the same utterance's in ``baseline``, the no-fault run's summary;
+    the same utterance: the same index and start, which live edges need not cut alike)."""
     gaps, added = [], []
+    ours = [r.latencies() for r in runs]
     for (i, utt), (f, gap) in charged.items():
         if not which(f):
             continue
         gaps.append(gap)
         before = baseline["eou_latency_s"][i].get(str(utt)) if baseline else None
-        if before is not None:
-            added.append(runs[i].latencies()[utt] - before)
+        latency, start_s = ours[i][utt]
+        if before is not None and abs(before[1] - start_s) < SAME_START_S:
+            added.append(latency - before[0])
     return gaps, added
 
 
@@ -436,7 +455,7 @@ async def _play(
             )
         for kind in injector.KINDS:
             gaps, added = costs(charged, runs, baseline, lambda g, kind=kind: g.kind == kind)
-            summary[f"{kind}_to_next_final_s"] = {"utterances_in_flight": len(gaps)} | _spread(gaps)
+            summary[f"{kind}_to_next_final_s"] = {"charged": len(gaps)} | _spread(gaps)
             if baseline is not None:
                 summary[f"{kind}_added_s"] = _spread(added)
     return summary

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 STREAM_PATH = "/v1/stream"
 CONNECT_TIMEOUT_S = 5.0
+ROUTE_TIMEOUT_S = 5.0  # a route answer from the coordinator (health probes of its candidates not included)
 LINK_PROBE_BYTES = 32 * 1024  # split "auto": the body the uplink is timed with
 FEATURE_BYTES_PER_S = 6000.0  # int8 + zlib log-mel, until this session has measured its own
 
@@ -168,7 +169,6 @@ class EdgeAgent:
         self._routed: list[str] = []  # candidates from the coordinator, best first
         self._reroute = False  # a session was lost: ask the coordinator again before using _routed
         self._tickets: dict[str, str] = {}  # stream url -> the coordinator's route ticket for this session
-        self.rtt_ms: dict[str, float] = {}
         self._pending: dict[int, list[bytes]] = {}  # utt -> encoded frames, kept until its FINAL
         self._ended: dict[int, tuple[float, float, float]] = {}  # utt -> (speech end, EOU sent, audio seconds)
         self._done: set[int] = set()
@@ -283,7 +283,7 @@ class EdgeAgent:
             )
         raise EdgeError(f"no shard accepted the session after {self.o.max_reconnects} attempts")
 
-    async def _route(self, http: aiohttp.ClientSession) -> list[str]:
+    async def _route(self, http: aiohttp.ClientSession, timeout_s: float = ROUTE_TIMEOUT_S) -> list[str]:
         """Stage-0 candidates from the coordinator, best first; unreachable ones (no /healthz) dropped."""
         params = {"device": self.o.device_id, "session": self.session_id}
         params |= {"language": self.report.language} if self.report.language else {}  # none: detected
@@ -294,7 +294,7 @@ class EdgeAgent:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         base = self.o.coordinator.rstrip("/")
         try:
-            timeout = aiohttp.ClientTimeout(total=5)
+            timeout = aiohttp.ClientTimeout(total=timeout_s)
             async with http.get(f"{base}/v1/route", params=params, headers=headers, timeout=timeout) as resp:
                 body = await resp.json()
                 if resp.status in (400, 401):
@@ -317,8 +317,8 @@ class EdgeAgent:
             log.warning("coordinator %s sent a bad route answer (%s)", base, exc)
             return []
         now = time.monotonic()
-        # failed us lately: not worth a probe while the coordinator has not noticed
-        fresh = [c for c in candidates if self._suspect.get(stream_url(c.url), 0.0) <= now]
+        # failed us lately: not worth a probe while the coordinator has not noticed, unless they are all there is
+        fresh = [c for c in candidates if self._suspect.get(stream_url(c.url), 0.0) <= now] or candidates
         # probed all at once: a hung candidate (its kernel still accepts TCP) costs one timeout, not one each
         alive = await asyncio.gather(*(self._probe(http, c.url) for c in fresh))
         urls = []
@@ -330,17 +330,13 @@ class EdgeAgent:
         return urls
 
     async def _probe(self, http: aiohttp.ClientSession, url: str) -> bool:
-        """Whether stage-0 shard ``url`` answers its /healthz within the handshake timeout (RTT kept)."""
-        started = time.monotonic()
+        """Whether stage-0 shard ``url`` answers its /healthz within the handshake timeout."""
         try:
             timeout = aiohttp.ClientTimeout(total=self.o.handshake_timeout_s)
             async with http.get(f"{p.http_url(url)}/healthz", timeout=timeout) as resp:
-                if resp.status != 200:
-                    return False
+                return resp.status == 200
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
             return False
-        self.rtt_ms[url] = (time.monotonic() - started) * 1000
-        return True
 
     def _trusted(self, urls: list[str]) -> list[str]:
         """``urls`` with those that failed lately moved to the end (kept: they may be all there is)."""
@@ -350,10 +346,13 @@ class EdgeAgent:
     async def _next_url(self, http: aiohttp.ClientSession) -> str | None:
         if self.o.coordinator:
             now = time.monotonic()
-            # none left, only suspects, or a shard was lost (the others listed may have died since)
-            if self._reroute or all(self._suspect.get(u, 0.0) > now for u in self._routed):
+            spare = [u for u in self._routed if self._suspect.get(u, 0.0) <= now]
+            # none left, only suspects, or a shard was lost (the others listed may have died since);
+            # with a spare listed, a slow coordinator is given only a handshake's time
+            if self._reroute or not spare:
+                timeout_s = self.o.handshake_timeout_s if spare else ROUTE_TIMEOUT_S
                 self._reroute = False
-                self._routed = await self._route(http) or self._routed  # the old list if no answer
+                self._routed = await self._route(http, timeout_s) or self._routed  # the old list if no answer
             if self._routed:
                 self._routed = self._trusted(self._routed)
                 return self._routed.pop(0)
@@ -428,7 +427,7 @@ class EdgeAgent:
             if not reconnect:  # lost (crashed, hung: no pong within half a heartbeat), not asked to move
                 log.warning("lost the session on %s (%r); reconnecting elsewhere", self._url, ws.exception())
                 self._suspect[self._url] = time.monotonic() + p.SUSPECT_S
-                self._reroute = True
+                self._reroute = bool(self.o.coordinator)
             await ws.close()
             self.report.reconnects += 1
             async with self._lock:

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from splitasr.cloud.chaos import Fault, StreamRun, charge, costs, strike_targets
+from splitasr.cloud.chaos import Fault, StreamRun, between_kills, charge, costs, strike_targets
 from splitasr.edge.agent import FinalResult
 
 
@@ -55,8 +55,17 @@ def test_an_utterance_in_flight_through_several_faults_is_charged_once_to_the_la
     assert charged.keys() == {(0, 0), (0, 1)}
     assert charged[0, 0] == (kills[-1], 1.0)  # from the EOU: it came after the kill
     assert charged[0, 1][0] is hang and charged[0, 1][1] == pytest.approx(0.2)
-    baseline = {"eou_latency_s": [{"0": 0.4, "1": 0.1}]}
+    baseline = {"eou_latency_s": [{"0": [0.4, 0.0], "1": [0.1, 22.0]}]}  # [EOU -> FINAL, start]
     gaps, added = costs(charged, [run], baseline, lambda f: f.kind == "kill")
     assert gaps == [1.0] and added == [pytest.approx(0.6)]  # 1.0 s EOU -> FINAL against 0.4 s without faults
+    elsewhere = {"eou_latency_s": [{"0": [0.4, 3.0]}]}  # live edges cut utterance 0 differently there
+    assert costs(charged, [run], elsewhere, lambda f: f.kind == "kill") == ([1.0], [])
     gaps, added = costs(charged, [run], None, lambda f: f.kind == "hang")
     assert gaps == [pytest.approx(0.2)] and added == []  # no baseline: nothing to compare with
+
+
+def test_a_hang_or_restart_strikes_halfway_between_two_kills():
+    assert between_kills(20.0, 5.0) == 22.5  # the 60 s run: a third of the way in
+    assert between_kills(20.0 / 3, 3.0) == 7.5  # the short test's horizon of 20 s
+    assert between_kills(52.5 / 3, 5.0) == 17.5  # not on the kill at 20 s
+    assert between_kills(7.0, 0.0) == 7.0  # no kills: when it is due
