@@ -35,13 +35,12 @@ from splitasr.cloud.simulate.trace import load_arrivals, transform  # noqa: E402
 from splitasr.cloud.simulate.workload import SessionModel  # noqa: E402
 
 LADDER = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)  # busy per replica; stage 0: this share of its session limit
-SESSION_LIMIT = 64  # a stage-0 replica's sessions (the simulator's max_sessions)
 BASELINES = ("hpa", "kpa", "ray")
 
 
-def ladder_options(busy: float):
+def ladder_options(busy: float, session_limit: int):
     """The SLO-target options (the hybrid's own settings included) at another target level."""
-    return dataclasses.replace(SETTINGS["SLO targets"], target_busy=busy, target_sessions=busy * SESSION_LIMIT)
+    return dataclasses.replace(SETTINGS["SLO targets"], target_busy=busy, target_sessions=busy * session_limit)
 
 
 def run_point(load, profile, service, oracle_replica_s: float, policy: str, options) -> dict:
@@ -107,7 +106,7 @@ def main() -> int:
     args = parser.parse_args()
     profile = SessionModel.from_devset().profile()
     service = ServiceModel.calibrated(profile.speaking_share)
-    out: dict = {"ladder": list(LADDER), "session_limit": SESSION_LIMIT, "runs": {}}
+    out: dict = {"ladder": list(LADDER), "session_limit": service.max_sessions, "runs": {}}
     rows = []
     for trace in ("conv", "code"):
         arrivals = load_arrivals(TRACES / f"azure_llm_2023_{trace}.csv", "TIMESTAMP", time_format=AZURE_FORMAT)
@@ -117,7 +116,8 @@ def main() -> int:
             oracle = simulate("oracle", load, profile, service, SETTINGS["SLO targets"])["replica_seconds"]
 
             point = partial(run_point, load, profile, service, oracle)
-            frontiers = {p: [point(p, ladder_options(b)) for b in LADDER] for p in (*BASELINES, "hybrid")}
+            ladder = [ladder_options(b, service.max_sessions) for b in LADDER]
+            frontiers = {p: [point(p, options) for options in ladder] for p in (*BASELINES, "hybrid")}
             hybrid = point("hybrid", SETTINGS["SLO targets"])
             key = f"{trace} x{scale:g}"
             run = {"hybrid_slo": hybrid, "frontiers": frontiers}

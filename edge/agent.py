@@ -252,9 +252,7 @@ class EdgeAgent:
                     raise EdgeError(f"shard {url} refused the session: {reply.code}: {reply.message}")
                 refusal = reply
                 log.info("shard %s refused the session (%s: %s)", url, reply.code, reply.message)
-                advised_s = jittered((reply.retry_after_ms or 0) / 1000)
-                if advised_s:  # e.g. overloaded: tried last for that long, as when a running session is told so
-                    self._suspect[url] = time.monotonic() + advised_s
+                advised_s = self._told_to_wait(url, reply.retry_after_ms)
                 await asyncio.sleep(min(max(backoff.next(), advised_s), self.o.reconnect_max_s))
                 continue
             self._ws, self._url = ws, url
@@ -338,6 +336,14 @@ class EdgeAgent:
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
             return False
 
+    def _told_to_wait(self, url: str, retry_after_ms: int | None) -> float:
+        """A shard's ``retry_after_ms`` (e.g. overloaded, at HELLO or mid-session), jittered: the shard
+        is tried last for that long. Returns the seconds (0: none given)."""
+        wait_s = jittered((retry_after_ms or 0) / 1000)
+        if wait_s:
+            self._suspect[url] = time.monotonic() + wait_s
+        return wait_s
+
     def _trusted(self, urls: list[str]) -> list[str]:
         """``urls`` with those that failed lately moved to the end (kept: they may be all there is)."""
         now = time.monotonic()
@@ -416,8 +422,8 @@ class EdgeAgent:
                         self.on_partial(frame)
                 elif isinstance(frame, p.Drain) or (isinstance(frame, p.Error) and frame.retryable):
                     log.info("shard asked us to move (%s); reconnecting", frame)
-                    if isinstance(frame, p.Error) and frame.retry_after_ms:  # e.g. overloaded: tried last for that long
-                        self._suspect[self._url] = time.monotonic() + jittered(frame.retry_after_ms / 1000)
+                    if isinstance(frame, p.Error):
+                        self._told_to_wait(self._url, frame.retry_after_ms)
                     reconnect = True
                     break
                 elif isinstance(frame, p.Error):
