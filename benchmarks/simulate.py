@@ -1,8 +1,9 @@
 """The autoscaling simulator on the two shipped traces at --scale 1, 10, 100 (and one hour at 1000,
 timed): every policy's SLO attainment, latency, replica-seconds and cost against the hindsight
 oracle, at two sets of targets shared by every policy: the defaults (0.6 busy, 40 sessions per
-stage-0 replica) and targets near what the SLO allows (0.9 busy, 58 of 64 sessions; the hybrid also
-holds scale-in 30 s, averages 20 s and lets queues reach 0.5 s). Writes
+stage-0 replica) and targets near what the SLO allows (0.9 busy, 60 of 64 sessions; the hybrid also
+holds scale-in 20 s unless demand clearly falls, averages 12 s, lets queues reach 0.5 s, keeps room
+for a burst like the largest of the last 30 s and no warm spare). Writes
 benchmarks/results/simulate.json + simulate.png (replicas over time, conv trace, scale 10).
 """
 
@@ -31,8 +32,17 @@ SETTINGS = {
     "default targets": Options(),
     "SLO targets": Options(
         target_busy=0.9,
-        target_sessions=58.0,
-        hybrid=(("scale_in_stabilization_s", 30.0), ("stable_window_s", 20.0), ("target_queue_delay_s", 0.5)),
+        target_sessions=60.0,
+        hybrid=(
+            ("scale_in_stabilization_s", 20.0),
+            ("stable_window_s", 12.0),
+            ("target_queue_delay_s", 0.5),
+            ("scale_in_on_decline", 1.0),
+            ("decline_window_s", 30.0),
+            ("burst_headroom", 1.0),
+            ("burst_window_s", 30.0),
+            ("warm_spares", 0.0),
+        ),
     ),
 }
 

@@ -116,8 +116,14 @@ def test_forecast_scales_out_before_a_repeating_ramp():
     def sessions(t: float) -> float:
         return sum(arrivals(s) for s in range(max(0, int(t) - 20), int(t)))
 
+    # (a scale-in hold shorter than the gap between bursts, so that each burst meets the pool the quiet left)
     config = AutoscalerConfig(
-        target_sessions_per_replica=4, predictive=True, cold_start_s=5, mean_session_s=20, max_replicas=32
+        target_sessions_per_replica=4,
+        predictive=True,
+        cold_start_s=5,
+        mean_session_s=20,
+        max_replicas=32,
+        scale_in_stabilization_s=60,
     )
     with_forecast = simulate(config, sessions, 345, arrivals_at=arrivals)
     reactive_only = simulate(

@@ -52,6 +52,9 @@ class AutoscalerConfig:
     predictive: bool = True
     max_scale_up_rate: float = 10.0  # a decision asks for at most this x the ready replicas (as Knative's)
     scale_in_on_decline: bool = False  # a clear fall of demand (sessions ending) skips the scale-in hold
+    decline_window_s: float = 60.0  # over which a fall must be clear
+    burst_headroom: float = 0.0  # room kept for this x the largest rise of sessions in one period lately
+    burst_window_s: float = 30.0  # ... within this window
 
     def __post_init__(self) -> None:
         if self.min_replicas < 0 or self.max_replicas < max(1, self.min_replicas):
@@ -70,6 +73,8 @@ class AutoscalerConfig:
             raise ConfigError("need arrival_window_s >= decision_period_s")
         if self.max_scale_up_rate < 1:
             raise ConfigError(f"max_scale_up_rate must be >= 1, got {self.max_scale_up_rate}")
+        if self.burst_headroom < 0 or self.burst_window_s <= 0 or self.decline_window_s <= 0:
+            raise ConfigError("need burst_headroom >= 0, burst_window_s > 0 and decline_window_s > 0")
 
     @property
     def lead_time_s(self) -> float:
@@ -95,7 +100,7 @@ class Decision:
     warm_spares: int
     reason: str
     panic: bool
-    recommended: int  # before scale-in stabilisation; what later decisions look back on
+    recommended: int  # the load the sample showed, in replicas: what later decisions' scale-in hold looks back on
 
 
 def _window(history: Sequence[Sample], now: float, seconds: float) -> list[Sample]:
@@ -160,10 +165,13 @@ def reactive(config: AutoscalerConfig, history: Sequence[Sample], now: float) ->
 
 def demand_per_session(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
     """Replicas one session needs at this stage: 1 / target for stage 0; for a later stage, its
-    measured demand over the sessions it served in the stable window (its service time per session)."""
+    measured demand over the sessions it served in the stable window (its service time per session),
+    from the samples whose queue stayed within its target: a saturated stage's busy fraction shows
+    only what its replicas could do, and read as the sessions' need it would keep the pool small."""
     if config.signal == "sessions":
         return 1.0 / config.target_sessions_per_replica
     window = _window(history, now, config.stable_window_s)
+    window = [s for s in window if s.queue_delay_s <= config.target_queue_delay_s] or window
     sessions = sum(s.sessions for s in window)
     return sum(demand(config, s) for s in window) / sessions if sessions > 0 else 0.0
 
@@ -195,28 +203,41 @@ def _trend(points: Sequence[tuple[float, float]]) -> tuple[float, float, float, 
     return slope, math.sqrt(residual / sxx), mean_t, mean_y
 
 
+def burst_room(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
+    """Sessions to keep room for: ``burst_headroom`` x the largest rise between two samples in the
+    last ``burst_window_s``. Sessions come in bursts (a client's batch of calls) that rise within a
+    cold start, faster than any replica can start; while they keep coming the pool holds room for
+    one more like the largest lately, and none once a quiet window has passed."""
+    if config.burst_headroom <= 0:
+        return 0.0
+    window = _window(history, now, config.burst_window_s)
+    rise = max((b.sessions - a.sessions for a, b in zip(window, window[1:], strict=False)), default=0.0)
+    return config.burst_headroom * max(rise, 0.0)
+
+
 def projected_sessions(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
     """Sessions one lead time from now: the panic window's mean, or, while the count rises clearly
     (a least-squares slope over twice its standard error) and the pool is predictive, the fitted line
-    one lead time ahead.
+    one lead time ahead; at least the latest count plus the room kept for a burst (:func:`burst_room`).
     Never projected downwards (scale-in waits for the load itself), and noise is not a trend."""
     recent = _window(history, now, config.panic_window_s)
     if not recent:
         return 0.0
+    floor = recent[-1].sessions + burst_room(config, history, now) if config.burst_headroom > 0 else 0.0
     fit = _trend([(s.t, s.sessions) for s in recent])
     mean_y = sum(s.sessions for s in recent) / len(recent)
     if fit is None:
-        return mean_y
+        return max(mean_y, floor)
     slope, error, mean_t, _ = fit
     if not config.predictive or slope <= 0 or slope <= 2 * error:
-        return mean_y
-    return max(mean_y + slope * (now - mean_t), recent[-1].sessions) + slope * config.lead_time_s
+        return max(mean_y, floor)
+    return max(max(mean_y + slope * (now - mean_t), recent[-1].sessions) + slope * config.lead_time_s, floor)
 
 
 def declining(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> bool:
-    """Whether the stage's demand falls clearly over the stable window (a least-squares slope below
-    minus three times its standard error): sessions ending, not noise."""
-    fit = _trend([(s.t, demand(config, s)) for s in _window(history, now, config.stable_window_s)])
+    """Whether the stage's demand falls clearly over the last ``decline_window_s`` (a least-squares
+    slope below minus three times its standard error): sessions ending, not noise."""
+    fit = _trend([(s.t, demand(config, s)) for s in _window(history, now, config.decline_window_s)])
     return fit is not None and fit[0] < 0 and -fit[0] > 3 * fit[1]
 
 
@@ -236,11 +257,13 @@ def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past
     following = feed_forward(config, history, now)
     if following > wanted:
         wanted, reason = following, f"sessions {following} > {reason}"
-    if config.predictive:
-        ahead = predictive(config, history, now)
-        if ahead > wanted:
-            wanted, reason = ahead, f"predictive {ahead} > {reason}"
-    recommended = wanted
+    ahead = predictive(config, history, now) if config.predictive else 0
+    if ahead > wanted:
+        wanted, reason = ahead, f"predictive {ahead} > {reason}"
+    # the scale-in hold looks back on the load itself and the arrival forecast, not on the transient
+    # part of a decision: a projected rise the load did not follow, room for a burst, or the replicas
+    # that drain a queue are not held for minutes
+    recommended = max(math.ceil(demand(config, history[-1]) - 1e-9), ahead) if history else wanted
     # replicas still starting are not in ``current`` yet: asking for fewer than last time is a scale-in too
     baseline = max(current, past[-1].replicas if past else 0)
     if wanted < baseline:
