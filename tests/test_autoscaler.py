@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Sample, decide, session_load
+from splitasr.cloud.coordinator.autoscaler import AutoscalerConfig, Sample, decide, demand_per_session, session_load
 from splitasr.cloud.coordinator.forecast import forecast_rate, season_length
 from splitasr.shared.errors import ConfigError
 
@@ -158,3 +158,49 @@ def test_batch_sessions_buy_replicas_at_a_quarter_of_the_interactive_rate():
     assert max(r for _, r, _ in timeline) < 10  # 40 interactive sessions would ask for 10 replicas
     with pytest.raises(ConfigError, match="batch_session_weight"):
         AutoscalerConfig(batch_session_weight=1.5)
+
+
+def busy_sample(t: float, busy: float, replicas: int, delay: float = 0.0, sessions: float = 10.0) -> Sample:
+    return Sample(t=t, sessions=sessions, queue_delay_s=delay, arrivals=0.0, replicas=replicas, busy=busy)
+
+
+def test_the_scale_in_hold_keeps_the_load_not_the_replicas_that_drained_a_queue():
+    """A queue asks for replicas to drain it; once it is drained the pool goes back to what the load
+    needs at once: the hold looks back on the load (2 replicas here), not on the drain (4)."""
+    config = AutoscalerConfig(
+        signal="busy", target_busy=0.5, target_queue_delay_s=0.1, predictive=False, panic_window_s=2, stable_window_s=10
+    )
+    history = [busy_sample(t, 1.0, 2) for t in range(1, 20)]
+    history.append(busy_sample(20, 1.0, 2, delay=2.1))  # 2 x 2 s of queued work: 2 more replicas drain it in 2 s
+    past = [decide(config, history, 20.0)]
+    assert past[-1].replicas == 4 and past[-1].recommended == 2
+    for t in range(21, 40):
+        history.append(busy_sample(t, 1.0, past[-1].replicas))
+        past.append(decide(config, history, float(t), past))
+    assert past[-1].replicas == 2, past[-1]  # back within the stable window, not after the 300 s hold
+
+
+def test_demand_per_session_is_learnt_where_the_stage_kept_up():
+    """A saturated stage's busy fraction shows what its replicas could do, not what its sessions
+    need: read as the need, 20 sessions on 2 busy replicas would ask 0.1 replicas each (0.3 over the
+    window) where the clear samples show 0.2 (0.4 at the 0.5 target)."""
+    config = AutoscalerConfig(signal="busy", target_busy=0.5, target_queue_delay_s=0.1, stable_window_s=30)
+    clear = [busy_sample(t, 2.0, 4, sessions=10) for t in range(1, 21)]
+    saturated = [busy_sample(t, 2.0, 2, delay=1.0, sessions=20) for t in range(21, 31)]
+    assert demand_per_session(config, clear + saturated, 30.0) == pytest.approx(0.4)
+    assert demand_per_session(config, saturated, 30.0) == pytest.approx(0.2)  # nothing clear: all of them
+
+
+def test_room_for_a_burst_like_the_last_and_none_once_the_window_is_quiet():
+    """With ``burst_headroom``, sessions that rose by 8 in one period leave room for 8 more until
+    ``burst_window_s`` has passed without such a rise."""
+    base = AutoscalerConfig(target_sessions_per_replica=4, predictive=False, max_replicas=32)
+    roomy = dataclasses.replace(base, burst_headroom=1.0, burst_window_s=30)
+    burst = lambda t: 8 if t < 10 else 16  # noqa: E731
+    plain = simulate(base, burst, 60, replicas=2)
+    kept = simulate(roomy, burst, 60, replicas=2)
+    assert {r for t, r, _ in plain if 15 <= t < 60} == {4}  # 16 sessions / 4
+    assert {r for t, r, _ in kept if 15 <= t < 38} == {6}  # (16 + 8) / 4, while the 9 -> 10 rise is in the window
+    assert {r for t, r, _ in kept if 45 <= t < 60} == {4}  # the rise left the window: no room, no hold on it
+    with pytest.raises(ConfigError):
+        AutoscalerConfig(burst_headroom=-1.0)
