@@ -189,6 +189,12 @@ def test_demand_per_session_is_learnt_where_the_stage_kept_up():
     saturated = [busy_sample(t, 2.0, 2, delay=1.0, sessions=20) for t in range(21, 31)]
     assert demand_per_session(config, clear + saturated, 30.0) == pytest.approx(0.4)
     assert demand_per_session(config, saturated, 30.0) == pytest.approx(0.2)  # nothing clear: all of them
+    # an overload longer than the window: the last window's worth of samples where it kept up
+    longer = [busy_sample(t, 2.0, 2, delay=1.0, sessions=20) for t in range(21, 71)]
+    assert demand_per_session(config, clear + longer, 70.0) == pytest.approx(0.4)
+    # idle seconds (no sessions) before an overload say nothing about a session's need: not 0
+    idle = [busy_sample(t, 0.0, 1, sessions=0) for t in range(1, 21)]
+    assert demand_per_session(config, idle + saturated, 30.0) == pytest.approx(0.2)
 
 
 def test_room_for_a_burst_like_the_last_and_none_once_the_window_is_quiet():
@@ -202,5 +208,9 @@ def test_room_for_a_burst_like_the_last_and_none_once_the_window_is_quiet():
     assert {r for t, r, _ in plain if 15 <= t < 60} == {4}  # 16 sessions / 4
     assert {r for t, r, _ in kept if 15 <= t < 38} == {6}  # (16 + 8) / 4, while the 9 -> 10 rise is in the window
     assert {r for t, r, _ in kept if 45 <= t < 60} == {4}  # the rise left the window: no room, no hold on it
-    with pytest.raises(ConfigError):
-        AutoscalerConfig(burst_headroom=-1.0)
+    # a rise across a gap in the samples (a restart, missed periods) is not a burst
+    gappy = [Sample(t, 8 if t < 10 else 16, 0.0, 0.0, 4) for t in [*range(0, 5), *range(15, 30)]]
+    assert decide(roomy, gappy, 29.0).replicas == 4
+    for bad in ({"burst_headroom": -1.0}, {"burst_window_s": 0.0}, {"decline_window_s": -1.0}):
+        with pytest.raises(ConfigError):
+            AutoscalerConfig(**bad)

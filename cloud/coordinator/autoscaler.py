@@ -52,7 +52,7 @@ class AutoscalerConfig:
     predictive: bool = True
     max_scale_up_rate: float = 10.0  # a decision asks for at most this x the ready replicas (as Knative's)
     scale_in_on_decline: bool = False  # a clear fall of demand (sessions ending) skips the scale-in hold
-    decline_window_s: float = 60.0  # over which a fall must be clear
+    decline_window_s: float = 0.0  # over which a fall must be clear; 0: the stable window
     burst_headroom: float = 0.0  # room kept for this x the largest rise of sessions in one period lately
     burst_window_s: float = 30.0  # ... within this window
 
@@ -73,8 +73,8 @@ class AutoscalerConfig:
             raise ConfigError("need arrival_window_s >= decision_period_s")
         if self.max_scale_up_rate < 1:
             raise ConfigError(f"max_scale_up_rate must be >= 1, got {self.max_scale_up_rate}")
-        if self.burst_headroom < 0 or self.burst_window_s <= 0 or self.decline_window_s <= 0:
-            raise ConfigError("need burst_headroom >= 0, burst_window_s > 0 and decline_window_s > 0")
+        if self.burst_headroom < 0 or self.burst_window_s <= 0 or self.decline_window_s < 0:
+            raise ConfigError("need burst_headroom >= 0, burst_window_s > 0 and decline_window_s >= 0")
 
     @property
     def lead_time_s(self) -> float:
@@ -105,6 +105,16 @@ class Decision:
 
 def _window(history: Sequence[Sample], now: float, seconds: float) -> list[Sample]:
     return [s for s in history if now - seconds < s.t <= now]
+
+
+def _replicas(demand: float) -> int:
+    """Whole replicas for a demand: rounded up, but not for float noise (2.0000000001 is 2)."""
+    return math.ceil(demand - 1e-9)
+
+
+def _kept_up(config: AutoscalerConfig, sample: Sample) -> bool:
+    """Whether the stage kept up at this sample: its queue within target."""
+    return sample.queue_delay_s <= config.target_queue_delay_s
 
 
 def session_load(config: AutoscalerConfig, loads: Sequence[tuple[int, int]]) -> float:
@@ -139,8 +149,8 @@ def _load_replicas(config: AutoscalerConfig, samples: list[Sample], replicas: in
     wanted, delay = _load(config, samples, use_latest)
     backlog = replicas * max(0.0, delay - config.target_queue_delay_s)
     if backlog <= 0:
-        return math.ceil(wanted)
-    return max(math.ceil(wanted), replicas) + math.ceil(backlog / config.backlog_drain_s)
+        return _replicas(wanted)
+    return max(_replicas(wanted), replicas) + math.ceil(backlog / config.backlog_drain_s)
 
 
 def _panicking(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> bool:
@@ -166,12 +176,18 @@ def reactive(config: AutoscalerConfig, history: Sequence[Sample], now: float) ->
 def demand_per_session(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
     """Replicas one session needs at this stage: 1 / target for stage 0; for a later stage, its
     measured demand over the sessions it served in the stable window (its service time per session),
-    from the samples whose queue stayed within its target: a saturated stage's busy fraction shows
-    only what its replicas could do, and read as the sessions' need it would keep the pool small."""
+    from the samples where it kept up: a saturated stage's busy fraction shows only what its
+    replicas could do, and read as the sessions' need it would keep the pool small. Through an
+    overload longer than the window, the latest window's worth of such samples in the history."""
     if config.signal == "sessions":
         return 1.0 / config.target_sessions_per_replica
-    window = _window(history, now, config.stable_window_s)
-    window = [s for s in window if s.queue_delay_s <= config.target_queue_delay_s] or window
+    served = [s for s in history if s.t <= now and s.sessions > 0]
+    window = _window(served, now, config.stable_window_s)
+    clear = [s for s in window if _kept_up(config, s)]
+    if not clear:  # an overload longer than the window: what the stage did when it last kept up
+        earlier = [s for s in served if _kept_up(config, s)]
+        clear = _window(earlier, earlier[-1].t, config.stable_window_s) if earlier else []
+    window = clear or window
     sessions = sum(s.sessions for s in window)
     return sum(demand(config, s) for s in window) / sessions if sessions > 0 else 0.0
 
@@ -204,21 +220,25 @@ def _trend(points: Sequence[tuple[float, float]]) -> tuple[float, float, float, 
 
 
 def burst_room(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
-    """Sessions to keep room for: ``burst_headroom`` x the largest rise between two samples in the
-    last ``burst_window_s``. Sessions come in bursts (a client's batch of calls) that rise within a
-    cold start, faster than any replica can start; while they keep coming the pool holds room for
-    one more like the largest lately, and none once a quiet window has passed."""
+    """Sessions to keep room for: ``burst_headroom`` x the largest rise between two consecutive
+    samples (one decision period apart; a gap, as after a restart, is not a rise) in the last
+    ``burst_window_s``. Sessions come in bursts (a client's batch of calls) that rise within a cold
+    start, faster than any replica can start; while they keep coming the pool holds room for one
+    more like the largest lately, and none once a quiet window has passed."""
     if config.burst_headroom <= 0:
         return 0.0
     window = _window(history, now, config.burst_window_s)
-    rise = max((b.sessions - a.sessions for a, b in zip(window, window[1:], strict=False)), default=0.0)
+    pairs = zip(window, window[1:], strict=False)
+    gap = 1.5 * config.decision_period_s
+    rise = max((b.sessions - a.sessions for a, b in pairs if b.t - a.t <= gap), default=0.0)
     return config.burst_headroom * max(rise, 0.0)
 
 
 def projected_sessions(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
     """Sessions one lead time from now: the panic window's mean, or, while the count rises clearly
     (a least-squares slope over twice its standard error) and the pool is predictive, the fitted line
-    one lead time ahead; at least the latest count plus the room kept for a burst (:func:`burst_room`).
+    one lead time ahead. With ``burst_headroom``, at least the latest count plus the room kept for a
+    burst (:func:`burst_room`; the latest count alone, not the window's mean, when there was none).
     Never projected downwards (scale-in waits for the load itself), and noise is not a trend."""
     recent = _window(history, now, config.panic_window_s)
     if not recent:
@@ -235,9 +255,11 @@ def projected_sessions(config: AutoscalerConfig, history: Sequence[Sample], now:
 
 
 def declining(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> bool:
-    """Whether the stage's demand falls clearly over the last ``decline_window_s`` (a least-squares
-    slope below minus three times its standard error): sessions ending, not noise."""
-    fit = _trend([(s.t, demand(config, s)) for s in _window(history, now, config.decline_window_s)])
+    """Whether the stage's demand falls clearly over the last ``decline_window_s`` (the stable
+    window if 0; a least-squares slope below minus three times its standard error): sessions
+    ending, not noise."""
+    seconds = config.decline_window_s or config.stable_window_s
+    fit = _trend([(s.t, demand(config, s)) for s in _window(history, now, seconds)])
     return fit is not None and fit[0] < 0 and -fit[0] > 3 * fit[1]
 
 
@@ -245,7 +267,7 @@ def feed_forward(config: AutoscalerConfig, history: Sequence[Sample], now: float
     """Replicas for the sessions projected one lead time ahead at the stage's demand per session.
     A later stage's busy fraction cannot show more work than its replicas can do and lags a jump in
     sessions by the time the work takes to reach it; stage 0's session count does not."""
-    return math.ceil(projected_sessions(config, history, now) * demand_per_session(config, history, now) - 1e-9)
+    return _replicas(projected_sessions(config, history, now) * demand_per_session(config, history, now))
 
 
 def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past: Sequence[Decision] = ()) -> Decision:
@@ -260,10 +282,10 @@ def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past
     ahead = predictive(config, history, now) if config.predictive else 0
     if ahead > wanted:
         wanted, reason = ahead, f"predictive {ahead} > {reason}"
-    # the scale-in hold looks back on the load itself and the arrival forecast, not on the transient
-    # part of a decision: a projected rise the load did not follow, room for a burst, or the replicas
-    # that drain a queue are not held for minutes
-    recommended = max(math.ceil(demand(config, history[-1]) - 1e-9), ahead) if history else wanted
+    # the scale-in hold looks back on the load itself (each period's sample, not a window's mean)
+    # and the arrival forecast, not on the transient part of a decision: a projected rise the load
+    # did not follow, room for a burst, or the replicas that drain a queue are not held for minutes
+    recommended = max(_replicas(demand(config, recent[-1])), ahead) if recent else wanted
     # replicas still starting are not in ``current`` yet: asking for fewer than last time is a scale-in too
     baseline = max(current, past[-1].replicas if past else 0)
     if wanted < baseline:

@@ -146,7 +146,8 @@ class _Hybrid:
         }
         config = dataclasses.replace(base, **{**defaults, **settings})
         # the windows decide() reads, with room to spare: an hour of samples made every decision 10x slower
-        self.pool = StagePool("sim", stage, config, history=int(config.stable_window_s + config.arrival_window_s) * 4)
+        windows = (config.stable_window_s, config.decline_window_s, config.burst_window_s, config.arrival_window_s)
+        self.pool = StagePool("sim", stage, config, history=int(max(windows) + config.arrival_window_s) * 4)
 
     def decide(self, t: float, ready: int, sessions: float, busy: float, delay: float, arrivals: float) -> int:
         sample = Sample(t=t, sessions=sessions, queue_delay_s=delay, arrivals=arrivals, replicas=ready, busy=busy)
