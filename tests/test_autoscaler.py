@@ -177,7 +177,11 @@ def test_the_scale_in_hold_keeps_the_load_not_the_replicas_that_drained_a_queue(
     for t in range(21, 40):
         history.append(busy_sample(t, 1.0, past[-1].replicas))
         past.append(decide(config, history, float(t), past))
+    assert max(d.replicas for d in past) == 4  # the drained queue (delay 0 now) adds no more
     assert past[-1].replicas == 2, past[-1]  # back within the stable window, not after the 300 s hold
+    # a stage that was queueing needed at least the replicas it had, whatever its load read
+    queued = [*history, busy_sample(40, 1.0, 6, delay=0.5)]
+    assert decide(config, queued, 40.0, past).recommended == 6
 
 
 def test_demand_per_session_is_learnt_where_the_stage_kept_up():
@@ -208,6 +212,9 @@ def test_room_for_a_burst_like_the_last_and_none_once_the_window_is_quiet():
     assert {r for t, r, _ in plain if 15 <= t < 60} == {4}  # 16 sessions / 4
     assert {r for t, r, _ in kept if 15 <= t < 38} == {6}  # (16 + 8) / 4, while the 9 -> 10 rise is in the window
     assert {r for t, r, _ in kept if 45 <= t < 60} == {4}  # the rise left the window: no room, no hold on it
+    # sessions coming back after a dip (a shard drained, or out of the count for a moment) are not a burst
+    dip = lambda t: 8 if 20 <= t < 22 else 16  # noqa: E731
+    assert {r for t, r, _ in simulate(roomy, dip, 40, replicas=4) if 25 <= t < 40} == {4}
     # a rise across a gap in the samples (a restart, missed periods) is not a burst
     gappy = [Sample(t, 8 if t < 10 else 16, 0.0, 0.0, 4) for t in [*range(0, 5), *range(15, 30)]]
     assert decide(roomy, gappy, 29.0).replicas == 4

@@ -73,8 +73,12 @@ class AutoscalerConfig:
             raise ConfigError("need arrival_window_s >= decision_period_s")
         if self.max_scale_up_rate < 1:
             raise ConfigError(f"max_scale_up_rate must be >= 1, got {self.max_scale_up_rate}")
-        if self.burst_headroom < 0 or self.burst_window_s <= 0 or self.decline_window_s < 0:
-            raise ConfigError("need burst_headroom >= 0, burst_window_s > 0 and decline_window_s >= 0")
+        if self.burst_headroom < 0:
+            raise ConfigError(f"burst_headroom must be >= 0, got {self.burst_headroom}")
+        if self.burst_window_s < 2 * self.decision_period_s:  # a rise is between two samples of the window
+            raise ConfigError(f"burst_window_s must be >= 2 decision periods, got {self.burst_window_s}")
+        if self.decline_window_s < 0:
+            raise ConfigError(f"decline_window_s must be >= 0 (0: the stable window), got {self.decline_window_s}")
 
     @property
     def lead_time_s(self) -> float:
@@ -140,14 +144,15 @@ def _load(config: AutoscalerConfig, samples: list[Sample], use_latest: bool) -> 
 
 
 def _load_replicas(config: AutoscalerConfig, samples: list[Sample], replicas: int, use_latest: bool = False) -> int:
-    """Replicas needed for the window's demand. Work queued beyond the target delay (``replicas x
-    excess delay`` core-seconds) means every replica is busy whatever the demand signal says (stage 0
-    counts sessions, not work): then the stage needs at least its replicas, plus those that drain
-    the queue within ``backlog_drain_s``."""
+    """Replicas needed for the window's demand. Work queued now beyond the target delay (``replicas
+    x excess delay`` core-seconds, from the latest sample: a queue that has drained needs no more
+    replicas, though the window's mean delay still shows it) means every replica is busy whatever
+    the demand signal says (stage 0 counts sessions, not work): then the stage needs at least its
+    replicas, plus those that drain the queue within ``backlog_drain_s``."""
     if not samples:
         return replicas
-    wanted, delay = _load(config, samples, use_latest)
-    backlog = replicas * max(0.0, delay - config.target_queue_delay_s)
+    wanted, _ = _load(config, samples, use_latest)
+    backlog = replicas * max(0.0, samples[-1].queue_delay_s - config.target_queue_delay_s)
     if backlog <= 0:
         return _replicas(wanted)
     return max(_replicas(wanted), replicas) + math.ceil(backlog / config.backlog_drain_s)
@@ -200,7 +205,7 @@ def predictive(config: AutoscalerConfig, history: Sequence[Sample], now: float) 
         return 0
     rates = [s.arrivals / config.decision_period_s for s in samples]
     rate = forecast_rate(rates, config.lead_time_s, config.decision_period_s, config.arrival_window_s)
-    return math.ceil(rate * config.mean_session_s * demand_per_session(config, samples, now))
+    return _replicas(rate * config.mean_session_s * demand_per_session(config, samples, now))
 
 
 def _trend(points: Sequence[tuple[float, float]]) -> tuple[float, float, float, float] | None:
@@ -221,17 +226,22 @@ def _trend(points: Sequence[tuple[float, float]]) -> tuple[float, float, float, 
 
 def burst_room(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
     """Sessions to keep room for: ``burst_headroom`` x the largest rise between two consecutive
-    samples (one decision period apart; a gap, as after a restart, is not a rise) in the last
-    ``burst_window_s``. Sessions come in bursts (a client's batch of calls) that rise within a cold
-    start, faster than any replica can start; while they keep coming the pool holds room for one
-    more like the largest lately, and none once a quiet window has passed."""
+    samples (a few decision periods apart at most: a late tick under load still counts, a gap as
+    after a restart does not) in the last ``burst_window_s``, counted above the highest count of the
+    panic window before it: sessions that come back after a dip (a shard drained or briefly out of
+    the count) are not a burst. Sessions come in bursts (a client's batch of calls) that rise
+    within a cold start, faster than any replica can start; while they keep coming the pool holds
+    room for one more like the largest lately, and none once a quiet window has passed."""
     if config.burst_headroom <= 0:
         return 0.0
     window = _window(history, now, config.burst_window_s)
-    pairs = zip(window, window[1:], strict=False)
-    gap = 1.5 * config.decision_period_s
-    rise = max((b.sessions - a.sessions for a, b in pairs if b.t - a.t <= gap), default=0.0)
-    return config.burst_headroom * max(rise, 0.0)
+    gap = 3 * config.decision_period_s
+    rise = 0.0
+    for i, b in enumerate(window[1:], start=1):
+        before = [a.sessions for a in window[:i] if b.t - config.panic_window_s <= a.t]
+        if before and b.t - window[i - 1].t <= gap:
+            rise = max(rise, b.sessions - max(before))
+    return config.burst_headroom * rise
 
 
 def projected_sessions(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> float:
@@ -282,10 +292,14 @@ def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past
     ahead = predictive(config, history, now) if config.predictive else 0
     if ahead > wanted:
         wanted, reason = ahead, f"predictive {ahead} > {reason}"
-    # the scale-in hold looks back on the load itself (each period's sample, not a window's mean)
-    # and the arrival forecast, not on the transient part of a decision: a projected rise the load
-    # did not follow, room for a burst, or the replicas that drain a queue are not held for minutes
-    recommended = max(_replicas(demand(config, recent[-1])), ahead) if recent else wanted
+    # the scale-in hold looks back on the load itself (each period's sample, not a window's mean:
+    # at least the replicas it had if it was queueing) and the arrival forecast, not on the
+    # transient part of a decision: a projected rise the load did not follow, room for a burst, or
+    # the replicas that drain a queue are not held for minutes
+    recommended = wanted
+    if recent:
+        latest = recent[-1]
+        recommended = max(_replicas(demand(config, latest)), ahead, 0 if _kept_up(config, latest) else latest.replicas)
     # replicas still starting are not in ``current`` yet: asking for fewer than last time is a scale-in too
     baseline = max(current, past[-1].replicas if past else 0)
     if wanted < baseline:
