@@ -39,6 +39,7 @@ CONFIG = {
     ],
 }
 INTERVAL_S = 20.0
+P99_SLACK_MS = 2500.0
 REAL = Path(__file__).resolve().parents[1] / "samples" / "real"
 PROBE_CLIPS = ("en/en_ljspeech_LJ001-0009.flac", "en/en_ljspeech_LJ001-0018.flac")  # tune split
 
@@ -99,7 +100,22 @@ def finished(futures) -> list:
 
 
 def start(cluster, version: str, steps: str) -> None:
-    done = cluster.cli("rollout", "start", "tiny.en", "--to", version, "--steps", steps, "--interval", f"{INTERVAL_S}s")
+    # The p99 guard compares versions under different loads: at the 100 % step every new session is on
+    # the canary's single chain while stable's p99 is from a lighter load, so on a busy 2-core runner a
+    # good canary can be ~1.5 s behind. The slow version is 5 s late on every FINAL: still far above.
+    done = cluster.cli(
+        "rollout",
+        "start",
+        "tiny.en",
+        "--to",
+        version,
+        "--steps",
+        steps,
+        "--interval",
+        f"{INTERVAL_S}s",
+        "--guard",
+        f"p99_slack_ms={P99_SLACK_MS:.0f}",
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -155,7 +171,7 @@ def test_a_slow_canary_is_rolled_back_and_a_good_one_promoted(cluster, edges):
     futures += stream(cluster, edges, sessions(2, 2, 1.0, "late"), "late")  # new sessions: all on the canary
     wait_until(lambda: rollout(cluster)["status"] != "running", 4 * INTERVAL_S, "the v2 canary's promotion")
     r = rollout(cluster)
-    assert r["status"] == "promoted", r
+    assert r["status"] == "promoted", (r["reason"], cluster.get("/v1/rollouts")["log"][-6:])
     promoted_at = log_time(cluster, "promoted", t1)
     assert cluster.get("/v1/rollouts")["stable"] == {"tiny.en": "v2"} and cluster.pool()["version"] == "v2"
     reports = finished(futures)
