@@ -104,7 +104,9 @@ class Decision:
     warm_spares: int
     reason: str
     panic: bool
-    recommended: int  # the load the sample showed, in replicas: what later decisions' scale-in hold looks back on
+    # what later decisions' scale-in hold looks back on, in replicas: the latest sample's load, at least
+    # the arrival forecast, and at least the replicas the stage had if it was queueing
+    recommended: int
 
 
 def _window(history: Sequence[Sample], now: float, seconds: float) -> list[Sample]:
@@ -197,15 +199,20 @@ def demand_per_session(config: AutoscalerConfig, history: Sequence[Sample], now:
     return sum(demand(config, s) for s in window) / sessions if sessions > 0 else 0.0
 
 
-def predictive(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> int:
+def predictive(
+    config: AutoscalerConfig, history: Sequence[Sample], now: float, per_session: float | None = None
+) -> int:
     """Replicas for the arrival rate forecast one lead time (cold start + period) ahead: sessions by
-    Little's law (rate x mean session), times the stage's demand per session."""
+    Little's law (rate x mean session), times the stage's demand per session (``per_session``, or
+    :func:`demand_per_session` when not given)."""
     samples = [s for s in history if s.t <= now]
     if len(samples) < 2:
         return 0
     rates = [s.arrivals / config.decision_period_s for s in samples]
     rate = forecast_rate(rates, config.lead_time_s, config.decision_period_s, config.arrival_window_s)
-    return _replicas(rate * config.mean_session_s * demand_per_session(config, samples, now))
+    if per_session is None:
+        per_session = demand_per_session(config, samples, now)
+    return _replicas(rate * config.mean_session_s * per_session)
 
 
 def _trend(points: Sequence[tuple[float, float]]) -> tuple[float, float, float, float] | None:
@@ -253,15 +260,14 @@ def projected_sessions(config: AutoscalerConfig, history: Sequence[Sample], now:
     recent = _window(history, now, config.panic_window_s)
     if not recent:
         return 0.0
-    floor = recent[-1].sessions + burst_room(config, history, now) if config.burst_headroom > 0 else 0.0
     fit = _trend([(s.t, s.sessions) for s in recent])
-    mean_y = sum(s.sessions for s in recent) / len(recent)
-    if fit is None:
-        return max(mean_y, floor)
-    slope, error, mean_t, _ = fit
-    if not config.predictive or slope <= 0 or slope <= 2 * error:
-        return max(mean_y, floor)
-    return max(max(mean_y + slope * (now - mean_t), recent[-1].sessions) + slope * config.lead_time_s, floor)
+    projection = sum(s.sessions for s in recent) / len(recent)
+    if config.predictive and fit is not None and fit[0] > max(0.0, 2 * fit[1]):
+        slope, _, mean_t, _ = fit
+        projection = max(projection + slope * (now - mean_t), recent[-1].sessions) + slope * config.lead_time_s
+    # with burst room off the floor must stay 0, not become the latest count
+    floor = recent[-1].sessions + burst_room(config, history, now) if config.burst_headroom > 0 else 0.0
+    return max(projection, floor)
 
 
 def declining(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> bool:
@@ -273,11 +279,16 @@ def declining(config: AutoscalerConfig, history: Sequence[Sample], now: float) -
     return fit is not None and fit[0] < 0 and -fit[0] > 3 * fit[1]
 
 
-def feed_forward(config: AutoscalerConfig, history: Sequence[Sample], now: float) -> int:
-    """Replicas for the sessions projected one lead time ahead at the stage's demand per session.
+def feed_forward(
+    config: AutoscalerConfig, history: Sequence[Sample], now: float, per_session: float | None = None
+) -> int:
+    """Replicas for the sessions projected one lead time ahead at the stage's demand per session
+    (``per_session``, or :func:`demand_per_session` when not given).
     A later stage's busy fraction cannot show more work than its replicas can do and lags a jump in
     sessions by the time the work takes to reach it; stage 0's session count does not."""
-    return _replicas(projected_sessions(config, history, now) * demand_per_session(config, history, now))
+    if per_session is None:
+        per_session = demand_per_session(config, history, now)
+    return _replicas(projected_sessions(config, history, now) * per_session)
 
 
 def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past: Sequence[Decision] = ()) -> Decision:
@@ -286,10 +297,11 @@ def decide(config: AutoscalerConfig, history: Sequence[Sample], now: float, past
     recent = [s for s in history if s.t > now - config.stable_window_s]
     wanted, panic = reactive(config, recent, now)
     reason = f"reactive {wanted}" + (" (panic)" if panic else "")
-    following = feed_forward(config, history, now)
+    per_session = demand_per_session(config, history, now)  # one reading of the history for both
+    following = feed_forward(config, history, now, per_session)
     if following > wanted:
         wanted, reason = following, f"sessions {following} > {reason}"
-    ahead = predictive(config, history, now) if config.predictive else 0
+    ahead = predictive(config, history, now, per_session) if config.predictive else 0
     if ahead > wanted:
         wanted, reason = ahead, f"predictive {ahead} > {reason}"
     # the scale-in hold looks back on the load itself (each period's sample, not a window's mean:
