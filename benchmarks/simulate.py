@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -67,9 +69,13 @@ def main() -> int:
             "target_sessions": options.target_sessions,
             "hybrid": dict(options.hybrid),
         }
-    for trace in ("azure_llm_2023_conv.csv", "azure_llm_2023_code.csv"):
-        arrivals = load_arrivals(TRACES / trace, "TIMESTAMP", time_format=AZURE_FORMAT)
-        scales = [float(x) for x in args.scales.split(",")]
+    # each trace read once: the runs, the held-out seeds (code) and the timed hour (conv) share it
+    traces = {
+        trace: load_arrivals(TRACES / trace, "TIMESTAMP", time_format=AZURE_FORMAT)
+        for trace in ("azure_llm_2023_conv.csv", "azure_llm_2023_code.csv")
+    }
+    scales = [float(x) for x in args.scales.split(",")]
+    for trace, arrivals in traces.items():
         for scale, (setting, options) in itertools.product(scales, SETTINGS.items()):
             load = Load.of(transform(arrivals, scale), profile)
             started = time.perf_counter()
@@ -95,11 +101,11 @@ def main() -> int:
             print(f"{key}: {wall:.1f} s", flush=True)
     print_table(["trace", "policy", "SLO met", "p50 s", "p99 s", "x oracle replica-s", "cost"], rows)
     if args.holdout_seeds:
-        out["holdout"] = holdout(args.scales, [int(x) for x in args.holdout_seeds.split(",")])
+        seeds = [int(x) for x in args.holdout_seeds.split(",")]
+        out["holdout"] = holdout(traces["azure_llm_2023_code.csv"], scales, seeds)
     if args.timed_scale:
-        arrivals = load_arrivals(TRACES / "azure_llm_2023_conv.csv", "TIMESTAMP", time_format=AZURE_FORMAT)
         started = time.perf_counter()
-        load = Load.of(transform(arrivals, args.timed_scale), profile)
+        load = Load.of(transform(traces["azure_llm_2023_conv.csv"], args.timed_scale), profile)
         timed = {p: simulate(p, load, profile, service, SETTINGS["default targets"]) for p in POLICIES}
         wall = time.perf_counter() - started
         peak = max(
@@ -116,17 +122,16 @@ def main() -> int:
     return 0
 
 
-def holdout(scales: str, seeds: list[int]) -> dict:
+def holdout(arrivals: np.ndarray, scales: list[float], seeds: list[int]) -> dict:
     """The hybrid at SLO targets on the code trace with other seeds (another draw of the session
     profile and of the scaled copies' times, as ``splitasr simulate --seed``): attainment and
     replica-seconds x the oracle's."""
-    arrivals = load_arrivals(TRACES / "azure_llm_2023_code.csv", "TIMESTAMP", time_format=AZURE_FORMAT)
     out, rows = {}, []
     for seed in seeds:  # the profile, service model and options depend on the seed only
         profile = SessionModel.from_devset().profile(seed=seed)
         service = ServiceModel.calibrated(profile.speaking_share)
         options = dataclasses.replace(SETTINGS["SLO targets"], seed=seed)
-        for scale in [float(x) for x in scales.split(",")]:
+        for scale in scales:
             load = Load.of(transform(arrivals, scale, seed=seed), profile)
             hybrid, oracle = (simulate(p, load, profile, service, options) for p in ("hybrid", "oracle"))
             key = f"code x{scale:g}, seed {seed}"
